@@ -1,0 +1,622 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Defaults for ConsumerConfig.
+const (
+	DefaultWorkers         = 4
+	DefaultTxBatch         = 16
+	DefaultMaxTxDuration   = 100 * time.Millisecond
+	DefaultPollInterval    = time.Second
+	DefaultRescueInterval  = 5 * time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+	// MaxTxBatch bounds ConsumerConfig.TxBatch. Each event runs under its
+	// own savepoint, and past 64 subtransactions that wrote, Postgres's
+	// per-backend cache overflows and every session's snapshots slow down.
+	MaxTxBatch = 50
+)
+
+// Handler processes one event. It runs inside tx, under a savepoint of its
+// own; the Consumer completes the event in the same transaction and commits
+// it with the handler's writes, so database effects happen exactly once per
+// completed event. Return nil when done, an error to retry the event after
+// its backoff (the handler's writes are rolled back), or Defer(...) to put
+// it back without spending an attempt. A panic counts as an error.
+//
+// The handler must not commit or roll back tx (that returns ErrTxOwned).
+// Its ctx is not cancelled when Run's context is; it is cancelled only if
+// the handler outlives ConsumerConfig.ShutdownTimeout.
+type Handler func(ctx context.Context, tx pgx.Tx, ev *Event) error
+
+// ConsumerConfig configures a Consumer.
+type ConsumerConfig struct {
+	// Handler processes each event. Required.
+	Handler Handler
+
+	// Workers is how many transactions run at once; each holds one pool
+	// connection while it runs. Defaults to 4.
+	Workers int
+
+	// TxBatch is the most events one transaction processes, each under a
+	// savepoint; one commit for several events is what makes draining fast.
+	// A handler failure rolls back only its own event. At most 50. Defaults
+	// to 16; 1 gives every event its own transaction.
+	TxBatch int
+
+	// MaxTxDuration stops adding events to a transaction once it has run
+	// this long, so slow handlers get one transaction each and their
+	// completed neighbours are not held back. Defaults to 100ms.
+	MaxTxDuration time.Duration
+
+	// Only restricts the consumer to these kinds (source, type or AnyType).
+	// A consumer never fetches an event it cannot handle, so during a
+	// rolling deploy old code leaves new event types alone. Defaults to
+	// every event.
+	Only []Kind
+
+	// Exclude, when set, is called before each fetch and its kinds are left
+	// in the queue untouched (an open circuit breaker's events, say).
+	Exclude func() []Kind
+
+	// PollInterval is how often an idle consumer looks for due events when
+	// no notification arrives (scheduled retries, or NOTIFY unavailable).
+	// Defaults to 1s.
+	PollInterval time.Duration
+
+	// PollOnly disables LISTEN, for a PgBouncer in transaction mode, where a
+	// LISTEN connection cannot be kept. Consumers in the same process as the
+	// Queue's Enqueue are still woken at once. Defaults to false.
+	PollOnly bool
+
+	// HeartbeatInterval is how often leases of held events are extended.
+	// Defaults to a third of the Queue's LeaseDuration.
+	HeartbeatInterval time.Duration
+
+	// RescueInterval is how often expired leases are looked for. Defaults
+	// to 5s.
+	RescueInterval time.Duration
+
+	// ShutdownTimeout is how long Run waits, after its context ends, for
+	// running handlers to finish before cancelling their contexts. Events
+	// fetched but not started are released at once with their attempts
+	// given back. Defaults to 30s.
+	ShutdownTimeout time.Duration
+
+	// Name identifies this consumer as the lease holder in the queue table
+	// and in error histories. Defaults to "hostname:pid:random".
+	Name string
+
+	// Logger receives the consumer's warnings and debug records. Defaults
+	// to the Queue's logger.
+	Logger *slog.Logger
+}
+
+func (c ConsumerConfig) withDefaults(q *Queue) ConsumerConfig {
+	if c.Workers == 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.TxBatch == 0 {
+		c.TxBatch = DefaultTxBatch
+	}
+	if c.MaxTxDuration == 0 {
+		c.MaxTxDuration = DefaultMaxTxDuration
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = q.cfg.LeaseDuration / 3
+	}
+	if c.RescueInterval == 0 {
+		c.RescueInterval = DefaultRescueInterval
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Name == "" {
+		c.Name = q.worker
+	}
+	if c.Logger == nil {
+		c.Logger = q.cfg.Logger
+	}
+	return c
+}
+
+func (c ConsumerConfig) validate(q *Queue) error {
+	switch {
+	case c.Handler == nil:
+		return fmt.Errorf("%w: ConsumerConfig.Handler is nil", ErrInvalidConfig)
+	case c.Workers < 1:
+		return fmt.Errorf("%w: Workers %d is under 1", ErrInvalidConfig, c.Workers)
+	case c.TxBatch < 1 || c.TxBatch > MaxTxBatch:
+		return fmt.Errorf("%w: TxBatch %d is outside 1..%d", ErrInvalidConfig, c.TxBatch, MaxTxBatch)
+	case c.MaxTxDuration < 0 || c.PollInterval < time.Millisecond || c.RescueInterval < time.Millisecond || c.ShutdownTimeout < 0:
+		return fmt.Errorf("%w: MaxTxDuration, PollInterval, RescueInterval and ShutdownTimeout must be positive", ErrInvalidConfig)
+	case c.HeartbeatInterval <= 0 || c.HeartbeatInterval >= q.cfg.LeaseDuration:
+		return fmt.Errorf("%w: HeartbeatInterval %s must be positive and shorter than LeaseDuration %s",
+			ErrInvalidConfig, c.HeartbeatInterval, q.cfg.LeaseDuration)
+	}
+	for _, k := range c.Only {
+		if k.Source == "" || k.Type == "" {
+			return fmt.Errorf("%w: Only has a kind with an empty source or type (use AnyType for every type)", ErrInvalidConfig)
+		}
+	}
+	return nil
+}
+
+// ConnsNeeded is how many pool connections a consumer with this many
+// workers uses at once: one per worker, one for the fetcher and one for
+// heartbeats and the rescuer. LISTEN uses a connection of its own outside
+// the pool. A process that also calls Enqueue needs Config.Committers more,
+// plus one for the notifier.
+func ConnsNeeded(workers int) int { return workers + 2 }
+
+// Consumer runs a Handler over the queue's events: it fetches due events in
+// batches for idle workers, runs each batch in one transaction with a
+// savepoint per event, heartbeats the leases it holds, rescues events whose
+// worker died, and wakes on LISTEN/NOTIFY with polling as the fallback.
+type Consumer struct {
+	q   *Queue
+	cfg ConsumerConfig
+	log *slog.Logger
+
+	running atomic.Bool
+	wake    chan struct{} // capacity 1
+	chunks  chan []*Event // fetched events for workers; made by each Run
+	freed   chan struct{} // a worker finished its chunk; made by each Run
+
+	mu     sync.Mutex
+	active map[int64]*Event // leases held, for heartbeats
+}
+
+// NewConsumer returns a Consumer of q. It returns an error wrapping
+// ErrPoolTooSmall when the pool cannot serve every worker at once (see
+// ConnsNeeded).
+func NewConsumer(q *Queue, cfg ConsumerConfig) (*Consumer, error) {
+	c := cfg.withDefaults(q)
+	if err := c.validate(q); err != nil {
+		return nil, err
+	}
+	if maxConns := int(q.pool.Config().MaxConns); maxConns < ConnsNeeded(c.Workers) {
+		return nil, fmt.Errorf("%w: MaxConns is %d, a consumer with %d workers needs at least %d "+
+			"(one per worker, one fetcher, one for heartbeats and rescues; add Committers+1 if this process also enqueues)",
+			ErrPoolTooSmall, maxConns, c.Workers, ConnsNeeded(c.Workers))
+	}
+	return &Consumer{
+		q:      q,
+		cfg:    c,
+		log:    c.Logger,
+		wake:   make(chan struct{}, 1),
+		active: map[int64]*Event{},
+	}, nil
+}
+
+// Run consumes until ctx ends, then shuts down gracefully: it stops
+// fetching, releases fetched events that have not started (attempts given
+// back), lets running handlers finish within ShutdownTimeout, and returns.
+// It returns an error only if called while already running.
+func (c *Consumer) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("queue: consumer is already running")
+	}
+	defer c.running.Store(false)
+	c.chunks = make(chan []*Event, c.cfg.Workers)
+	c.freed = make(chan struct{}, c.cfg.Workers)
+
+	// Handlers' contexts outlive ctx: cancelling a running pgx query closes
+	// its connection, so a shutdown signal must not reach them directly.
+	handlerCtx, hardStop := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardStop()
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	var background sync.WaitGroup
+	background.Go(func() { c.every(bgCtx, c.cfg.HeartbeatInterval, c.heartbeat) })
+	background.Go(func() { c.every(bgCtx, c.cfg.RescueInterval, c.rescue) })
+	if !c.cfg.PollOnly {
+		connConfig := c.q.pool.Config().ConnConfig
+		background.Go(func() {
+			listen(bgCtx, connConfig, channelName(c.q.cfg.Schema), c.log, func() { poke(c.wake) })
+		})
+	}
+	unsubscribe := c.q.notify.subscribe(c.wake)
+
+	var workers sync.WaitGroup
+	for range c.cfg.Workers {
+		workers.Go(func() {
+			for chunk := range c.chunks {
+				c.process(handlerCtx, ctx, chunk)
+				c.freed <- struct{}{}
+			}
+		})
+	}
+	c.fetchLoop(ctx)
+	close(c.chunks)
+
+	finished := make(chan struct{})
+	go func() {
+		workers.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+	case <-time.After(c.cfg.ShutdownTimeout):
+		c.log.Warn("queue: shutdown timeout passed; cancelling running handlers", "timeout", c.cfg.ShutdownTimeout)
+		hardStop()
+		<-finished
+	}
+	unsubscribe()
+	stopBackground()
+	background.Wait()
+	return nil
+}
+
+// fetchLoop fetches for idle workers until ctx ends.
+func (c *Consumer) fetchLoop(ctx context.Context) {
+	idle := c.cfg.Workers
+	poll := time.NewTimer(c.cfg.PollInterval)
+	defer poll.Stop()
+	for {
+		for drained := false; !drained; {
+			select {
+			case <-c.freed:
+				idle++
+			default:
+				drained = true
+			}
+		}
+		if idle == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.freed:
+				idle++
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		limit := min(idle*c.cfg.TxBatch, 1000)
+		evs, err := c.fetch(ctx, limit)
+		if err != nil {
+			c.log.Warn("queue: fetch failed; retrying after the poll interval", "error", err)
+		}
+		for _, chunk := range split(evs, idle) {
+			c.chunks <- chunk
+			idle--
+		}
+		if err == nil && len(evs) == limit {
+			continue // there may be more
+		}
+		poll.Reset(c.cfg.PollInterval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.wake:
+		case <-poll.C:
+		}
+	}
+}
+
+// fetch claims events and starts heart-beating them. The statement runs to
+// completion even if ctx ends meanwhile: cancelling it could lose the
+// claimed rows' lease tokens with the connection, leaving them leased to
+// nobody until the rescuer counts an attempt they never had.
+func (c *Consumer) fetch(ctx context.Context, limit int) ([]*Event, error) {
+	var exclude []Kind
+	if c.cfg.Exclude != nil {
+		exclude = c.cfg.Exclude()
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	evs, err := c.q.Fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name})
+	c.track(evs)
+	return evs, err
+}
+
+// split deals evs to at most idle workers, as evenly as it can.
+func split(evs []*Event, idle int) [][]*Event {
+	n := min(idle, len(evs))
+	chunks := make([][]*Event, 0, n)
+	for i := range n {
+		lo, hi := i*len(evs)/n, (i+1)*len(evs)/n
+		chunks = append(chunks, evs[lo:hi])
+	}
+	return chunks
+}
+
+func (c *Consumer) track(evs []*Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ev := range evs {
+		c.active[ev.QueueID] = ev
+	}
+}
+
+func (c *Consumer) untrack(evs []*Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ev := range evs {
+		delete(c.active, ev.QueueID)
+	}
+}
+
+// every runs fn now and then every interval until ctx ends.
+func (c *Consumer) every(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn(ctx)
+		}
+	}
+}
+
+func (c *Consumer) heartbeat(ctx context.Context) {
+	c.mu.Lock()
+	evs := make([]*Event, 0, len(c.active))
+	for _, ev := range c.active {
+		evs = append(evs, ev)
+	}
+	c.mu.Unlock()
+	if _, err := c.q.Heartbeat(ctx, evs...); err != nil && ctx.Err() == nil {
+		c.log.Warn("queue: heartbeat failed", "events", len(evs), "error", err)
+	}
+}
+
+func (c *Consumer) rescue(ctx context.Context) {
+	const limit = 500
+	for {
+		n, err := c.q.Rescue(ctx, limit)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("queue: rescue failed", "error", err)
+			}
+			return
+		}
+		if n > 0 {
+			c.log.Info("queue: rescued events whose lease expired", "events", n)
+			poke(c.wake)
+		}
+		if n < limit {
+			return
+		}
+	}
+}
+
+// process runs one chunk, in as many transactions as MaxTxDuration needs.
+// Once runCtx ends, events not yet started are released.
+func (c *Consumer) process(handlerCtx, runCtx context.Context, chunk []*Event) {
+	for pending := chunk; len(pending) > 0; {
+		if runCtx.Err() != nil {
+			c.release(pending)
+			return
+		}
+		pending = c.runTx(handlerCtx, runCtx, pending)
+	}
+}
+
+// outcomes collects what happened to each event of one transaction.
+type outcomes struct {
+	done       []*Event
+	failed     []failure
+	deferred   []*Event
+	deferUntil []time.Time
+}
+
+func (o *outcomes) ran() []*Event {
+	evs := append([]*Event(nil), o.done...)
+	for _, f := range o.failed {
+		evs = append(evs, f.ev)
+	}
+	return append(evs, o.deferred...)
+}
+
+const (
+	savepointSQL         = `SAVEPOINT wharf_event`
+	releaseSavepointSQL  = `RELEASE SAVEPOINT wharf_event`
+	rollbackSavepointSQL = `ROLLBACK TO SAVEPOINT wharf_event; RELEASE SAVEPOINT wharf_event`
+)
+
+// runTx runs events in one transaction until MaxTxDuration passes or the
+// consumer stops, commits, and returns the events it did not get to.
+func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest []*Event) {
+	start := time.Now()
+	tx, held, err := c.begin(handlerCtx, evs)
+	if err != nil {
+		c.log.Warn("queue: cannot start a transaction; releasing its events", "events", len(evs), "error", err)
+		c.release(evs)
+		return nil
+	}
+	var out outcomes
+	var broken error
+	for i, ev := range held {
+		if i > 0 && (time.Since(start) >= c.cfg.MaxTxDuration || runCtx.Err() != nil) {
+			rest = held[i:]
+			break
+		}
+		if broken = c.runOne(handlerCtx, tx, ev, &out); broken != nil {
+			rest = held[i+1:]
+			break
+		}
+	}
+	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if broken == nil {
+		broken = c.finish(fctx, tx, &out)
+	}
+	if broken != nil {
+		_ = tx.Rollback(fctx)
+		c.recover(fctx, &out, broken)
+	} else {
+		c.untrack(out.ran())
+	}
+	return rest
+}
+
+// begin opens a transaction and locks the events it still holds, in one
+// round trip. Events whose lease was lost are dropped.
+func (c *Consumer) begin(ctx context.Context, evs []*Event) (pgx.Tx, []*Event, error) {
+	ids, tokens := leaseArrays(evs)
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	b.Queue(syncCommitSQL)
+	b.Queue(c.q.sql.lockHeld, ids, tokens)
+	br := c.q.pool.SendBatch(ctx, b)
+	locked := map[int64]bool{}
+	err := func() error {
+		for range 2 { // BEGIN, synchronous_commit
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		var id int64
+		_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+			locked[id] = true
+			return nil
+		})
+		return err
+	}()
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	tx := br.Tx()
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, nil, err
+	}
+	held := make([]*Event, 0, len(evs))
+	var lost []*Event
+	for _, ev := range evs {
+		if locked[ev.QueueID] {
+			held = append(held, ev)
+		} else {
+			lost = append(lost, ev)
+		}
+	}
+	if len(lost) > 0 {
+		c.log.Warn("queue: leases lost before processing; another worker has these events", "events", len(lost))
+		c.untrack(lost)
+	}
+	return tx, held, nil
+}
+
+// runOne runs one event under a savepoint and records its outcome. It
+// returns an error only when the transaction itself is broken (the
+// connection failed, or a savepoint could not be rolled back); the caller
+// then rolls everything back.
+func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcomes) error {
+	if _, err := tx.Exec(ctx, savepointSQL); err != nil {
+		out.failed = append(out.failed, failure{ev: ev, msg: "start savepoint: " + err.Error()})
+		return err
+	}
+	err := c.call(ctx, tx, ev)
+	if err == nil {
+		_, err = tx.Exec(ctx, releaseSavepointSQL)
+		if err == nil {
+			out.done = append(out.done, ev)
+			return nil
+		}
+		err = fmt.Errorf("handler returned nil but its transaction failed (a failed statement aborts the transaction): %w", err)
+	}
+	var deferred *DeferError
+	if errors.As(err, &deferred) {
+		out.deferred = append(out.deferred, ev)
+		out.deferUntil = append(out.deferUntil, deferred.Until)
+	} else {
+		out.failed = append(out.failed, failure{ev: ev, msg: err.Error()})
+	}
+	// Undo the handler's writes; the transaction is usable again after this
+	// even if a statement in it failed.
+	if _, rbErr := tx.Exec(ctx, rollbackSavepointSQL); rbErr != nil {
+		return fmt.Errorf("roll back savepoint: %w", rbErr)
+	}
+	return nil
+}
+
+// call runs the handler, turning a panic into an error with its stack.
+func (c *Consumer) call(ctx context.Context, tx pgx.Tx, ev *Event) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return c.cfg.Handler(ctx, handlerTx{tx}, ev)
+}
+
+// handlerTx is the transaction a Handler sees: everything but ending it.
+type handlerTx struct{ pgx.Tx }
+
+func (handlerTx) Commit(context.Context) error   { return ErrTxOwned }
+func (handlerTx) Rollback(context.Context) error { return ErrTxOwned }
+
+// finish completes, retries and defers the transaction's events in it, then
+// commits: the handlers' writes and the queue changes land together.
+func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes) error {
+	if len(out.done) > 0 {
+		if err := c.q.complete(ctx, tx, out.done); err != nil {
+			return err
+		}
+	}
+	if len(out.failed) > 0 {
+		if err := c.q.fail(ctx, tx, out.failed, c.cfg.Name); err != nil {
+			return err
+		}
+	}
+	if len(out.deferred) > 0 {
+		if err := c.q.deferEvents(ctx, tx, out.deferred, out.deferUntil); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// recover handles a transaction that did not commit: nothing of it
+// happened, but every event in it ran and may have had effects outside the
+// database, so each counts as a failed attempt; deferred ones are deferred.
+// If even that fails the events are left to their leases and the rescuer.
+func (c *Consumer) recover(ctx context.Context, out *outcomes, cause error) {
+	failures := append([]failure(nil), out.failed...)
+	for _, ev := range out.done {
+		failures = append(failures, failure{ev: ev, msg: "transaction did not commit: " + cause.Error()})
+	}
+	err := pgx.BeginFunc(ctx, c.q.pool, func(tx pgx.Tx) error {
+		if err := c.q.fail(ctx, tx, failures, c.cfg.Name); err != nil {
+			return err
+		}
+		return c.q.deferEvents(ctx, tx, out.deferred, out.deferUntil)
+	})
+	if err != nil {
+		c.log.Warn("queue: cannot record a failed transaction; its events run again when their leases expire",
+			"events", len(out.ran()), "cause", cause, "error", err)
+	}
+	c.untrack(out.ran())
+}
+
+// release gives events back unstarted; if that fails they come back when
+// their leases expire.
+func (c *Consumer) release(evs []*Event) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.q.Release(ctx, evs...); err != nil {
+		c.log.Warn("queue: cannot release events; they run again when their leases expire", "events", len(evs), "error", err)
+	}
+	c.untrack(evs)
+}

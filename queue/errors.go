@@ -1,0 +1,76 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+var (
+	// ErrInvalidEvent is wrapped by every error about an event that cannot
+	// be stored (missing or malformed field); nothing was written.
+	ErrInvalidEvent = errors.New("queue: invalid event")
+
+	// ErrInvalidConfig is wrapped by every error about a Config or
+	// ConsumerConfig that cannot work.
+	ErrInvalidConfig = errors.New("queue: invalid config")
+
+	// ErrPoolTooSmall is returned by NewConsumer when the pool cannot give
+	// every worker, the fetcher and the maintenance loop a connection at
+	// once; starving at run time would be worse.
+	ErrPoolTooSmall = errors.New("queue: pool too small")
+
+	// ErrLeaseLost is returned when the caller no longer holds the lease it
+	// acts on: it expired and the event was rescued or fetched by another
+	// worker, or the event was already completed. Nothing was changed.
+	ErrLeaseLost = errors.New("queue: lease lost")
+
+	// ErrClosed is returned by Enqueue after Close.
+	ErrClosed = errors.New("queue: closed")
+
+	// ErrTxOwned is returned when a Handler tries to commit or roll back the
+	// transaction the Consumer gave it: the Consumer commits it together
+	// with the event's completion.
+	ErrTxOwned = errors.New("queue: the consumer owns this transaction; return from the handler instead")
+)
+
+// InvalidEventError says which field of which event is invalid. It wraps
+// ErrInvalidEvent.
+type InvalidEventError struct {
+	Source string // as given, possibly itself the invalid field
+	ID     string // as given, possibly itself the invalid field
+	Field  string // "source", "id", "type", "ordering key", "body", "headers", "max attempts"
+	Reason string
+}
+
+func (e *InvalidEventError) Error() string {
+	return fmt.Sprintf("queue: event %q from %q: %s: %s", e.ID, e.Source, e.Field, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrInvalidEvent) true.
+func (e *InvalidEventError) Unwrap() error { return ErrInvalidEvent }
+
+// DeferError asks the Consumer to put the event back without spending an
+// attempt, to run again at Until. Return it from a Handler with Defer when
+// the event cannot run yet for a reason that is not its own fault, such as
+// an open circuit breaker.
+type DeferError struct {
+	Until  time.Time
+	Reason error // optional, for logs
+}
+
+func (e *DeferError) Error() string {
+	if e.Reason != nil {
+		return fmt.Sprintf("queue: deferred until %s: %v", e.Until.Format(time.RFC3339Nano), e.Reason)
+	}
+	return "queue: deferred until " + e.Until.Format(time.RFC3339Nano)
+}
+
+func (e *DeferError) Unwrap() error { return e.Reason }
+
+// Defer returns a *DeferError for a Handler to return: the event goes back
+// to the queue, due at until, with the attempt it was fetched with given
+// back. Any work the handler did in the transaction is rolled back.
+func Defer(until time.Time, reason error) error {
+	return &DeferError{Until: until, Reason: reason}
+}

@@ -1,0 +1,631 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Queue stores events and hands them out under leases. It is safe for
+// concurrent use. Create it with New; call Close when done enqueueing.
+type Queue struct {
+	pool   *pgxpool.Pool
+	cfg    Config
+	sql    statements
+	worker string // default leased_by and error-history worker name
+	notify *notifier
+
+	startOnce sync.Once
+	committer *committer
+}
+
+// New returns a Queue on pool. It does no I/O; the schema must have been
+// migrated with wharf.Migrate.
+func New(pool *pgxpool.Pool, cfg Config) (*Queue, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: pool is nil", ErrInvalidConfig)
+	}
+	c := cfg.withDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	q := &Queue{pool: pool, cfg: c, sql: render(c.Schema), worker: defaultWorkerName()}
+	q.notify = newNotifier(pool, c.Schema, c.Logger)
+	q.committer = newCommitter(q)
+	return q, nil
+}
+
+// Close stops the group committers and the notifier after answering every
+// Enqueue already waiting. Later Enqueue calls return ErrClosed; everything
+// else keeps working.
+func (q *Queue) Close() {
+	q.committer.close()
+	q.notify.close()
+}
+
+// Schema is the schema the queue's tables live in.
+func (q *Queue) Schema() string { return q.cfg.Schema }
+
+func defaultWorkerName() string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown"
+	}
+	return fmt.Sprintf("%s:%d:%04x", host, os.Getpid(), rand.IntN(1<<16))
+}
+
+// querier is what both a pool and a transaction can do.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// Enqueue stores ev durably and reports whether it was new. Concurrent
+// calls are written together, many rows in one INSERT and one commit
+// (group commit), but each call returns only after its own row is
+// committed with synchronous_commit on. An invalid event returns an error
+// wrapping ErrInvalidEvent, writes nothing, and never fails the events
+// batched with it.
+//
+// If ctx ends first, Enqueue returns its error and the event may or may not
+// have been stored; a retry with the same source and id is deduplicated.
+func (q *Queue) Enqueue(ctx context.Context, ev NewEvent) (EnqueueResult, error) {
+	if err := ev.validate(); err != nil {
+		return EnqueueResult{}, err
+	}
+	return q.committer.submit(ctx, &ev)
+}
+
+// EnqueueTx stores ev in the caller's transaction: it is visible, and
+// durable, when the caller commits. It sets synchronous_commit on for that
+// transaction. Consumers are not woken (a notification sent before the
+// caller commits would find nothing): call Notify after committing, or the
+// event is picked up within the consumers' poll interval.
+func (q *Queue) EnqueueTx(ctx context.Context, tx pgx.Tx, ev NewEvent) (EnqueueResult, error) {
+	res, err := q.enqueueValidated(ctx, tx, []*NewEvent{&ev}, false)
+	if err != nil {
+		return EnqueueResult{}, err
+	}
+	return res[0], nil
+}
+
+// EnqueueBatch stores evs in one statement and one commit. If any event is
+// invalid it returns that event's error and writes nothing. Results are in
+// the order of evs; an id repeated within evs is a duplicate after its
+// first occurrence.
+func (q *Queue) EnqueueBatch(ctx context.Context, evs []NewEvent) ([]EnqueueResult, error) {
+	ptrs := make([]*NewEvent, len(evs))
+	for i := range evs {
+		ptrs[i] = &evs[i]
+	}
+	res, err := q.enqueueValidated(ctx, q.pool, ptrs, false)
+	if err == nil {
+		q.Notify()
+	}
+	return res, err
+}
+
+// enqueueValidated validates evs, unless prevalidated, then writes them.
+func (q *Queue) enqueueValidated(ctx context.Context, db querier, evs []*NewEvent, prevalidated bool) ([]EnqueueResult, error) {
+	if !prevalidated {
+		for _, ev := range evs {
+			if err := ev.validate(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return q.insert(ctx, db, evs)
+}
+
+// insert writes validated events in one round trip: the synchronous_commit
+// setting and the INSERT travel as one pipelined batch, which runs in one
+// transaction (the caller's, or an implicit one committed at its end).
+func (q *Queue) insert(ctx context.Context, db querier, evs []*NewEvent) ([]EnqueueResult, error) {
+	if len(evs) == 0 {
+		return nil, nil
+	}
+	// Sort a copy by key and drop repeats, so concurrent batches lock keys
+	// in one order, and a key repeated within the batch is written once.
+	order := make([]int, len(evs))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		ea, eb := evs[order[a]], evs[order[b]]
+		if ea.Source != eb.Source {
+			return ea.Source < eb.Source
+		}
+		return ea.ID < eb.ID
+	})
+	n := len(evs)
+	var (
+		sources      = make([]string, 0, n)
+		ids          = make([]string, 0, n)
+		types        = make([]string, 0, n)
+		orderingKeys = make([]string, 0, n)
+		maxAttempts  = make([]int32, 0, n)
+		runAts       = make([]*time.Time, 0, n)
+		bodies       = make([][]byte, 0, n)
+		headers      = make([][]byte, 0, n)
+		first        = make([]bool, n) // first occurrence of its key, in input order
+	)
+	for k, i := range order {
+		ev := evs[i]
+		if k > 0 {
+			prev := evs[order[k-1]]
+			if prev.Source == ev.Source && prev.ID == ev.ID {
+				continue // stable sort: the earlier index stays first
+			}
+		}
+		first[i] = true
+		sources = append(sources, ev.Source)
+		ids = append(ids, ev.ID)
+		types = append(types, ev.Type)
+		orderingKeys = append(orderingKeys, ev.OrderingKey)
+		attempts := ev.MaxAttempts
+		if attempts == 0 {
+			attempts = q.cfg.MaxAttempts
+		}
+		maxAttempts = append(maxAttempts, int32(attempts))
+		var runAt *time.Time
+		if !ev.RunAt.IsZero() {
+			runAt = &ev.RunAt
+		}
+		runAts = append(runAts, runAt)
+		bodies = append(bodies, ev.Body)
+		headers = append(headers, encodeHeaders(ev.Headers))
+	}
+
+	b := &pgx.Batch{}
+	b.Queue(syncCommitSQL)
+	b.Queue(q.sql.insert, sources, ids, types, orderingKeys, maxAttempts, runAts, bodies, headers)
+	br := db.SendBatch(ctx, b)
+	inserted := make(map[[2]string]int64, len(ids))
+	_, err := br.Exec()
+	if err == nil {
+		var rows pgx.Rows
+		rows, err = br.Query()
+		if err == nil {
+			var id int64
+			var source, eventID string
+			_, err = pgx.ForEachRow(rows, []any{&id, &source, &eventID}, func() error {
+				inserted[[2]string{source, eventID}] = id
+				return nil
+			})
+		}
+	}
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: store %d event(s): %w", len(ids), err)
+	}
+
+	out := make([]EnqueueResult, n)
+	for i, ev := range evs {
+		id, ok := inserted[[2]string{ev.Source, ev.ID}]
+		if ok && first[i] {
+			out[i] = EnqueueResult{QueueID: id}
+		} else {
+			out[i] = EnqueueResult{Duplicate: true}
+		}
+	}
+	return out, nil
+}
+
+func encodeHeaders(h http.Header) []byte {
+	if h == nil {
+		return nil
+	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		panic(err) // map[string][]string of validated UTF-8 always encodes
+	}
+	return b
+}
+
+// Notify wakes idle consumers of this queue, in this process at once and in
+// others through a coalesced NOTIFY. Enqueue and EnqueueBatch call it
+// themselves; call it after committing a transaction that used EnqueueTx.
+func (q *Queue) Notify() {
+	q.notify.signal()
+}
+
+// FetchParams selects what Fetch claims.
+type FetchParams struct {
+	// Limit is the most events to claim. Required, 1 to 1000.
+	Limit int
+	// Only, when non-empty, restricts the fetch to these kinds.
+	Only []Kind
+	// Exclude leaves these kinds out (applied after Only).
+	Exclude []Kind
+	// Worker is recorded as the lease holder. Defaults to
+	// "hostname:pid:random".
+	Worker string
+}
+
+// Fetch claims up to p.Limit due events in one statement (FOR UPDATE SKIP
+// LOCKED, so concurrent fetchers never wait for each other or get the same
+// event), marks them running under a new lease of Config.LeaseDuration and
+// counts the attempt. Events scheduled for later are never returned. Of
+// events sharing an ordering key only the oldest, and only when no other
+// event of its key is running, is returned.
+func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
+	if p.Limit < 1 || p.Limit > 1000 {
+		return nil, fmt.Errorf("%w: FetchParams.Limit %d is outside 1..1000", ErrInvalidConfig, p.Limit)
+	}
+	worker := p.Worker
+	if worker == "" {
+		worker = q.worker
+	}
+	onlySources, onlyTypes := splitKinds(p.Only)
+	exclSources, exclTypes := splitKinds(p.Exclude)
+	token := rand.Int64()
+	rows, err := q.pool.Query(ctx, q.sql.fetch, p.Limit, token, onlySources, onlyTypes, exclSources, exclTypes,
+		q.cfg.LeaseDuration.Milliseconds(), worker)
+	if err != nil {
+		return nil, fmt.Errorf("queue: fetch: %w", err)
+	}
+	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Event, error) {
+		ev := &Event{Lease: Lease{Token: token}}
+		var errorsJSON, headersJSON []byte
+		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.ReceivedAt,
+			&ev.Attempt, &ev.MaxAttempts, &errorsJSON, &ev.Lease.ExpiresAt, &ev.Body, &headersJSON)
+		if err != nil {
+			return nil, err
+		}
+		ev.Lease.QueueID = ev.QueueID
+		return ev, decodeJSONColumns(ev, errorsJSON, headersJSON)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: fetch: %w", err)
+	}
+	return events, nil
+}
+
+func decodeJSONColumns(ev *Event, errorsJSON, headersJSON []byte) error {
+	if len(errorsJSON) > 0 {
+		if err := json.Unmarshal(errorsJSON, &ev.Errors); err != nil {
+			return fmt.Errorf("event %d: decode error history: %w", ev.QueueID, err)
+		}
+	}
+	if len(headersJSON) > 0 {
+		if err := json.Unmarshal(headersJSON, &ev.Headers); err != nil {
+			return fmt.Errorf("event %d: decode headers: %w", ev.QueueID, err)
+		}
+	}
+	return nil
+}
+
+func splitKinds(kinds []Kind) (sources, types []string) {
+	sources = make([]string, len(kinds))
+	types = make([]string, len(kinds))
+	for i, k := range kinds {
+		sources[i], types[i] = k.Source, k.Type
+	}
+	return sources, types
+}
+
+// leaseArrays returns the (ids, tokens) arrays the lease statements take.
+func leaseArrays(evs []*Event) (ids, tokens []int64) {
+	ids = make([]int64, len(evs))
+	tokens = make([]int64, len(evs))
+	for i, ev := range evs {
+		ids[i], tokens[i] = ev.QueueID, ev.Lease.Token
+	}
+	return ids, tokens
+}
+
+// collectIDs runs a lease statement and returns the set of ids it changed.
+func collectIDs(ctx context.Context, db querier, sql string, args ...any) (map[int64]bool, error) {
+	rows, err := db.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	changed := map[int64]bool{}
+	var id int64
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+		changed[id] = true
+		return nil
+	})
+	return changed, err
+}
+
+// lostError names the events whose lease was lost, wrapping ErrLeaseLost.
+func lostError(op string, evs []*Event, changed map[int64]bool) error {
+	var lost []int64
+	for _, ev := range evs {
+		if !changed[ev.QueueID] {
+			lost = append(lost, ev.QueueID)
+		}
+	}
+	if len(lost) == 0 {
+		return nil
+	}
+	return fmt.Errorf("queue: %s event(s) %v: %w", op, lost, ErrLeaseLost)
+}
+
+// Complete removes ev from the queue: it was processed. It returns an error
+// wrapping ErrLeaseLost, and changes nothing, if the caller no longer holds
+// ev's lease.
+func (q *Queue) Complete(ctx context.Context, ev *Event) error {
+	return q.complete(ctx, q.pool, []*Event{ev})
+}
+
+// CompleteTx is Complete inside the caller's transaction, so the event is
+// removed if and only if the caller's own writes commit.
+func (q *Queue) CompleteTx(ctx context.Context, tx pgx.Tx, ev *Event) error {
+	return q.complete(ctx, tx, []*Event{ev})
+}
+
+func (q *Queue) complete(ctx context.Context, db querier, evs []*Event) error {
+	ids, tokens := leaseArrays(evs)
+	changed, err := collectIDs(ctx, db, q.sql.complete, ids, tokens)
+	if err != nil {
+		return fmt.Errorf("queue: complete: %w", err)
+	}
+	return lostError("complete", evs, changed)
+}
+
+// Retry records cause as ev's failed attempt and reschedules it after the
+// backoff for its attempt number. If that was its last attempt it is
+// exhausted instead (see Config.OnExhausted) and Retry reports true.
+func (q *Queue) Retry(ctx context.Context, ev *Event, cause error) (exhausted bool, err error) {
+	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+		exhausted, err = q.RetryTx(ctx, tx, ev, cause)
+		return err
+	})
+	return exhausted, err
+}
+
+// RetryTx is Retry inside the caller's transaction. The caller's
+// transaction must be usable: after a failed statement, roll back to a
+// savepoint first.
+func (q *Queue) RetryTx(ctx context.Context, tx pgx.Tx, ev *Event, cause error) (exhausted bool, err error) {
+	msg := "unknown error"
+	if cause != nil {
+		msg = cause.Error()
+	}
+	if err := q.fail(ctx, tx, []failure{{ev: ev, msg: msg}}, q.worker); err != nil {
+		return false, err
+	}
+	return ev.Attempt >= ev.MaxAttempts, nil
+}
+
+// failure is one failed attempt to record.
+type failure struct {
+	ev  *Event
+	msg string
+}
+
+// fail records failed attempts: events with attempts left are rescheduled
+// with backoff, the rest are exhausted, all in tx.
+func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure, worker string) error {
+	var retry, exhaust []*Event
+	var retryDelays []int64
+	var retryErrs, exhaustErrs [][]byte
+	for _, f := range failures {
+		entry, err := json.Marshal(AttemptError{Attempt: f.ev.Attempt, Error: truncateError(f.msg), At: time.Now().UTC(), Worker: worker})
+		if err != nil {
+			return err
+		}
+		if f.ev.Attempt >= f.ev.MaxAttempts {
+			exhaust = append(exhaust, f.ev)
+			exhaustErrs = append(exhaustErrs, entry)
+			continue
+		}
+		retry = append(retry, f.ev)
+		retryDelays = append(retryDelays, q.cfg.Backoff.delay(f.ev.Attempt, rand.Float64()).Milliseconds())
+		retryErrs = append(retryErrs, entry)
+	}
+	if len(retry) > 0 {
+		ids, tokens := leaseArrays(retry)
+		changed, err := collectIDs(ctx, tx, q.sql.retry, ids, tokens, retryDelays, retryErrs)
+		if err != nil {
+			return fmt.Errorf("queue: retry: %w", err)
+		}
+		if err := lostError("retry", retry, changed); err != nil {
+			return err
+		}
+	}
+	if len(exhaust) > 0 {
+		return q.exhaust(ctx, tx, exhaust, exhaustErrs)
+	}
+	return nil
+}
+
+// exhaust takes events that used their last attempt out of circulation:
+// to the OnExhausted hook, in tx, or parked as state "exhausted".
+func (q *Queue) exhaust(ctx context.Context, tx pgx.Tx, evs []*Event, errs [][]byte) error {
+	ids, tokens := leaseArrays(evs)
+	if q.cfg.OnExhausted == nil {
+		changed, err := collectIDs(ctx, tx, q.sql.exhaustKeep, ids, tokens, errs)
+		if err != nil {
+			return fmt.Errorf("queue: exhaust: %w", err)
+		}
+		return lostError("exhaust", evs, changed)
+	}
+	rows, err := tx.Query(ctx, q.sql.exhaustRemove, ids, tokens, errs)
+	if err != nil {
+		return fmt.Errorf("queue: exhaust: %w", err)
+	}
+	removed, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Event, error) {
+		ev := &Event{}
+		var errorsJSON, headersJSON []byte
+		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.ReceivedAt,
+			&ev.Attempt, &ev.MaxAttempts, &errorsJSON, &ev.Body, &headersJSON)
+		if err != nil {
+			return nil, err
+		}
+		return ev, decodeJSONColumns(ev, errorsJSON, headersJSON)
+	})
+	if err != nil {
+		return fmt.Errorf("queue: exhaust: %w", err)
+	}
+	changed := make(map[int64]bool, len(removed))
+	for _, ev := range removed {
+		changed[ev.QueueID] = true
+	}
+	if err := lostError("exhaust", evs, changed); err != nil {
+		return err
+	}
+	if err := q.cfg.OnExhausted(ctx, tx, removed); err != nil {
+		return fmt.Errorf("queue: exhaust: OnExhausted: %w", err)
+	}
+	return nil
+}
+
+// Defer puts ev back without spending an attempt, due at until (now if
+// zero): the attempt Fetch counted is given back. Use it when the event
+// cannot run yet for a reason that is not its own fault.
+func (q *Queue) Defer(ctx context.Context, ev *Event, until time.Time) error {
+	return q.deferEvents(ctx, q.pool, []*Event{ev}, []time.Time{until})
+}
+
+// DeferTx is Defer inside the caller's transaction.
+func (q *Queue) DeferTx(ctx context.Context, tx pgx.Tx, ev *Event, until time.Time) error {
+	return q.deferEvents(ctx, tx, []*Event{ev}, []time.Time{until})
+}
+
+// Release puts events back, due now, with their attempts given back: for a
+// worker that stops before running them (a shutdown).
+func (q *Queue) Release(ctx context.Context, evs ...*Event) error {
+	return q.deferEvents(ctx, q.pool, evs, make([]time.Time, len(evs)))
+}
+
+func (q *Queue) deferEvents(ctx context.Context, db querier, evs []*Event, until []time.Time) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	ids, tokens := leaseArrays(evs)
+	runAts := make([]*time.Time, len(until))
+	for i := range until {
+		if !until[i].IsZero() {
+			runAts[i] = &until[i]
+		}
+	}
+	changed, err := collectIDs(ctx, db, q.sql.deferEvents, ids, tokens, runAts)
+	if err != nil {
+		return fmt.Errorf("queue: defer: %w", err)
+	}
+	return lostError("defer", evs, changed)
+}
+
+// Heartbeat extends the leases of evs by Config.LeaseDuration and updates
+// each extended event's Lease.ExpiresAt. Events locked by an open
+// transaction are skipped, not waited for (the lock itself keeps them from
+// being rescued). It returns the number extended.
+func (q *Queue) Heartbeat(ctx context.Context, evs ...*Event) (int, error) {
+	if len(evs) == 0 {
+		return 0, nil
+	}
+	ids, tokens := leaseArrays(evs)
+	rows, err := q.pool.Query(ctx, q.sql.heartbeat, ids, tokens, q.cfg.LeaseDuration.Milliseconds())
+	if err != nil {
+		return 0, fmt.Errorf("queue: heartbeat: %w", err)
+	}
+	expires := map[int64]time.Time{}
+	var id int64
+	var at time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&id, &at}, func() error {
+		expires[id] = at
+		return nil
+	}); err != nil {
+		return 0, fmt.Errorf("queue: heartbeat: %w", err)
+	}
+	for _, ev := range evs {
+		if at, ok := expires[ev.QueueID]; ok {
+			ev.Lease.ExpiresAt = at
+		}
+	}
+	return len(expires), nil
+}
+
+// Rescue returns events whose lease expired (their worker died or stalled)
+// to the queue, at most limit of them: each counts as a failed attempt and
+// is retried after its backoff, or exhausted if it has no attempts left, so
+// an event that kills its worker every time still ends. It returns how many
+// it rescued. Consumers run it periodically; call it directly only if you
+// fetch by hand.
+func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
+	var n int
+	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, q.sql.expired, limit)
+		if err != nil {
+			return err
+		}
+		var failures []failure
+		var id, token int64
+		var attempt, maxAttempts int
+		var leasedBy string
+		_, err = pgx.ForEachRow(rows, []any{&id, &token, &attempt, &maxAttempts, &leasedBy}, func() error {
+			ev := &Event{QueueID: id, Attempt: attempt, MaxAttempts: maxAttempts, Lease: Lease{QueueID: id, Token: token}}
+			failures = append(failures, failure{ev: ev, msg: fmt.Sprintf("lease expired: worker %s stopped heart-beating", leasedBy)})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		n = len(failures)
+		return q.fail(ctx, tx, failures, "rescuer")
+	})
+	if err != nil {
+		return 0, fmt.Errorf("queue: rescue: %w", err)
+	}
+	return n, nil
+}
+
+// SourceStats counts one source's events by state.
+type SourceStats struct {
+	Due       int64 // available and due now
+	Scheduled int64 // available, due later (retry backoff or RunAt)
+	Running   int64
+	Exhausted int64
+}
+
+// Stats describes the queue at one moment.
+type Stats struct {
+	SourceStats                       // totals over all sources
+	BySource     map[string]SourceStats
+	OldestDueAge time.Duration // how long the oldest due event has waited; 0 if none
+}
+
+// Stats counts events by state and source and measures the oldest due
+// event's wait. It scans the queue table, which holds only live events.
+func (q *Queue) Stats(ctx context.Context) (Stats, error) {
+	rows, err := q.pool.Query(ctx, q.sql.stats)
+	if err != nil {
+		return Stats{}, fmt.Errorf("queue: stats: %w", err)
+	}
+	st := Stats{BySource: map[string]SourceStats{}}
+	var source string
+	var s SourceStats
+	var oldest *time.Time
+	var now time.Time
+	_, err = pgx.ForEachRow(rows, []any{&source, &s.Due, &s.Scheduled, &s.Running, &s.Exhausted, &oldest, &now}, func() error {
+		st.BySource[source] = s
+		st.Due += s.Due
+		st.Scheduled += s.Scheduled
+		st.Running += s.Running
+		st.Exhausted += s.Exhausted
+		if oldest != nil {
+			st.OldestDueAge = max(st.OldestDueAge, now.Sub(*oldest))
+		}
+		return nil
+	})
+	if err != nil {
+		return Stats{}, fmt.Errorf("queue: stats: %w", err)
+	}
+	return st, nil
+}

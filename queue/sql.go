@@ -1,0 +1,284 @@
+package queue
+
+import "github.com/wharfhq/wharf/internal/sqlschema"
+
+// The queue's SQL, in one place. Every statement that changes a leased
+// event is fenced by (id, lease_token, state = 'running'): a worker whose
+// lease was lost changes nothing. Every statement that removes or releases
+// an event also removes its payload and its ordering-key lock in the same
+// statement, so no path can forget one.
+
+// insertSQL stores a batch. Rows arrive sorted by (source, event_id), so
+// concurrent batches lock unique keys in one order and cannot deadlock. The
+// RETURNING list names the rows that were new; the others were duplicates.
+const insertSQL = `
+WITH input AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::bytea[], $8::jsonb[])
+        WITH ORDINALITY AS t(source, event_id, event_type, ordering_key, max_attempts, run_at, body, headers, ord)
+),
+inserted AS (
+    INSERT INTO {schema}.queue (source, event_id, event_type, ordering_key, max_attempts, run_at)
+    SELECT source, event_id, event_type, nullif(ordering_key, ''), max_attempts, coalesce(run_at, now())
+    FROM input
+    ORDER BY ord
+    ON CONFLICT (source, event_id) DO NOTHING
+    RETURNING id, source, event_id
+),
+payloads AS (
+    INSERT INTO {schema}.queue_payloads (queue_id, body, headers)
+    SELECT i.id, input.body, input.headers
+    FROM inserted i JOIN input USING (source, event_id)
+)
+SELECT id, source, event_id FROM inserted`
+
+// syncCommitSQL makes the surrounding transaction's commit wait for the WAL
+// flush even when the server or role runs with synchronous_commit off: a
+// 2xx must not leave before the event is durable.
+const syncCommitSQL = `SELECT set_config('synchronous_commit', 'on', true)`
+
+// fetchSQL claims up to $1 due events in one statement.
+//
+// Candidates are due, available, match the kind filters, and, when they
+// have an ordering key, are the head of their key (no older event of the
+// key is left, other than exhausted ones) and the key is not locked. The
+// head check alone could be passed by two fetchers at once (an older event
+// that commits late), so the key is then locked by inserting it into
+// queue_ordering_locks: ON CONFLICT sees keys that other fetchers have
+// inserted but not yet committed, and waits for them. Keys are inserted in
+// sorted order, so two fetchers cannot deadlock. Only candidates whose key
+// lock was won are claimed; the rest stay available.
+const fetchSQL = `
+WITH candidates AS (
+    SELECT q.id, q.source, q.ordering_key
+    FROM {schema}.queue q
+    WHERE q.state = 'available'
+      AND q.run_at <= now()
+      AND (cardinality($3::text[]) = 0 OR EXISTS (
+            SELECT 1 FROM unnest($3::text[], $4::text[]) AS o(source, event_type)
+            WHERE o.source = q.source AND (o.event_type = '*' OR o.event_type = q.event_type)))
+      AND NOT EXISTS (
+            SELECT 1 FROM unnest($5::text[], $6::text[]) AS x(source, event_type)
+            WHERE x.source = q.source AND (x.event_type = '*' OR x.event_type = q.event_type))
+      AND (q.ordering_key IS NULL OR (
+            NOT EXISTS (
+                SELECT 1 FROM {schema}.queue_ordering_locks l
+                WHERE l.source = q.source AND l.ordering_key = q.ordering_key)
+            AND NOT EXISTS (
+                SELECT 1 FROM {schema}.queue h
+                WHERE h.source = q.source AND h.ordering_key = q.ordering_key
+                  AND h.id < q.id AND h.state <> 'exhausted')))
+    ORDER BY q.run_at, q.id
+    LIMIT $1
+    FOR UPDATE OF q SKIP LOCKED
+),
+key_locks AS (
+    INSERT INTO {schema}.queue_ordering_locks (source, ordering_key, queue_id)
+    SELECT source, ordering_key, id FROM candidates
+    WHERE ordering_key IS NOT NULL
+    ORDER BY source, ordering_key
+    ON CONFLICT DO NOTHING
+    RETURNING queue_id
+),
+claimed AS (
+    UPDATE {schema}.queue q
+    SET state = 'running',
+        attempt = q.attempt + 1,
+        attempted_at = now(),
+        lease_token = $2,
+        lease_expires_at = now() + $7 * interval '1 millisecond',
+        leased_by = $8
+    FROM candidates c
+    WHERE q.id = c.id
+      AND (c.ordering_key IS NULL OR c.id IN (SELECT queue_id FROM key_locks))
+    RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.received_at,
+              q.attempt, q.max_attempts, q.errors, q.lease_expires_at
+)
+SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), c.received_at,
+       c.attempt, c.max_attempts, c.errors, c.lease_expires_at, p.body, p.headers
+FROM claimed c JOIN {schema}.queue_payloads p ON p.queue_id = c.id
+ORDER BY c.id`
+
+// leasesCTE turns the ($1 ids, $2 tokens) arrays into the rows still held
+// under those leases; every lease operation starts from it.
+const leasesCTE = `
+held AS (
+    SELECT q.id, q.source, q.ordering_key
+    FROM {schema}.queue q
+    JOIN unnest($1::bigint[], $2::bigint[]) AS l(id, token) ON q.id = l.id AND q.lease_token = l.token
+    WHERE q.state = 'running'
+)`
+
+// unlockCTE drops the ordering-key locks of the rows in "changed".
+const unlockCTE = `
+unlocked AS (
+    DELETE FROM {schema}.queue_ordering_locks k
+    USING changed c
+    WHERE k.source = c.source AND k.ordering_key = c.ordering_key AND k.queue_id = c.id
+)`
+
+// completeSQL removes held events with their payloads and key locks.
+const completeSQL = `
+WITH ` + leasesCTE + `,
+changed AS (
+    DELETE FROM {schema}.queue q USING held h WHERE q.id = h.id
+    RETURNING q.id, q.source, q.ordering_key
+),
+payloads AS (
+    DELETE FROM {schema}.queue_payloads p USING changed c WHERE p.queue_id = c.id
+),` + unlockCTE + `
+SELECT id FROM changed`
+
+// retrySQL puts held events back, due after $3 milliseconds each, with $4
+// appended to their error history; the attempt they ran stays counted.
+const retrySQL = `
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $3::bigint[], $4::jsonb[]) AS t(id, delay_ms, error)
+),` + leasesCTE + `,
+changed AS (
+    UPDATE {schema}.queue q
+    SET state = 'available',
+        run_at = now() + i.delay_ms * interval '1 millisecond',
+        lease_token = NULL, lease_expires_at = NULL, leased_by = NULL,
+        errors = q.errors || jsonb_build_array(i.error)
+    FROM held h JOIN input i ON i.id = h.id
+    WHERE q.id = h.id
+    RETURNING q.id, q.source, q.ordering_key
+),` + unlockCTE + `
+SELECT id FROM changed`
+
+// deferSQL puts held events back, due at $3 each (now when null), and gives
+// back the attempt the fetch counted: they did not run, or ran for nothing
+// that was their fault.
+const deferSQL = `
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $3::timestamptz[]) AS t(id, run_at)
+),` + leasesCTE + `,
+changed AS (
+    UPDATE {schema}.queue q
+    SET state = 'available',
+        run_at = coalesce(i.run_at, now()),
+        attempt = greatest(q.attempt - 1, 0),
+        lease_token = NULL, lease_expires_at = NULL, leased_by = NULL
+    FROM held h JOIN input i ON i.id = h.id
+    WHERE q.id = h.id
+    RETURNING q.id, q.source, q.ordering_key
+),` + unlockCTE + `
+SELECT id FROM changed`
+
+// exhaustKeepSQL parks held events as exhausted, with $3 appended to their
+// error history, when no OnExhausted hook takes them.
+const exhaustKeepSQL = `
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $3::jsonb[]) AS t(id, error)
+),` + leasesCTE + `,
+changed AS (
+    UPDATE {schema}.queue q
+    SET state = 'exhausted',
+        lease_token = NULL, lease_expires_at = NULL, leased_by = NULL,
+        errors = q.errors || jsonb_build_array(i.error)
+    FROM held h JOIN input i ON i.id = h.id
+    WHERE q.id = h.id
+    RETURNING q.id, q.source, q.ordering_key
+),` + unlockCTE + `
+SELECT id FROM changed`
+
+// exhaustRemoveSQL removes held events for the OnExhausted hook and returns
+// them whole, with $3 appended to their error history.
+const exhaustRemoveSQL = `
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $3::jsonb[]) AS t(id, error)
+),` + leasesCTE + `,
+changed AS (
+    DELETE FROM {schema}.queue q USING held h JOIN input i ON i.id = h.id
+    WHERE q.id = h.id
+    RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.received_at,
+              q.attempt, q.max_attempts, q.errors || jsonb_build_array(i.error) AS errors
+),
+payloads AS (
+    DELETE FROM {schema}.queue_payloads p USING changed c WHERE p.queue_id = c.id
+    RETURNING p.queue_id, p.body, p.headers
+),` + unlockCTE + `
+SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), c.received_at,
+       c.attempt, c.max_attempts, c.errors, p.body, p.headers
+FROM changed c JOIN payloads p ON p.queue_id = c.id
+ORDER BY c.id`
+
+// heartbeatSQL extends the leases it can. Rows locked by an open processing
+// transaction are skipped rather than waited for: that transaction is about
+// to complete or retry them, and waiting would let every other lease of
+// this worker lapse meanwhile. A locked row cannot be rescued either (the
+// rescuer skips locked rows too), so skipping it is safe.
+const heartbeatSQL = `
+WITH lockable AS (
+    SELECT q.id
+    FROM {schema}.queue q
+    JOIN unnest($1::bigint[], $2::bigint[]) AS l(id, token) ON q.id = l.id AND q.lease_token = l.token
+    WHERE q.state = 'running'
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE {schema}.queue q
+SET lease_expires_at = now() + $3 * interval '1 millisecond'
+FROM lockable l
+WHERE q.id = l.id
+RETURNING q.id, q.lease_expires_at`
+
+// lockHeldSQL locks the rows a worker is about to process, at the start of
+// its transaction, and returns those it still holds. While the lock is held
+// neither the rescuer nor a heartbeat touches them (both skip locked rows),
+// so the lease cannot be lost mid-transaction.
+const lockHeldSQL = `
+SELECT q.id
+FROM {schema}.queue q
+JOIN unnest($1::bigint[], $2::bigint[]) AS l(id, token) ON q.id = l.id AND q.lease_token = l.token
+WHERE q.state = 'running'
+ORDER BY q.id
+FOR UPDATE OF q`
+
+// expiredSQL picks running events whose lease lapsed, for the rescuer.
+const expiredSQL = `
+SELECT q.id, q.lease_token, q.attempt, q.max_attempts, coalesce(q.leased_by, '')
+FROM {schema}.queue q
+WHERE q.state = 'running' AND q.lease_expires_at < now()
+ORDER BY q.lease_expires_at
+LIMIT $1
+FOR UPDATE OF q SKIP LOCKED`
+
+// statsSQL counts events by source and state. It reads the whole table;
+// the table holds only live events, so this stays cheap.
+const statsSQL = `
+SELECT source,
+       count(*) FILTER (WHERE state = 'available' AND run_at <= now()),
+       count(*) FILTER (WHERE state = 'available' AND run_at > now()),
+       count(*) FILTER (WHERE state = 'running'),
+       count(*) FILTER (WHERE state = 'exhausted'),
+       min(run_at) FILTER (WHERE state = 'available' AND run_at <= now()),
+       now()
+FROM {schema}.queue
+GROUP BY source
+ORDER BY source`
+
+const notifySQL = `SELECT pg_notify($1, '')`
+
+// statements holds the SQL rendered for one schema.
+type statements struct {
+	insert, fetch, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
+	heartbeat, lockHeld, expired, stats string
+}
+
+func render(schema string) statements {
+	r := func(sql string) string { return sqlschema.Render(sql, schema) }
+	return statements{
+		insert:        r(insertSQL),
+		fetch:         r(fetchSQL),
+		complete:      r(completeSQL),
+		retry:         r(retrySQL),
+		deferEvents:   r(deferSQL),
+		exhaustKeep:   r(exhaustKeepSQL),
+		exhaustRemove: r(exhaustRemoveSQL),
+		heartbeat:     r(heartbeatSQL),
+		lockHeld:      r(lockHeldSQL),
+		expired:       r(expiredSQL),
+		stats:         r(statsSQL),
+	}
+}

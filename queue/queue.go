@@ -596,7 +596,7 @@ type SourceStats struct {
 
 // Stats describes the queue at one moment.
 type Stats struct {
-	SourceStats                       // totals over all sources
+	SourceStats  // totals over all sources
 	BySource     map[string]SourceStats
 	OldestDueAge time.Duration // how long the oldest due event has waited; 0 if none
 }

@@ -3,9 +3,17 @@ package queue
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 )
+
+// gatherYields is how many times a committer with an empty channel lets
+// other goroutines run before it writes what it has: callers answered by
+// the previous commit are often just about to send their next request, and
+// waiting for them doubles the batch at no measurable cost in latency,
+// where a timer would cost a tick at low load.
+const gatherYields = 3
 
 // commitTimeout bounds one group-commit write. Callers give up on their own
 // deadlines; this only keeps a committer from hanging on a dead server.
@@ -85,6 +93,7 @@ func (c *committer) run() {
 	batch := make([]*enqueueRequest, 0, c.q.cfg.MaxCommitBatch)
 	for first := range c.requests {
 		batch = append(batch[:0], first)
+		yields := 0
 	gather:
 		for len(batch) < cap(batch) {
 			select {
@@ -94,7 +103,11 @@ func (c *committer) run() {
 				}
 				batch = append(batch, req)
 			default:
-				break gather
+				if yields == gatherYields {
+					break gather
+				}
+				yields++
+				runtime.Gosched()
 			}
 		}
 		c.write(batch)

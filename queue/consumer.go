@@ -16,7 +16,7 @@ import (
 // Defaults for ConsumerConfig.
 const (
 	DefaultWorkers         = 4
-	DefaultTxBatch         = 16
+	DefaultTxBatch         = 32
 	DefaultMaxTxDuration   = 100 * time.Millisecond
 	DefaultPollInterval    = time.Second
 	DefaultRescueInterval  = 5 * time.Second
@@ -51,7 +51,7 @@ type ConsumerConfig struct {
 	// TxBatch is the most events one transaction processes, each under a
 	// savepoint; one commit for several events is what makes draining fast.
 	// A handler failure rolls back only its own event. At most 50. Defaults
-	// to 16; 1 gives every event its own transaction.
+	// to 32; 1 gives every event its own transaction.
 	TxBatch int
 
 	// MaxTxDuration stops adding events to a transaction once it has run
@@ -211,8 +211,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return errors.New("queue: consumer is already running")
 	}
 	defer c.running.Store(false)
-	c.chunks = make(chan []*Event, c.cfg.Workers)
-	c.freed = make(chan struct{}, c.cfg.Workers)
+	c.chunks = make(chan []*Event, prefetchFactor*c.cfg.Workers)
+	c.freed = make(chan struct{}, prefetchFactor*c.cfg.Workers)
 
 	// Handlers' contexts outlive ctx: cancelling a running pgx query closes
 	// its connection, so a shutdown signal must not reach them directly.
@@ -260,40 +260,46 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-// fetchLoop fetches for idle workers until ctx ends.
+// prefetchFactor is how many chunks per worker may be fetched ahead: one
+// running and one waiting, so a worker that finishes never waits for a
+// fetch round trip. Waiting events are leased and heart-beaten like
+// running ones.
+const prefetchFactor = 2
+
+// fetchLoop fetches chunks for free worker slots until ctx ends.
 func (c *Consumer) fetchLoop(ctx context.Context) {
-	idle := c.cfg.Workers
+	free := prefetchFactor * c.cfg.Workers
 	poll := time.NewTimer(c.cfg.PollInterval)
 	defer poll.Stop()
 	for {
 		for drained := false; !drained; {
 			select {
 			case <-c.freed:
-				idle++
+				free++
 			default:
 				drained = true
 			}
 		}
-		if idle == 0 {
+		if free == 0 {
 			select {
 			case <-ctx.Done():
 				return
 			case <-c.freed:
-				idle++
+				free++
 			}
 			continue
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		limit := min(idle*c.cfg.TxBatch, 1000)
+		limit := min(free*c.cfg.TxBatch, 1000)
 		evs, err := c.fetch(ctx, limit)
 		if err != nil {
 			c.log.Warn("queue: fetch failed; retrying after the poll interval", "error", err)
 		}
-		for _, chunk := range split(evs, idle) {
+		for _, chunk := range split(evs, free, c.cfg.TxBatch) {
 			c.chunks <- chunk
-			idle--
+			free--
 		}
 		if err == nil && len(evs) == limit {
 			continue // there may be more
@@ -324,9 +330,12 @@ func (c *Consumer) fetch(ctx context.Context, limit int) ([]*Event, error) {
 	return evs, err
 }
 
-// split deals evs to at most idle workers, as evenly as it can.
-func split(evs []*Event, idle int) [][]*Event {
-	n := min(idle, len(evs))
+// split deals evs into at most slots chunks of at most size events: full
+// chunks when there are many, one event per chunk when there are few, so
+// a handful of events still run in parallel.
+func split(evs []*Event, slots, size int) [][]*Event {
+	n := min(slots, len(evs))
+	n = max(n, (len(evs)+size-1)/size)
 	chunks := make([][]*Event, 0, n)
 	for i := range n {
 		lo, hi := i*len(evs)/n, (i+1)*len(evs)/n
@@ -425,17 +434,11 @@ func (o *outcomes) ran() []*Event {
 	return append(evs, o.deferred...)
 }
 
-const (
-	savepointSQL         = `SAVEPOINT wharf_event`
-	releaseSavepointSQL  = `RELEASE SAVEPOINT wharf_event`
-	rollbackSavepointSQL = `ROLLBACK TO SAVEPOINT wharf_event; RELEASE SAVEPOINT wharf_event`
-)
-
 // runTx runs events in one transaction until MaxTxDuration passes or the
 // consumer stops, commits, and returns the events it did not get to.
 func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest []*Event) {
 	start := time.Now()
-	tx, held, err := c.begin(handlerCtx, evs)
+	tx, err := c.begin(handlerCtx)
 	if err != nil {
 		c.log.Warn("queue: cannot start a transaction; releasing its events", "events", len(evs), "error", err)
 		c.release(evs)
@@ -443,13 +446,13 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 	}
 	var out outcomes
 	var broken error
-	for i, ev := range held {
+	for i, ev := range evs {
 		if i > 0 && (time.Since(start) >= c.cfg.MaxTxDuration || runCtx.Err() != nil) {
-			rest = held[i:]
+			rest = evs[i:]
 			break
 		}
 		if broken = c.runOne(handlerCtx, tx, ev, &out); broken != nil {
-			rest = held[i+1:]
+			rest = evs[i+1:]
 			break
 		}
 	}
@@ -467,74 +470,46 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 	return rest
 }
 
-// begin opens a transaction and locks the events it still holds, in one
-// round trip. Events whose lease was lost are dropped.
-func (c *Consumer) begin(ctx context.Context, evs []*Event) (pgx.Tx, []*Event, error) {
-	ids, tokens := leaseArrays(evs)
+// begin opens a transaction that runs with synchronous_commit on, in one
+// round trip.
+func (c *Consumer) begin(ctx context.Context) (pgx.Tx, error) {
 	b := &pgx.Batch{}
 	b.BeginTx(pgx.TxOptions{})
 	b.Queue(syncCommitSQL)
-	b.Queue(c.q.sql.lockHeld, ids, tokens)
 	br := c.q.pool.SendBatch(ctx, b)
-	locked := map[int64]bool{}
-	err := func() error {
-		for range 2 { // BEGIN, synchronous_commit
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
+	var err error
+	for range 2 { // BEGIN, synchronous_commit
+		if _, err = br.Exec(); err != nil {
+			break
 		}
-		rows, err := br.Query()
-		if err != nil {
-			return err
-		}
-		var id int64
-		_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
-			locked[id] = true
-			return nil
-		})
-		return err
-	}()
+	}
 	if closeErr := br.Close(); err == nil {
 		err = closeErr
 	}
 	tx := br.Tx()
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return nil, nil, err
+		return nil, err
 	}
-	held := make([]*Event, 0, len(evs))
-	var lost []*Event
-	for _, ev := range evs {
-		if locked[ev.QueueID] {
-			held = append(held, ev)
-		} else {
-			lost = append(lost, ev)
-		}
-	}
-	if len(lost) > 0 {
-		c.log.Warn("queue: leases lost before processing; another worker has these events", "events", len(lost))
-		c.untrack(lost)
-	}
-	return tx, held, nil
+	return tx, nil
 }
 
-// runOne runs one event under a savepoint and records its outcome. It
-// returns an error only when the transaction itself is broken (the
-// connection failed, or a savepoint could not be rolled back); the caller
-// then rolls everything back.
+// runOne runs one event under its own savepoint and records its outcome.
+// It returns an error only when the transaction itself is broken (the
+// connection failed, or the savepoint could not be rolled back to); the
+// caller then rolls everything back.
 func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcomes) error {
-	if _, err := tx.Exec(ctx, savepointSQL); err != nil {
-		out.failed = append(out.failed, failure{ev: ev, msg: "start savepoint: " + err.Error()})
-		return err
+	htx := &handlerTx{Tx: tx}
+	err := c.call(ctx, htx, ev)
+	if err == nil && htx.err == nil && (!htx.savepoint || !htx.failed()) {
+		out.done = append(out.done, ev)
+		return nil
 	}
-	err := c.call(ctx, tx, ev)
-	if err == nil {
-		_, err = tx.Exec(ctx, releaseSavepointSQL)
-		if err == nil {
-			out.done = append(out.done, ev)
-			return nil
-		}
-		err = fmt.Errorf("handler returned nil but its transaction failed (a failed statement aborts the transaction): %w", err)
+	switch {
+	case err == nil && htx.err != nil:
+		err = htx.err
+	case err == nil:
+		err = errors.New("handler returned nil but its transaction failed (a failed statement aborts the transaction)")
 	}
 	var deferred *DeferError
 	if errors.As(err, &deferred) {
@@ -542,6 +517,9 @@ func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcom
 		out.deferUntil = append(out.deferUntil, deferred.Until)
 	} else {
 		out.failed = append(out.failed, failure{ev: ev, msg: err.Error()})
+	}
+	if !htx.savepoint {
+		return nil // the handler wrote nothing
 	}
 	// Undo the handler's writes; the transaction is usable again after this
 	// even if a statement in it failed.
@@ -552,20 +530,14 @@ func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcom
 }
 
 // call runs the handler, turning a panic into an error with its stack.
-func (c *Consumer) call(ctx context.Context, tx pgx.Tx, ev *Event) (err error) {
+func (c *Consumer) call(ctx context.Context, tx *handlerTx, ev *Event) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 		}
 	}()
-	return c.cfg.Handler(ctx, handlerTx{tx}, ev)
+	return c.cfg.Handler(ctx, tx, ev)
 }
-
-// handlerTx is the transaction a Handler sees: everything but ending it.
-type handlerTx struct{ pgx.Tx }
-
-func (handlerTx) Commit(context.Context) error   { return ErrTxOwned }
-func (handlerTx) Rollback(context.Context) error { return ErrTxOwned }
 
 // finish completes, retries and defers the transaction's events in it, then
 // commits: the handlers' writes and the queue changes land together.
@@ -576,7 +548,7 @@ func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes) error {
 		}
 	}
 	if len(out.failed) > 0 {
-		if err := c.q.fail(ctx, tx, out.failed, c.cfg.Name); err != nil {
+		if err := c.q.fail(ctx, tx, out.failed); err != nil {
 			return err
 		}
 	}
@@ -598,7 +570,7 @@ func (c *Consumer) recover(ctx context.Context, out *outcomes, cause error) {
 		failures = append(failures, failure{ev: ev, msg: "transaction did not commit: " + cause.Error()})
 	}
 	err := pgx.BeginFunc(ctx, c.q.pool, func(tx pgx.Tx) error {
-		if err := c.q.fail(ctx, tx, failures, c.cfg.Name); err != nil {
+		if err := c.q.fail(ctx, tx, failures); err != nil {
 			return err
 		}
 		return c.q.deferEvents(ctx, tx, out.deferred, out.deferUntil)

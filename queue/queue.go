@@ -269,11 +269,27 @@ func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 	if worker == "" {
 		worker = q.worker
 	}
-	onlySources, onlyTypes := splitKinds(p.Only)
-	exclSources, exclTypes := splitKinds(p.Exclude)
 	token := rand.Int64()
-	rows, err := q.pool.Query(ctx, q.sql.fetch, p.Limit, token, onlySources, onlyTypes, exclSources, exclTypes,
-		q.cfg.LeaseDuration.Milliseconds(), worker)
+	// Both statements travel in one round trip and run in one implicit
+	// transaction, so the JIT setting applies to the fetch only.
+	b := &pgx.Batch{}
+	b.Queue(noJITSQL)
+	args := []any{p.Limit, token, q.cfg.LeaseDuration.Milliseconds(), worker}
+	if len(p.Only) > 0 {
+		sources, types := splitKinds(p.Only)
+		args = append(args, sources, types)
+	}
+	if len(p.Exclude) > 0 {
+		sources, types := splitKinds(p.Exclude)
+		args = append(args, sources, types)
+	}
+	b.Queue(q.sql.fetch[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], args...)
+	br := q.pool.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, fmt.Errorf("queue: fetch: %w", err)
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, fmt.Errorf("queue: fetch: %w", err)
 	}
@@ -292,6 +308,13 @@ func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 		return nil, fmt.Errorf("queue: fetch: %w", err)
 	}
 	return events, nil
+}
+
+func boolIndex(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func decodeJSONColumns(ev *Event, errorsJSON, headersJSON []byte) error {
@@ -397,7 +420,7 @@ func (q *Queue) RetryTx(ctx context.Context, tx pgx.Tx, ev *Event, cause error) 
 	if cause != nil {
 		msg = cause.Error()
 	}
-	if err := q.fail(ctx, tx, []failure{{ev: ev, msg: msg}}, q.worker); err != nil {
+	if err := q.fail(ctx, tx, []failure{{ev: ev, msg: msg}}); err != nil {
 		return false, err
 	}
 	return ev.Attempt >= ev.MaxAttempts, nil
@@ -409,29 +432,27 @@ type failure struct {
 	msg string
 }
 
-// fail records failed attempts: events with attempts left are rescheduled
-// with backoff, the rest are exhausted, all in tx.
-func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure, worker string) error {
+// fail records failed attempts, in tx: events with attempts left are
+// rescheduled with backoff, the rest are exhausted. Each history entry
+// takes its attempt number and worker from the row.
+func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) error {
 	var retry, exhaust []*Event
 	var retryDelays []int64
-	var retryErrs, exhaustErrs [][]byte
+	var retryMsgs, exhaustMsgs []string
 	for _, f := range failures {
-		entry, err := json.Marshal(AttemptError{Attempt: f.ev.Attempt, Error: truncateError(f.msg), At: time.Now().UTC(), Worker: worker})
-		if err != nil {
-			return err
-		}
+		msg := truncateError(f.msg)
 		if f.ev.Attempt >= f.ev.MaxAttempts {
 			exhaust = append(exhaust, f.ev)
-			exhaustErrs = append(exhaustErrs, entry)
+			exhaustMsgs = append(exhaustMsgs, msg)
 			continue
 		}
 		retry = append(retry, f.ev)
 		retryDelays = append(retryDelays, q.cfg.Backoff.delay(f.ev.Attempt, rand.Float64()).Milliseconds())
-		retryErrs = append(retryErrs, entry)
+		retryMsgs = append(retryMsgs, msg)
 	}
 	if len(retry) > 0 {
 		ids, tokens := leaseArrays(retry)
-		changed, err := collectIDs(ctx, tx, q.sql.retry, ids, tokens, retryDelays, retryErrs)
+		changed, err := collectIDs(ctx, tx, q.sql.retry, ids, tokens, retryDelays, retryMsgs)
 		if err != nil {
 			return fmt.Errorf("queue: retry: %w", err)
 		}
@@ -440,23 +461,23 @@ func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure, worker 
 		}
 	}
 	if len(exhaust) > 0 {
-		return q.exhaust(ctx, tx, exhaust, exhaustErrs)
+		return q.exhaust(ctx, tx, exhaust, exhaustMsgs)
 	}
 	return nil
 }
 
 // exhaust takes events that used their last attempt out of circulation:
 // to the OnExhausted hook, in tx, or parked as state "exhausted".
-func (q *Queue) exhaust(ctx context.Context, tx pgx.Tx, evs []*Event, errs [][]byte) error {
+func (q *Queue) exhaust(ctx context.Context, tx pgx.Tx, evs []*Event, msgs []string) error {
 	ids, tokens := leaseArrays(evs)
 	if q.cfg.OnExhausted == nil {
-		changed, err := collectIDs(ctx, tx, q.sql.exhaustKeep, ids, tokens, errs)
+		changed, err := collectIDs(ctx, tx, q.sql.exhaustKeep, ids, tokens, msgs)
 		if err != nil {
 			return fmt.Errorf("queue: exhaust: %w", err)
 		}
 		return lostError("exhaust", evs, changed)
 	}
-	rows, err := tx.Query(ctx, q.sql.exhaustRemove, ids, tokens, errs)
+	rows, err := tx.Query(ctx, q.sql.exhaustRemove, ids, tokens, msgs)
 	if err != nil {
 		return fmt.Errorf("queue: exhaust: %w", err)
 	}
@@ -578,7 +599,7 @@ func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 			return err
 		}
 		n = len(failures)
-		return q.fail(ctx, tx, failures, "rescuer")
+		return q.fail(ctx, tx, failures)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("queue: rescue: %w", err)

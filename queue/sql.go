@@ -1,6 +1,11 @@
 package queue
 
-import "github.com/wharfhq/wharf/internal/sqlschema"
+import (
+	"fmt"
+	"strings"
+
+	"github.com/wharfhq/wharf/internal/sqlschema"
+)
 
 // The queue's SQL, in one place. Every statement that changes a leased
 // event is fenced by (id, lease_token, state = 'running'): a worker whose
@@ -37,7 +42,13 @@ SELECT id, source, event_id FROM inserted`
 // 2xx must not leave before the event is durable.
 const syncCommitSQL = `SELECT set_config('synchronous_commit', 'on', true)`
 
-// fetchSQL claims up to $1 due events in one statement.
+// fetchSQL claims up to $1 due events in one statement, under lease token
+// $2 for $3 milliseconds, for worker $4.
+//
+// {kind_filters} is replaced by the Only and Exclude conditions a fetch
+// needs, and by nothing when it has none: an unused anti-join against an
+// empty array still makes the planner expect to scan the whole table,
+// which inflates the cost estimate past jit_above_cost.
 //
 // Candidates are due, available, match the kind filters, and, when they
 // have an ordering key, are the head of their key (no older event of the
@@ -54,12 +65,7 @@ WITH candidates AS (
     FROM {schema}.queue q
     WHERE q.state = 'available'
       AND q.run_at <= now()
-      AND (cardinality($3::text[]) = 0 OR EXISTS (
-            SELECT 1 FROM unnest($3::text[], $4::text[]) AS o(source, event_type)
-            WHERE o.source = q.source AND (o.event_type = '*' OR o.event_type = q.event_type)))
-      AND NOT EXISTS (
-            SELECT 1 FROM unnest($5::text[], $6::text[]) AS x(source, event_type)
-            WHERE x.source = q.source AND (x.event_type = '*' OR x.event_type = q.event_type))
+      {kind_filters}
       AND (q.ordering_key IS NULL OR (
             NOT EXISTS (
                 SELECT 1 FROM {schema}.queue_ordering_locks l
@@ -86,8 +92,8 @@ claimed AS (
         attempt = q.attempt + 1,
         attempted_at = now(),
         lease_token = $2,
-        lease_expires_at = now() + $7 * interval '1 millisecond',
-        leased_by = $8
+        lease_expires_at = now() + $3 * interval '1 millisecond',
+        leased_by = $4
     FROM candidates c
     WHERE q.id = c.id
       AND (c.ordering_key IS NULL OR c.id IN (SELECT queue_id FROM key_locks))
@@ -100,13 +106,20 @@ FROM claimed c JOIN {schema}.queue_payloads p ON p.queue_id = c.id
 ORDER BY c.id`
 
 // leasesCTE turns the ($1 ids, $2 tokens) arrays into the rows still held
-// under those leases; every lease operation starts from it.
+// under those leases, locked; every lease operation starts from it. The
+// lock matters: without it a call racing the rescuer would wait for the
+// rescuer's update and then apply its own on top, because under READ
+// COMMITTED a statement re-checks only its own WHERE clause, not a CTE's,
+// against the row version it waited for. FOR UPDATE re-checks the token
+// and state here.
 const leasesCTE = `
 held AS (
     SELECT q.id, q.source, q.ordering_key
     FROM {schema}.queue q
     JOIN unnest($1::bigint[], $2::bigint[]) AS l(id, token) ON q.id = l.id AND q.lease_token = l.token
     WHERE q.state = 'running'
+    ORDER BY q.id
+    FOR UPDATE OF q
 )`
 
 // unlockCTE drops the ordering-key locks of the rows in "changed".
@@ -129,18 +142,23 @@ payloads AS (
 ),` + unlockCTE + `
 SELECT id FROM changed`
 
-// retrySQL puts held events back, due after $3 milliseconds each, with $4
-// appended to their error history; the attempt they ran stays counted.
+// errorEntrySQL is one error-history entry for a row q that failed with
+// message i.error: attempt and worker come from the row itself.
+const errorEntrySQL = `jsonb_build_array(jsonb_build_object(
+            'attempt', q.attempt, 'error', i.error, 'at', now(), 'worker', coalesce(q.leased_by, '')))`
+
+// retrySQL puts held events back, due after $3 milliseconds each, with
+// error $4 appended to their history; the attempt they ran stays counted.
 const retrySQL = `
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $3::bigint[], $4::jsonb[]) AS t(id, delay_ms, error)
+    SELECT * FROM unnest($1::bigint[], $3::bigint[], $4::text[]) AS t(id, delay_ms, error)
 ),` + leasesCTE + `,
 changed AS (
     UPDATE {schema}.queue q
     SET state = 'available',
         run_at = now() + i.delay_ms * interval '1 millisecond',
         lease_token = NULL, lease_expires_at = NULL, leased_by = NULL,
-        errors = q.errors || jsonb_build_array(i.error)
+        errors = q.errors || ` + errorEntrySQL + `
     FROM held h JOIN input i ON i.id = h.id
     WHERE q.id = h.id
     RETURNING q.id, q.source, q.ordering_key
@@ -166,17 +184,17 @@ changed AS (
 ),` + unlockCTE + `
 SELECT id FROM changed`
 
-// exhaustKeepSQL parks held events as exhausted, with $3 appended to their
-// error history, when no OnExhausted hook takes them.
+// exhaustKeepSQL parks held events as exhausted, with error $3 appended to
+// their history, when no OnExhausted hook takes them.
 const exhaustKeepSQL = `
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $3::jsonb[]) AS t(id, error)
+    SELECT * FROM unnest($1::bigint[], $3::text[]) AS t(id, error)
 ),` + leasesCTE + `,
 changed AS (
     UPDATE {schema}.queue q
     SET state = 'exhausted',
         lease_token = NULL, lease_expires_at = NULL, leased_by = NULL,
-        errors = q.errors || jsonb_build_array(i.error)
+        errors = q.errors || ` + errorEntrySQL + `
     FROM held h JOIN input i ON i.id = h.id
     WHERE q.id = h.id
     RETURNING q.id, q.source, q.ordering_key
@@ -184,16 +202,16 @@ changed AS (
 SELECT id FROM changed`
 
 // exhaustRemoveSQL removes held events for the OnExhausted hook and returns
-// them whole, with $3 appended to their error history.
+// them whole, with error $3 appended to their history.
 const exhaustRemoveSQL = `
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $3::jsonb[]) AS t(id, error)
+    SELECT * FROM unnest($1::bigint[], $3::text[]) AS t(id, error)
 ),` + leasesCTE + `,
 changed AS (
     DELETE FROM {schema}.queue q USING held h JOIN input i ON i.id = h.id
     WHERE q.id = h.id
     RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.received_at,
-              q.attempt, q.max_attempts, q.errors || jsonb_build_array(i.error) AS errors
+              q.attempt, q.max_attempts, q.errors || ` + errorEntrySQL + ` AS errors
 ),
 payloads AS (
     DELETE FROM {schema}.queue_payloads p USING changed c WHERE p.queue_id = c.id
@@ -258,19 +276,44 @@ FROM {schema}.queue
 GROUP BY source
 ORDER BY source`
 
+// kindFilterSQL is a fetch's Only (match) or Exclude (not match) filter,
+// with kinds as two array parameters, sources then types, numbered from
+// first.
+func kindFilterSQL(match bool, first int) string {
+	not := "NOT "
+	if match {
+		not = ""
+	}
+	return fmt.Sprintf(`AND %sEXISTS (
+            SELECT 1 FROM unnest($%d::text[], $%d::text[]) AS k(source, event_type)
+            WHERE k.source = q.source AND (k.event_type = '*' OR k.event_type = q.event_type))`, not, first, first+1)
+}
+
+// noJITSQL turns JIT compilation off for the rest of the transaction. A
+// fetch's cost estimate can pass jit_above_cost when the planner cannot see
+// how selective the filters are, and compiling then costs hundreds of
+// milliseconds for a statement that runs in one.
+const noJITSQL = `SELECT set_config('jit', 'off', true)`
+
 const notifySQL = `SELECT pg_notify($1, '')`
 
 // statements holds the SQL rendered for one schema.
 type statements struct {
-	insert, fetch, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
+	// fetch is indexed by kind filters: [Only used][Exclude used].
+	fetch [2][2]string
+	insert, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
 	heartbeat, lockHeld, expired, stats string
 }
 
 func render(schema string) statements {
 	r := func(sql string) string { return sqlschema.Render(sql, schema) }
+	fetchWith := func(filters string) string { return r(strings.Replace(fetchSQL, "{kind_filters}", filters, 1)) }
 	return statements{
+		fetch: [2][2]string{
+			{fetchWith(""), fetchWith(kindFilterSQL(false, 5))},
+			{fetchWith(kindFilterSQL(true, 5)), fetchWith(kindFilterSQL(true, 5) + "\n      " + kindFilterSQL(false, 7))},
+		},
 		insert:        r(insertSQL),
-		fetch:         r(fetchSQL),
 		complete:      r(completeSQL),
 		retry:         r(retrySQL),
 		deferEvents:   r(deferSQL),

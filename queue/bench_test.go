@@ -1,0 +1,245 @@
+package queue_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
+)
+
+// Each benchmark measures wharf and a raw-SQL baseline in the same run and
+// reports both rates and their ratio (x-baseline), because absolute numbers
+// on a shared machine drift. Run them with, for example:
+//
+//	go test ./queue -run '^$' -bench . -benchtime 20000x
+
+// body1K is a 1 KB webhook body.
+var body1K = func() []byte {
+	b := make([]byte, 1024)
+	for i := range b {
+		b[i] = 'a' + byte(i%26)
+	}
+	return b
+}()
+
+// baselineTable is what a hand-written webhook endpoint would insert into.
+const baselineTable = `
+CREATE TABLE bench_baseline (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source      text NOT NULL,
+    event_id    text NOT NULL,
+    event_type  text NOT NULL,
+    body        bytea NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (source, event_id)
+)`
+
+// parallelFor runs fn(i) for i in [0, n) on workers goroutines and returns
+// the elapsed time.
+func parallelFor(b *testing.B, workers, n int, fn func(i int) error) time.Duration {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	start := time.Now()
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := fn(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	return elapsed
+}
+
+// BenchmarkIngest: 32 concurrent callers, each waiting for its own durable
+// commit of a 1 KB event. Baseline: one single-row INSERT per commit.
+func BenchmarkIngest(b *testing.B) {
+	const callers = 32
+	ctx := context.Background()
+	pool := dbtest.PoolWith(b, dbtest.Options{MaxConns: callers + 4})
+	_, err := pool.Exec(ctx, baselineTable)
+	require.NoError(b, err)
+	committers := 2
+	if v := os.Getenv("WHARF_BENCH_COMMITTERS"); v != "" {
+		committers, _ = strconv.Atoi(v)
+	}
+	q, err := queue.New(pool, queue.Config{Committers: committers})
+	require.NoError(b, err)
+	defer q.Close()
+
+	n := max(b.N, 1000)
+	var baseline, wharf time.Duration
+	// Two rounds each, interleaved, so drift on a shared machine hits both.
+	for round := range 2 {
+		baseline += parallelFor(b, callers, n/2, func(i int) error {
+			_, err := pool.Exec(ctx, `INSERT INTO bench_baseline (source, event_id, event_type, body) VALUES ($1, $2, $3, $4)`,
+				"bench", fmt.Sprintf("r%d-%d", round, i), "bench.event", body1K)
+			return err
+		})
+		wharf += parallelFor(b, callers, n/2, func(i int) error {
+			_, err := q.Enqueue(ctx, queue.NewEvent{Source: "bench", ID: fmt.Sprintf("r%d-%d", round, i), Type: "bench.event", Body: body1K})
+			return err
+		})
+	}
+	events := float64(2 * (n / 2))
+	b.ReportMetric(events/baseline.Seconds(), "baseline-events/s")
+	b.ReportMetric(events/wharf.Seconds(), "events/s")
+	b.ReportMetric(baseline.Seconds()/wharf.Seconds(), "x-baseline")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkDrain: the consumer empties 100,000 queued 1 KB events with a
+// no-op handler (fetch with lease, then complete). Baseline: a raw loop of
+// DELETE ... FOR UPDATE SKIP LOCKED ... RETURNING in batches of 100, with
+// the same number of connections.
+func BenchmarkDrain(b *testing.B) {
+	const events = 100_000
+	const workers = 4
+	ctx := context.Background()
+	for range b.N {
+		pool := dbtest.PoolWith(b, dbtest.Options{MaxConns: workers + 4})
+		_, err := pool.Exec(ctx, baselineTable)
+		require.NoError(b, err)
+		preload(b, pool, events)
+
+		start := time.Now()
+		parallelFor(b, workers, workers, func(int) error {
+			for {
+				rows, err := pool.Query(ctx, `
+DELETE FROM bench_baseline WHERE id IN (
+    SELECT id FROM bench_baseline ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
+RETURNING id, source, event_id, event_type, body`)
+				if err != nil {
+					return err
+				}
+				n := 0
+				for rows.Next() {
+					n++
+				}
+				if err := rows.Err(); err != nil {
+					return err
+				}
+				if n == 0 {
+					return nil
+				}
+			}
+		})
+		baseline := time.Since(start)
+
+		q, err := queue.New(pool, queue.Config{})
+		require.NoError(b, err)
+		var handled atomic.Int64
+		finished := make(chan struct{})
+		c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+			Workers: workers,
+			Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+				if handled.Add(1) == events {
+					close(finished)
+				}
+				return nil
+			},
+		})
+		require.NoError(b, err)
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		start = time.Now()
+		go func() { done <- c.Run(runCtx) }()
+		<-finished
+		// The last transaction commits after its handler returns.
+		for count(b, pool, `SELECT count(*) FROM wharf.queue`) > 0 {
+			time.Sleep(time.Millisecond)
+		}
+		wharf := time.Since(start)
+		stop()
+		require.NoError(b, <-done)
+		q.Close()
+
+		b.ReportMetric(events/baseline.Seconds(), "baseline-events/s")
+		b.ReportMetric(events/wharf.Seconds(), "events/s")
+		b.ReportMetric(baseline.Seconds()/wharf.Seconds(), "x-baseline")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// preload fills both the queue and the baseline table with n 1 KB events.
+func preload(b *testing.B, pool *pgxpool.Pool, n int) {
+	ctx := context.Background()
+	for _, sql := range []string{
+		`INSERT INTO bench_baseline (source, event_id, event_type, body)
+		 SELECT 'bench', g::text, 'bench.event', $1 FROM generate_series(1, $2) g`,
+		`WITH ins AS (
+		     INSERT INTO wharf.queue (source, event_id, event_type, max_attempts)
+		     SELECT 'bench', g::text, 'bench.event', 8 FROM generate_series(1, $2) g
+		     RETURNING id)
+		 INSERT INTO wharf.queue_payloads (queue_id, body) SELECT id, $1 FROM ins`,
+	} {
+		_, err := pool.Exec(ctx, sql, body1K, n)
+		require.NoError(b, err)
+	}
+	_, err := pool.Exec(ctx, `VACUUM ANALYZE bench_baseline, wharf.queue, wharf.queue_payloads`)
+	require.NoError(b, err)
+}
+
+// BenchmarkPickupLatency: on an idle queue, the time from Enqueue returning
+// to the handler starting. Reported as percentiles; the consumer polls only
+// once an hour, so every pick-up is a wake-up.
+func BenchmarkPickupLatency(b *testing.B) {
+	ctx := context.Background()
+	pool := dbtest.Pool(b)
+	q, err := queue.New(pool, queue.Config{})
+	require.NoError(b, err)
+	defer q.Close()
+	started := make(chan time.Time, 1)
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		PollInterval: time.Hour,
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			started <- time.Now()
+			return nil
+		},
+	})
+	require.NoError(b, err)
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = c.Run(runCtx) }()
+
+	n := max(b.N, 200)
+	latencies := make([]time.Duration, 0, n)
+	for i := range n {
+		_, err := q.Enqueue(ctx, queue.NewEvent{Source: "bench", ID: fmt.Sprint(i), Type: "bench.event", Body: body1K})
+		require.NoError(b, err)
+		enqueued := time.Now()
+		latencies = append(latencies, (<-started).Sub(enqueued))
+	}
+	slices.Sort(latencies)
+	pct := func(p float64) float64 {
+		return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(0, "ns/op")
+}

@@ -1,0 +1,136 @@
+package queue
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+const (
+	savepointSQL         = `SAVEPOINT wharf_event`
+	rollbackSavepointSQL = `ROLLBACK TO SAVEPOINT wharf_event`
+)
+
+// handlerTx is the transaction a Handler sees: the consumer's batch
+// transaction, minus the power to end it, with the event's savepoint taken
+// lazily. A handler that never touches the database costs no round trip;
+// one that does gets SAVEPOINT sent ahead of its first statement, in the
+// same round trip where it can.
+//
+// Savepoints are never released: each event's savepoint nests in the
+// previous one, and ROLLBACK TO undoes only the latest event's work.
+// Releasing would not spare subtransactions (their ids stay with the
+// transaction until it ends), only round trips.
+type handlerTx struct {
+	pgx.Tx
+	savepoint bool // SAVEPOINT sent for this event
+	err       error
+}
+
+// ensureSavepoint sends SAVEPOINT unless it was sent already.
+func (t *handlerTx) ensureSavepoint(ctx context.Context) error {
+	if t.savepoint {
+		return nil
+	}
+	if _, err := t.Tx.Exec(ctx, savepointSQL); err != nil {
+		return err
+	}
+	t.savepoint = true
+	return nil
+}
+
+// Exec sends the savepoint and the statement in one round trip the first
+// time, as a pipelined batch inside the transaction.
+func (t *handlerTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if t.savepoint {
+		return t.Tx.Exec(ctx, sql, args...)
+	}
+	b := &pgx.Batch{}
+	b.Queue(savepointSQL)
+	b.Queue(sql, args...)
+	br := t.Tx.SendBatch(ctx, b)
+	_, err := br.Exec()
+	if err == nil {
+		t.savepoint = true
+	}
+	var tag pgconn.CommandTag
+	if err == nil {
+		tag, err = br.Exec()
+	}
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	return tag, err
+}
+
+func (t *handlerTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := t.ensureSavepoint(ctx); err != nil {
+		return nil, err
+	}
+	return t.Tx.Query(ctx, sql, args...)
+}
+
+func (t *handlerTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := t.ensureSavepoint(ctx); err != nil {
+		return errRow{err}
+	}
+	return t.Tx.QueryRow(ctx, sql, args...)
+}
+
+func (t *handlerTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if err := t.ensureSavepoint(ctx); err != nil {
+		return pgx.FailedBatchResults(b, err)
+	}
+	return t.Tx.SendBatch(ctx, b)
+}
+
+func (t *handlerTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
+	if err := t.ensureSavepoint(ctx); err != nil {
+		return 0, err
+	}
+	return t.Tx.CopyFrom(ctx, table, columns, src)
+}
+
+func (t *handlerTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	if err := t.ensureSavepoint(ctx); err != nil {
+		return nil, err
+	}
+	return t.Tx.Prepare(ctx, name, sql)
+}
+
+// Begin starts a pseudo nested transaction (a savepoint of its own) inside
+// the event's savepoint.
+func (t *handlerTx) Begin(ctx context.Context) (pgx.Tx, error) {
+	if err := t.ensureSavepoint(ctx); err != nil {
+		return nil, err
+	}
+	return t.Tx.Begin(ctx)
+}
+
+// LargeObjects and Conn hand out access that cannot be intercepted, so the
+// savepoint is taken first; a failure shows when the handler returns.
+func (t *handlerTx) LargeObjects() pgx.LargeObjects {
+	t.err = t.ensureSavepoint(context.Background())
+	return t.Tx.LargeObjects()
+}
+
+func (t *handlerTx) Conn() *pgx.Conn {
+	t.err = t.ensureSavepoint(context.Background())
+	return t.Tx.Conn()
+}
+
+func (*handlerTx) Commit(context.Context) error   { return ErrTxOwned }
+func (*handlerTx) Rollback(context.Context) error { return ErrTxOwned }
+
+// failed reports whether the transaction can no longer run statements: a
+// statement in it failed (Postgres aborts the transaction until a rollback
+// to a savepoint), or the connection is gone.
+func (t *handlerTx) failed() bool {
+	status := t.Tx.Conn().PgConn().TxStatus()
+	return status != 'T' // 'T': in a transaction block; 'E': failed; 'I': none
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }

@@ -563,21 +563,31 @@ func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes) error {
 // recover handles a transaction that did not commit: nothing of it
 // happened, but every event in it ran and may have had effects outside the
 // database, so each counts as a failed attempt; deferred ones are deferred.
-// If even that fails the events are left to their leases and the rescuer.
+// Each is recorded on its own, so one lost lease cannot block the rest. An
+// event that cannot be recorded is left to its lease and the rescuer.
 func (c *Consumer) recover(ctx context.Context, out *outcomes, cause error) {
 	failures := append([]failure(nil), out.failed...)
 	for _, ev := range out.done {
 		failures = append(failures, failure{ev: ev, msg: "transaction did not commit: " + cause.Error()})
 	}
-	err := pgx.BeginFunc(ctx, c.q.pool, func(tx pgx.Tx) error {
-		if err := c.q.fail(ctx, tx, failures); err != nil {
-			return err
+	var unrecorded int
+	for _, f := range failures {
+		err := pgx.BeginFunc(ctx, c.q.pool, func(tx pgx.Tx) error {
+			return c.q.fail(ctx, tx, []failure{f})
+		})
+		if err != nil && !errors.Is(err, ErrLeaseLost) {
+			unrecorded++
 		}
-		return c.q.deferEvents(ctx, tx, out.deferred, out.deferUntil)
-	})
-	if err != nil {
-		c.log.Warn("queue: cannot record a failed transaction; its events run again when their leases expire",
-			"events", len(out.ran()), "cause", cause, "error", err)
+	}
+	for i, ev := range out.deferred {
+		err := c.q.deferEvents(ctx, c.q.pool, []*Event{ev}, out.deferUntil[i:i+1])
+		if err != nil && !errors.Is(err, ErrLeaseLost) {
+			unrecorded++
+		}
+	}
+	c.log.Warn("queue: transaction did not commit; its events count a failed attempt", "events", len(out.ran()), "cause", cause)
+	if unrecorded > 0 {
+		c.log.Warn("queue: cannot record failed attempts; those events run again when their leases expire", "events", unrecorded)
 	}
 	c.untrack(out.ran())
 }

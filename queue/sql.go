@@ -105,22 +105,13 @@ SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), c
 FROM claimed c JOIN {schema}.queue_payloads p ON p.queue_id = c.id
 ORDER BY c.id`
 
-// leasesCTE turns the ($1 ids, $2 tokens) arrays into the rows still held
-// under those leases, locked; every lease operation starts from it. The
-// lock matters: without it a call racing the rescuer would wait for the
-// rescuer's update and then apply its own on top, because under READ
-// COMMITTED a statement re-checks only its own WHERE clause, not a CTE's,
-// against the row version it waited for. FOR UPDATE re-checks the token
-// and state here.
-const leasesCTE = `
-held AS (
-    SELECT q.id, q.source, q.ordering_key
-    FROM {schema}.queue q
-    JOIN unnest($1::bigint[], $2::bigint[]) AS l(id, token) ON q.id = l.id AND q.lease_token = l.token
-    WHERE q.state = 'running'
-    ORDER BY q.id
-    FOR UPDATE OF q
-)`
+// heldSQL matches a queue row q to an input row i (id, token) that still
+// holds its lease. It sits in the WHERE clause of each statement that
+// changes the row, never in a CTE: under READ COMMITTED a statement that
+// waited for a concurrent update (the rescuer's, say) re-checks its own
+// WHERE clause against the new row version, so a stale lease changes
+// nothing, where a condition checked in a CTE would not be checked again.
+const heldSQL = `q.id = i.id AND q.lease_token = i.token AND q.state = 'running'`
 
 // unlockCTE drops the ordering-key locks of the rows in "changed".
 const unlockCTE = `
@@ -130,11 +121,13 @@ unlocked AS (
     WHERE k.source = c.source AND k.ordering_key = c.ordering_key AND k.queue_id = c.id
 )`
 
-// completeSQL removes held events with their payloads and key locks.
+// completeSQL removes held events, ($1 ids, $2 tokens), with their payloads
+// and key locks.
 const completeSQL = `
-WITH ` + leasesCTE + `,
-changed AS (
-    DELETE FROM {schema}.queue q USING held h WHERE q.id = h.id
+WITH changed AS (
+    DELETE FROM {schema}.queue q
+    USING unnest($1::bigint[], $2::bigint[]) AS i(id, token)
+    WHERE ` + heldSQL + `
     RETURNING q.id, q.source, q.ordering_key
 ),
 payloads AS (
@@ -150,17 +143,14 @@ const errorEntrySQL = `jsonb_build_array(jsonb_build_object(
 // retrySQL puts held events back, due after $3 milliseconds each, with
 // error $4 appended to their history; the attempt they ran stays counted.
 const retrySQL = `
-WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $3::bigint[], $4::text[]) AS t(id, delay_ms, error)
-),` + leasesCTE + `,
-changed AS (
+WITH changed AS (
     UPDATE {schema}.queue q
     SET state = 'available',
         run_at = now() + i.delay_ms * interval '1 millisecond',
         lease_token = NULL, lease_expires_at = NULL, leased_by = NULL,
         errors = q.errors || ` + errorEntrySQL + `
-    FROM held h JOIN input i ON i.id = h.id
-    WHERE q.id = h.id
+    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) AS i(id, token, delay_ms, error)
+    WHERE ` + heldSQL + `
     RETURNING q.id, q.source, q.ordering_key
 ),` + unlockCTE + `
 SELECT id FROM changed`
@@ -169,17 +159,14 @@ SELECT id FROM changed`
 // back the attempt the fetch counted: they did not run, or ran for nothing
 // that was their fault.
 const deferSQL = `
-WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $3::timestamptz[]) AS t(id, run_at)
-),` + leasesCTE + `,
-changed AS (
+WITH changed AS (
     UPDATE {schema}.queue q
     SET state = 'available',
         run_at = coalesce(i.run_at, now()),
         attempt = greatest(q.attempt - 1, 0),
         lease_token = NULL, lease_expires_at = NULL, leased_by = NULL
-    FROM held h JOIN input i ON i.id = h.id
-    WHERE q.id = h.id
+    FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS i(id, token, run_at)
+    WHERE ` + heldSQL + `
     RETURNING q.id, q.source, q.ordering_key
 ),` + unlockCTE + `
 SELECT id FROM changed`
@@ -187,16 +174,13 @@ SELECT id FROM changed`
 // exhaustKeepSQL parks held events as exhausted, with error $3 appended to
 // their history, when no OnExhausted hook takes them.
 const exhaustKeepSQL = `
-WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $3::text[]) AS t(id, error)
-),` + leasesCTE + `,
-changed AS (
+WITH changed AS (
     UPDATE {schema}.queue q
     SET state = 'exhausted',
         lease_token = NULL, lease_expires_at = NULL, leased_by = NULL,
         errors = q.errors || ` + errorEntrySQL + `
-    FROM held h JOIN input i ON i.id = h.id
-    WHERE q.id = h.id
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS i(id, token, error)
+    WHERE ` + heldSQL + `
     RETURNING q.id, q.source, q.ordering_key
 ),` + unlockCTE + `
 SELECT id FROM changed`
@@ -204,12 +188,10 @@ SELECT id FROM changed`
 // exhaustRemoveSQL removes held events for the OnExhausted hook and returns
 // them whole, with error $3 appended to their history.
 const exhaustRemoveSQL = `
-WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $3::text[]) AS t(id, error)
-),` + leasesCTE + `,
-changed AS (
-    DELETE FROM {schema}.queue q USING held h JOIN input i ON i.id = h.id
-    WHERE q.id = h.id
+WITH changed AS (
+    DELETE FROM {schema}.queue q
+    USING unnest($1::bigint[], $2::bigint[], $3::text[]) AS i(id, token, error)
+    WHERE ` + heldSQL + `
     RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.received_at,
               q.attempt, q.max_attempts, q.errors || ` + errorEntrySQL + ` AS errors
 ),
@@ -240,18 +222,6 @@ SET lease_expires_at = now() + $3 * interval '1 millisecond'
 FROM lockable l
 WHERE q.id = l.id
 RETURNING q.id, q.lease_expires_at`
-
-// lockHeldSQL locks the rows a worker is about to process, at the start of
-// its transaction, and returns those it still holds. While the lock is held
-// neither the rescuer nor a heartbeat touches them (both skip locked rows),
-// so the lease cannot be lost mid-transaction.
-const lockHeldSQL = `
-SELECT q.id
-FROM {schema}.queue q
-JOIN unnest($1::bigint[], $2::bigint[]) AS l(id, token) ON q.id = l.id AND q.lease_token = l.token
-WHERE q.state = 'running'
-ORDER BY q.id
-FOR UPDATE OF q`
 
 // expiredSQL picks running events whose lease lapsed, for the rescuer.
 const expiredSQL = `
@@ -302,7 +272,7 @@ type statements struct {
 	// fetch is indexed by kind filters: [Only used][Exclude used].
 	fetch [2][2]string
 	insert, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
-	heartbeat, lockHeld, expired, stats string
+	heartbeat, expired, stats string
 }
 
 func render(schema string) statements {
@@ -320,7 +290,6 @@ func render(schema string) statements {
 		exhaustKeep:   r(exhaustKeepSQL),
 		exhaustRemove: r(exhaustRemoveSQL),
 		heartbeat:     r(heartbeatSQL),
-		lockHeld:      r(lockHeldSQL),
 		expired:       r(expiredSQL),
 		stats:         r(statsSQL),
 	}

@@ -1,0 +1,87 @@
+// Package queue stores webhook events in PostgreSQL and hands them to
+// workers under leases: pattern 1 of wharf, queue-based processing. The
+// HTTP endpoint only validates, stores and acknowledges; workers process
+// later, so a slow or failing downstream never costs an event.
+//
+// # Storing
+//
+// Enqueue writes an event durably (synchronous_commit on, whatever the
+// server default) and reports whether it was new or a duplicate of one
+// already queued, by (source, event id). Concurrent Enqueue calls share one
+// INSERT and one commit (group commit) while each returns only after its own
+// row is committed. EnqueueTx writes in the caller's transaction;
+// EnqueueBatch writes many events in one round trip.
+//
+//	q, err := queue.New(pool, queue.Config{})
+//	res, err := q.Enqueue(ctx, queue.NewEvent{
+//		Source: "stripe", ID: "evt_1", Type: "invoice.paid", Body: body,
+//	})
+//	if err != nil { /* answer 503: the provider retries */ }
+//	// res.Duplicate: already stored; answer 200 so the provider stops.
+//
+// # Consuming
+//
+// A Consumer fetches due events (FOR UPDATE SKIP LOCKED) for its workers and
+// runs each in a transaction that also completes it: the handler's writes
+// and the event's removal commit together, or not at all.
+//
+//	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+//		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+//			_, err := tx.Exec(ctx, `UPDATE invoices SET paid = true WHERE id = $1`, id(ev.Body))
+//			return err // non-nil: rolled back and retried after a backoff
+//		},
+//	})
+//	go c.Run(ctx) // cancel ctx for a graceful shutdown
+//
+// Several events share a transaction (TxBatch), each under its own
+// savepoint, so one commit covers many; a failing handler rolls back only
+// its own event. An event that fails MaxAttempts times is exhausted: handed
+// to Config.OnExhausted in the transaction that removes it (the dead letter
+// queue installs one), or kept in the table as "exhausted".
+//
+// # Leases and crashes
+//
+// A fetched event is leased for LeaseDuration and its lease is extended by
+// heartbeats while it waits or runs. Only the current lease holder can
+// complete, retry, defer or release it (ErrLeaseLost otherwise). If a
+// worker dies, even by SIGKILL, its events' leases expire and a rescuer
+// returns them to the queue within LeaseDuration plus RescueInterval; that
+// run counts as an attempt, so an event that kills its worker every time
+// still ends after MaxAttempts.
+//
+// Attempts are honest: Fetch counts one; Defer and Release give it back.
+//
+// # Ordering keys
+//
+// Events of one source that share an OrderingKey run one at a time, in id
+// order; events of different keys run in parallel. A fetch takes the key by
+// inserting it into queue_ordering_locks, whose primary key holds across
+// fetchers on any number of replicas. An event that commits later than a
+// younger event of its key (its transaction started first but committed
+// last) runs after that younger event. An exhausted event stops holding
+// back its key.
+//
+// # Wake-ups
+//
+// After a commit the queue sends NOTIFY, from its own goroutine and at most
+// every 2 ms, never inside the inserting transaction (where it would take a
+// cluster-wide lock until commit). Consumers LISTEN on a dedicated
+// connection outside the pool and poll every PollInterval as the fallback;
+// PollOnly serves a PgBouncer in transaction mode. Consumers in the same
+// process as the Enqueue are woken directly.
+//
+// # Tables and connections
+//
+// The tables (created by wharf.Migrate) are queue (the row every fetch,
+// heartbeat and retry rewrites), queue_payloads (body and headers, written
+// once: keeping a 1 KB body out of the hot row makes a fetch about a third
+// cheaper, since Postgres rewrites the whole row on UPDATE) and
+// queue_ordering_locks. Completed events are deleted in the completing
+// transaction; the tables vacuum early and unthrottled (see the migration).
+//
+// A consumer needs ConnsNeeded(Workers) pool connections at once: one per
+// worker, one fetcher, one for heartbeats and rescues. Its LISTEN connection
+// is opened outside the pool. A process that also enqueues needs
+// Config.Committers more, plus one for the notifier. NewConsumer returns
+// ErrPoolTooSmall rather than starving at run time.
+package queue

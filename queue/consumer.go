@@ -398,7 +398,6 @@ func (c *Consumer) rescue(ctx context.Context) {
 		}
 		if n > 0 {
 			c.log.Info("queue: rescued events whose lease expired", "events", n)
-			poke(c.wake)
 		}
 		if n < limit {
 			return
@@ -467,6 +466,7 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 	} else {
 		c.untrack(out.ran())
 	}
+	c.q.notifyIfKeyed(out.ran())
 	return rest
 }
 

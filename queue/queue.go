@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"sort"
 	"sync"
 	"time"
 
@@ -131,23 +130,13 @@ func (q *Queue) enqueueValidated(ctx context.Context, db querier, evs []*NewEven
 // insert writes validated events in one round trip: the synchronous_commit
 // setting and the INSERT travel as one pipelined batch, which runs in one
 // transaction (the caller's, or an implicit one committed at its end).
+// Events get ids in the order given, which orders events of one ordering
+// key.
 func (q *Queue) insert(ctx context.Context, db querier, evs []*NewEvent) ([]EnqueueResult, error) {
 	if len(evs) == 0 {
 		return nil, nil
 	}
-	// Sort a copy by key and drop repeats, so concurrent batches lock keys
-	// in one order, and a key repeated within the batch is written once.
-	order := make([]int, len(evs))
-	for i := range order {
-		order[i] = i
-	}
-	sort.SliceStable(order, func(a, b int) bool {
-		ea, eb := evs[order[a]], evs[order[b]]
-		if ea.Source != eb.Source {
-			return ea.Source < eb.Source
-		}
-		return ea.ID < eb.ID
-	})
+	// A key repeated within the batch is written once, as given first.
 	n := len(evs)
 	var (
 		sources      = make([]string, 0, n)
@@ -158,16 +147,15 @@ func (q *Queue) insert(ctx context.Context, db querier, evs []*NewEvent) ([]Enqu
 		runAts       = make([]*time.Time, 0, n)
 		bodies       = make([][]byte, 0, n)
 		headers      = make([][]byte, 0, n)
-		first        = make([]bool, n) // first occurrence of its key, in input order
+		first        = make([]bool, n)
+		seen         = make(map[[2]string]bool, n)
 	)
-	for k, i := range order {
-		ev := evs[i]
-		if k > 0 {
-			prev := evs[order[k-1]]
-			if prev.Source == ev.Source && prev.ID == ev.ID {
-				continue // stable sort: the earlier index stays first
-			}
+	for i, ev := range evs {
+		key := [2]string{ev.Source, ev.ID}
+		if seen[key] {
+			continue
 		}
+		seen[key] = true
 		first[i] = true
 		sources = append(sources, ev.Source)
 		ids = append(ids, ev.ID)
@@ -233,6 +221,18 @@ func encodeHeaders(h http.Header) []byte {
 		panic(err) // map[string][]string of validated UTF-8 always encodes
 	}
 	return b
+}
+
+// notifyIfKeyed wakes consumers when any of evs has an ordering key: once
+// such an event leaves the running state its key's next event is due, and
+// no enqueue will announce it.
+func (q *Queue) notifyIfKeyed(evs []*Event) {
+	for _, ev := range evs {
+		if ev.OrderingKey != "" {
+			q.Notify()
+			return
+		}
+	}
 }
 
 // Notify wakes idle consumers of this queue, in this process at once and in
@@ -383,11 +383,17 @@ func lostError(op string, evs []*Event, changed map[int64]bool) error {
 // wrapping ErrLeaseLost, and changes nothing, if the caller no longer holds
 // ev's lease.
 func (q *Queue) Complete(ctx context.Context, ev *Event) error {
-	return q.complete(ctx, q.pool, []*Event{ev})
+	err := q.complete(ctx, q.pool, []*Event{ev})
+	if err == nil {
+		q.notifyIfKeyed([]*Event{ev})
+	}
+	return err
 }
 
 // CompleteTx is Complete inside the caller's transaction, so the event is
-// removed if and only if the caller's own writes commit.
+// removed if and only if the caller's own writes commit. For an event with
+// an ordering key, call Notify after committing so the key's next event
+// starts without waiting for a poll.
 func (q *Queue) CompleteTx(ctx context.Context, tx pgx.Tx, ev *Event) error {
 	return q.complete(ctx, tx, []*Event{ev})
 }
@@ -409,6 +415,9 @@ func (q *Queue) Retry(ctx context.Context, ev *Event, cause error) (exhausted bo
 		exhausted, err = q.RetryTx(ctx, tx, ev, cause)
 		return err
 	})
+	if err == nil {
+		q.notifyIfKeyed([]*Event{ev})
+	}
 	return exhausted, err
 }
 
@@ -511,7 +520,11 @@ func (q *Queue) exhaust(ctx context.Context, tx pgx.Tx, evs []*Event, msgs []str
 // zero): the attempt Fetch counted is given back. Use it when the event
 // cannot run yet for a reason that is not its own fault.
 func (q *Queue) Defer(ctx context.Context, ev *Event, until time.Time) error {
-	return q.deferEvents(ctx, q.pool, []*Event{ev}, []time.Time{until})
+	err := q.deferEvents(ctx, q.pool, []*Event{ev}, []time.Time{until})
+	if err == nil {
+		q.notifyIfKeyed([]*Event{ev})
+	}
+	return err
 }
 
 // DeferTx is Defer inside the caller's transaction.
@@ -522,7 +535,11 @@ func (q *Queue) DeferTx(ctx context.Context, tx pgx.Tx, ev *Event, until time.Ti
 // Release puts events back, due now, with their attempts given back: for a
 // worker that stops before running them (a shutdown).
 func (q *Queue) Release(ctx context.Context, evs ...*Event) error {
-	return q.deferEvents(ctx, q.pool, evs, make([]time.Time, len(evs)))
+	err := q.deferEvents(ctx, q.pool, evs, make([]time.Time, len(evs)))
+	if err == nil {
+		q.Notify()
+	}
+	return err
 }
 
 func (q *Queue) deferEvents(ctx context.Context, db querier, evs []*Event, until []time.Time) error {

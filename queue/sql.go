@@ -13,27 +13,31 @@ import (
 // an event also removes its payload and its ordering-key lock in the same
 // statement, so no path can forget one.
 
-// insertSQL stores a batch. Rows arrive sorted by (source, event_id), so
-// concurrent batches lock unique keys in one order and cannot deadlock. The
-// RETURNING list names the rows that were new; the others were duplicates.
+// insertSQL stores a batch. Ids are drawn in input order, so events of one
+// ordering key keep the order they were given in; rows are then inserted
+// sorted by (source, event_id), so concurrent batches lock unique keys in
+// one order and cannot deadlock. The RETURNING list names the rows that
+// were new; the others were duplicates.
 const insertSQL = `
 WITH input AS (
-    SELECT *
+    SELECT t.*, nextval(pg_get_serial_sequence('{schema}.queue', 'id')) AS id
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::bytea[], $8::jsonb[])
         WITH ORDINALITY AS t(source, event_id, event_type, ordering_key, max_attempts, run_at, body, headers, ord)
+    ORDER BY t.ord
 ),
 inserted AS (
-    INSERT INTO {schema}.queue (source, event_id, event_type, ordering_key, max_attempts, run_at)
-    SELECT source, event_id, event_type, nullif(ordering_key, ''), max_attempts, coalesce(run_at, now())
+    INSERT INTO {schema}.queue (id, source, event_id, event_type, ordering_key, max_attempts, run_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, source, event_id, event_type, nullif(ordering_key, ''), max_attempts, coalesce(run_at, now())
     FROM input
-    ORDER BY ord
+    ORDER BY source, event_id
     ON CONFLICT (source, event_id) DO NOTHING
     RETURNING id, source, event_id
 ),
 payloads AS (
     INSERT INTO {schema}.queue_payloads (queue_id, body, headers)
     SELECT i.id, input.body, input.headers
-    FROM inserted i JOIN input USING (source, event_id)
+    FROM inserted i JOIN input USING (id)
 )
 SELECT id, source, event_id FROM inserted`
 

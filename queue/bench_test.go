@@ -196,8 +196,8 @@ func preload(b *testing.B, pool *pgxpool.Pool, n int) {
 		`WITH ins AS (
 		     INSERT INTO wharf.queue (source, event_id, event_type, max_attempts)
 		     SELECT 'bench', g::text, 'bench.event', 8 FROM generate_series(1, $2) g
-		     RETURNING id)
-		 INSERT INTO wharf.queue_payloads (queue_id, body) SELECT id, $1 FROM ins`,
+		     RETURNING id, source, event_id)
+		 INSERT INTO wharf.queue_payloads (queue_id, source, event_id, body) SELECT id, source, event_id, $1 FROM ins`,
 	} {
 		_, err := pool.Exec(ctx, sql, body1K, n)
 		require.NoError(b, err)

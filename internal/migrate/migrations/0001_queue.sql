@@ -1,8 +1,10 @@
--- Pattern 1: the queue. One row per received event, in two tables: the hot
--- row that every fetch, heartbeat and retry rewrites, and the payload (raw
--- body and headers), written once at enqueue and deleted with the row.
--- Postgres rewrites the whole row on UPDATE, so keeping a 1 KB body out of
--- the hot row makes a fetch about a third cheaper (see queue/doc.go).
+-- Pattern 1: the queue. One event in two tables: the hot row that every
+-- fetch, heartbeat and retry rewrites, and the payload (the event as
+-- received: key, raw body, headers), written once at enqueue and deleted
+-- with the row. Postgres rewrites the whole row on UPDATE and adds an entry
+-- to every index of a row it cannot update in place, so the hot row stays
+-- narrow and lightly indexed: the body and the deduplication key live in
+-- the payload table (see queue/doc.go).
 
 CREATE TABLE {schema}.queue (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -22,7 +24,6 @@ CREATE TABLE {schema}.queue (
     leased_by        text,
     -- One object per failed attempt: {"attempt", "error", "at", "worker"}.
     errors           jsonb       NOT NULL DEFAULT '[]',
-    CONSTRAINT queue_source_event_id_key UNIQUE (source, event_id),
     CONSTRAINT queue_lease_check CHECK (state <> 'running' OR (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL))
 ) WITH (
     -- Rows live seconds and die by DELETE: vacuum early and without
@@ -43,13 +44,18 @@ CREATE INDEX queue_lease_expiry_idx ON {schema}.queue (lease_expires_at) WHERE s
 -- Ordering keys: the head of each key (lowest id) is the only one eligible.
 CREATE INDEX queue_ordering_idx ON {schema}.queue (source, ordering_key, id) WHERE ordering_key IS NOT NULL;
 
--- No foreign key to queue: the queue package deletes a payload in the same
--- statement as its row, and a foreign key would add a trigger call per row
--- on the hot path.
+-- The unique key on (source, event_id) deduplicates deliveries; it lives
+-- here, in a row written once, so a fetch does not add an entry to it.
+-- No foreign key to queue: the queue package inserts and deletes a payload
+-- in the same statement as its row, and a foreign key would add a trigger
+-- call per row on the hot path.
 CREATE TABLE {schema}.queue_payloads (
     queue_id bigint PRIMARY KEY,
+    source   text  NOT NULL,
+    event_id text  NOT NULL,
     body     bytea NOT NULL,
-    headers  jsonb
+    headers  jsonb,
+    CONSTRAINT queue_payloads_source_event_id_key UNIQUE (source, event_id)
 ) WITH (
     autovacuum_vacuum_scale_factor = 0.02,
     autovacuum_vacuum_threshold = 1000,

@@ -73,11 +73,14 @@
 // # Tables and connections
 //
 // The tables (created by wharf.Migrate) are queue (the row every fetch,
-// heartbeat and retry rewrites), queue_payloads (body and headers, written
-// once: keeping a 1 KB body out of the hot row makes a fetch about a third
-// cheaper, since Postgres rewrites the whole row on UPDATE) and
-// queue_ordering_locks. Completed events are deleted in the completing
-// transaction; the tables vacuum early and unthrottled (see the migration).
+// heartbeat and retry rewrites), queue_payloads (the event as received:
+// its deduplication key, body and headers, written once) and
+// queue_ordering_locks. Postgres rewrites the whole row on UPDATE and adds
+// an entry to each of its indexes, so the hot row is kept narrow and
+// lightly indexed: a fetch costs about half what it would with the body and
+// the unique key in the hot row. Completed events are deleted in the
+// completing transaction; the tables vacuum early and unthrottled (see the
+// migration).
 //
 // A consumer needs ConnsNeeded(Workers) pool connections at once: one per
 // worker, one fetcher, one for heartbeats and rescues. Its LISTEN connection

@@ -478,7 +478,7 @@ func (c *Consumer) begin(ctx context.Context) (pgx.Tx, error) {
 	b.Queue(syncCommitSQL)
 	br := c.q.pool.SendBatch(ctx, b)
 	var err error
-	for range 2 { // BEGIN, synchronous_commit
+	for range 2 { // BEGIN, settings
 		if _, err = br.Exec(); err != nil {
 			break
 		}
@@ -543,7 +543,9 @@ func (c *Consumer) call(ctx context.Context, tx *handlerTx, ev *Event) (err erro
 // commits: the handlers' writes and the queue changes land together.
 func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes) error {
 	if len(out.done) > 0 {
-		if err := c.q.complete(ctx, tx, out.done); err != nil {
+		// The handlers are done, so generic plans reach only the queue's
+		// own statements from here to the commit.
+		if err := c.q.complete(ctx, tx, genericPlansSQL, out.done); err != nil {
 			return err
 		}
 	}

@@ -92,7 +92,10 @@ func (q *Queue) Enqueue(ctx context.Context, ev NewEvent) (EnqueueResult, error)
 // caller commits would find nothing): call Notify after committing, or the
 // event is picked up within the consumers' poll interval.
 func (q *Queue) EnqueueTx(ctx context.Context, tx pgx.Tx, ev NewEvent) (EnqueueResult, error) {
-	res, err := q.enqueueValidated(ctx, tx, []*NewEvent{&ev}, false)
+	if err := ev.validate(); err != nil {
+		return EnqueueResult{}, err
+	}
+	res, err := q.insert(ctx, tx, syncCommitSQL, []*NewEvent{&ev})
 	if err != nil {
 		return EnqueueResult{}, err
 	}
@@ -106,33 +109,25 @@ func (q *Queue) EnqueueTx(ctx context.Context, tx pgx.Tx, ev NewEvent) (EnqueueR
 func (q *Queue) EnqueueBatch(ctx context.Context, evs []NewEvent) ([]EnqueueResult, error) {
 	ptrs := make([]*NewEvent, len(evs))
 	for i := range evs {
+		if err := evs[i].validate(); err != nil {
+			return nil, err
+		}
 		ptrs[i] = &evs[i]
 	}
-	res, err := q.enqueueValidated(ctx, q.pool, ptrs, false)
+	res, err := q.insert(ctx, q.pool, ownEnqueueSQL, ptrs)
 	if err == nil {
 		q.Notify()
 	}
 	return res, err
 }
 
-// enqueueValidated validates evs, unless prevalidated, then writes them.
-func (q *Queue) enqueueValidated(ctx context.Context, db querier, evs []*NewEvent, prevalidated bool) ([]EnqueueResult, error) {
-	if !prevalidated {
-		for _, ev := range evs {
-			if err := ev.validate(); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return q.insert(ctx, db, evs)
-}
-
-// insert writes validated events in one round trip: the synchronous_commit
-// setting and the INSERT travel as one pipelined batch, which runs in one
-// transaction (the caller's, or an implicit one committed at its end).
+// insert writes validated events in one round trip: the settings (which
+// turn synchronous_commit on) and the INSERT travel as one pipelined batch,
+// which runs in one transaction (the caller's, or an implicit one committed
+// at its end).
 // Events get ids in the order given, which orders events of one ordering
 // key.
-func (q *Queue) insert(ctx context.Context, db querier, evs []*NewEvent) ([]EnqueueResult, error) {
+func (q *Queue) insert(ctx context.Context, db querier, settings string, evs []*NewEvent) ([]EnqueueResult, error) {
 	if len(evs) == 0 {
 		return nil, nil
 	}
@@ -176,7 +171,7 @@ func (q *Queue) insert(ctx context.Context, db querier, evs []*NewEvent) ([]Enqu
 	}
 
 	b := &pgx.Batch{}
-	b.Queue(syncCommitSQL)
+	b.Queue(settings)
 	b.Queue(q.sql.insert, sources, ids, types, orderingKeys, maxAttempts, runAts, bodies, headers)
 	br := db.SendBatch(ctx, b)
 	inserted := make(map[[2]string]int64, len(ids))
@@ -273,7 +268,7 @@ func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 	// Both statements travel in one round trip and run in one implicit
 	// transaction, so the JIT setting applies to the fetch only.
 	b := &pgx.Batch{}
-	b.Queue(noJITSQL)
+	b.Queue(fetchSettingsSQL)
 	args := []any{p.Limit, token, q.cfg.LeaseDuration.Milliseconds(), worker}
 	if len(p.Only) > 0 {
 		sources, types := splitKinds(p.Only)
@@ -351,8 +346,21 @@ func leaseArrays(evs []*Event) (ids, tokens []int64) {
 }
 
 // collectIDs runs a lease statement and returns the set of ids it changed.
-func collectIDs(ctx context.Context, db querier, sql string, args ...any) (map[int64]bool, error) {
-	rows, err := db.Query(ctx, sql, args...)
+// Settings, when given, are sent ahead of it in the same round trip.
+func collectIDs(ctx context.Context, db querier, settings, sql string, args ...any) (map[int64]bool, error) {
+	b := &pgx.Batch{}
+	if settings != "" {
+		b.Queue(settings)
+	}
+	b.Queue(sql, args...)
+	br := db.SendBatch(ctx, b)
+	defer br.Close()
+	if settings != "" {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, err
 	}
@@ -362,7 +370,10 @@ func collectIDs(ctx context.Context, db querier, sql string, args ...any) (map[i
 		changed[id] = true
 		return nil
 	})
-	return changed, err
+	if err != nil {
+		return nil, err
+	}
+	return changed, br.Close()
 }
 
 // lostError names the events whose lease was lost, wrapping ErrLeaseLost.
@@ -383,7 +394,7 @@ func lostError(op string, evs []*Event, changed map[int64]bool) error {
 // wrapping ErrLeaseLost, and changes nothing, if the caller no longer holds
 // ev's lease.
 func (q *Queue) Complete(ctx context.Context, ev *Event) error {
-	err := q.complete(ctx, q.pool, []*Event{ev})
+	err := q.complete(ctx, q.pool, genericPlansSQL, []*Event{ev})
 	if err == nil {
 		q.notifyIfKeyed([]*Event{ev})
 	}
@@ -395,12 +406,13 @@ func (q *Queue) Complete(ctx context.Context, ev *Event) error {
 // an ordering key, call Notify after committing so the key's next event
 // starts without waiting for a poll.
 func (q *Queue) CompleteTx(ctx context.Context, tx pgx.Tx, ev *Event) error {
-	return q.complete(ctx, tx, []*Event{ev})
+	return q.complete(ctx, tx, "", []*Event{ev})
 }
 
-func (q *Queue) complete(ctx context.Context, db querier, evs []*Event) error {
+// complete removes evs, with settings (if any) sent first.
+func (q *Queue) complete(ctx context.Context, db querier, settings string, evs []*Event) error {
 	ids, tokens := leaseArrays(evs)
-	changed, err := collectIDs(ctx, db, q.sql.complete, ids, tokens)
+	changed, err := collectIDs(ctx, db, settings, q.sql.complete, ids, tokens)
 	if err != nil {
 		return fmt.Errorf("queue: complete: %w", err)
 	}
@@ -461,7 +473,7 @@ func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) error {
 	}
 	if len(retry) > 0 {
 		ids, tokens := leaseArrays(retry)
-		changed, err := collectIDs(ctx, tx, q.sql.retry, ids, tokens, retryDelays, retryMsgs)
+		changed, err := collectIDs(ctx, tx, "", q.sql.retry, ids, tokens, retryDelays, retryMsgs)
 		if err != nil {
 			return fmt.Errorf("queue: retry: %w", err)
 		}
@@ -480,7 +492,7 @@ func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) error {
 func (q *Queue) exhaust(ctx context.Context, tx pgx.Tx, evs []*Event, msgs []string) error {
 	ids, tokens := leaseArrays(evs)
 	if q.cfg.OnExhausted == nil {
-		changed, err := collectIDs(ctx, tx, q.sql.exhaustKeep, ids, tokens, msgs)
+		changed, err := collectIDs(ctx, tx, "", q.sql.exhaustKeep, ids, tokens, msgs)
 		if err != nil {
 			return fmt.Errorf("queue: exhaust: %w", err)
 		}
@@ -553,7 +565,7 @@ func (q *Queue) deferEvents(ctx context.Context, db querier, evs []*Event, until
 			runAts[i] = &until[i]
 		}
 	}
-	changed, err := collectIDs(ctx, db, q.sql.deferEvents, ids, tokens, runAts)
+	changed, err := collectIDs(ctx, db, "", q.sql.deferEvents, ids, tokens, runAts)
 	if err != nil {
 		return fmt.Errorf("queue: defer: %w", err)
 	}

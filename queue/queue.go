@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,13 +17,11 @@ import (
 // Queue stores events and hands them out under leases. It is safe for
 // concurrent use. Create it with New; call Close when done enqueueing.
 type Queue struct {
-	pool   *pgxpool.Pool
-	cfg    Config
-	sql    statements
-	worker string // default leased_by and error-history worker name
-	notify *notifier
-
-	startOnce sync.Once
+	pool      *pgxpool.Pool
+	cfg       Config
+	sql       statements
+	worker    string // default leased_by and error-history worker name
+	notify    *notifier
 	committer *committer
 }
 

@@ -434,8 +434,6 @@ func (o *outcomes) ran() []*Event {
 }
 
 // runTx runs events in one transaction until MaxTxDuration passes or the
-// consumer stops, commits, and returns the events it did not get to.
-// runTx runs events in one transaction until MaxTxDuration passes or the
 // consumer stops, commits them with their completions, and returns the
 // events it did not get to. If the transaction breaks or does not commit,
 // every event that ran counts a failed attempt (see recover).

@@ -104,6 +104,28 @@ func (q *Queue) EnqueueTx(ctx context.Context, tx pgx.Tx, ev NewEvent) (EnqueueR
 // the order of evs; an id repeated within evs is a duplicate after its
 // first occurrence.
 func (q *Queue) EnqueueBatch(ctx context.Context, evs []NewEvent) ([]EnqueueResult, error) {
+	ptrs, err := validateAll(evs)
+	if err != nil {
+		return nil, err
+	}
+	res, err := q.insert(ctx, q.pool, ownEnqueueSQL, ptrs)
+	if err == nil {
+		q.Notify()
+	}
+	return res, err
+}
+
+// EnqueueBatchTx is EnqueueBatch inside the caller's transaction, which it
+// sets to commit with synchronous_commit on. Call Notify after committing.
+func (q *Queue) EnqueueBatchTx(ctx context.Context, tx pgx.Tx, evs []NewEvent) ([]EnqueueResult, error) {
+	ptrs, err := validateAll(evs)
+	if err != nil {
+		return nil, err
+	}
+	return q.insert(ctx, tx, syncCommitSQL, ptrs)
+}
+
+func validateAll(evs []NewEvent) ([]*NewEvent, error) {
 	ptrs := make([]*NewEvent, len(evs))
 	for i := range evs {
 		if err := evs[i].validate(); err != nil {
@@ -111,11 +133,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, evs []NewEvent) ([]EnqueueResu
 		}
 		ptrs[i] = &evs[i]
 	}
-	res, err := q.insert(ctx, q.pool, ownEnqueueSQL, ptrs)
-	if err == nil {
-		q.Notify()
-	}
-	return res, err
+	return ptrs, nil
 }
 
 // insert writes validated events in one round trip: the settings (which

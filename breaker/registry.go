@@ -1,0 +1,138 @@
+package breaker
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Registry holds one Breaker per downstream, by name, created on first
+// use with Config.Default or the Config.Breakers entry of that name. It is
+// safe for concurrent use.
+type Registry struct {
+	cfg      *resolved
+	breakers sync.Map     // name → *Breaker
+	shared   *sharedState // nil unless Config.Shared
+}
+
+// New returns a Registry, or an error wrapping ErrInvalidConfig. With
+// Config.Shared set it starts a goroutine that publishes and refreshes the
+// shared state until Close.
+func New(cfg Config) (*Registry, error) {
+	return newRegistry(cfg, true)
+}
+
+// newRegistry is New; without refresh, shared state moves only on Sync
+// (for tests that must control when it does).
+func newRegistry(cfg Config, refresh bool) (*Registry, error) {
+	res, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
+	r := &Registry{cfg: res}
+	if res.shared != nil {
+		r.shared = newSharedState(r, *res.shared)
+		if refresh {
+			r.shared.start()
+		}
+	}
+	return r, nil
+}
+
+// Close stops sharing state (and removes this process's counts from the
+// shared table, best effort). Breakers keep working locally afterwards. It
+// is a no-op for a Registry that does not share state.
+func (r *Registry) Close() {
+	if r.shared != nil {
+		r.shared.close()
+	}
+}
+
+// Breaker returns the breaker named name, creating it on first use, or an
+// error wrapping ErrInvalidName.
+func (r *Registry) Breaker(name string) (*Breaker, error) {
+	if b, ok := r.breakers.Load(name); ok {
+		return b.(*Breaker), nil
+	}
+	if err := validateName(name); err != nil {
+		return nil, err
+	}
+	b, _ := r.breakers.LoadOrStore(name, newBreaker(r, name, r.cfg.settingsFor(name)))
+	return b.(*Breaker), nil
+}
+
+// Execute calls fn through the breaker named name; see Breaker.Execute
+// for what it returns. An invalid name returns an error wrapping
+// ErrInvalidName and does not call fn.
+func (r *Registry) Execute(ctx context.Context, name string, fn func(ctx context.Context) error) error {
+	b, err := r.Breaker(name)
+	if err != nil {
+		return err
+	}
+	return b.Execute(ctx, fn)
+}
+
+// State returns the state of the breaker named name: closed for one never
+// used. Its Until says, while open, when the next probe is allowed. An
+// invalid name returns an error wrapping ErrInvalidName.
+func (r *Registry) State(name string) (Status, error) {
+	if err := validateName(name); err != nil {
+		return Status{}, err
+	}
+	b, ok := r.breakers.Load(name)
+	if !ok {
+		return Status{Name: name, State: StateClosed}, nil
+	}
+	return b.(*Breaker).Status(), nil
+}
+
+// Open lists the breakers that reject every call now, by name, each with
+// the time its next probe is allowed: the downstreams whose work should
+// wait. In shared mode it includes those another process opened, once
+// this one has refreshed. Half-open breakers are not listed (they need
+// calls to probe with).
+func (r *Registry) Open() []Status {
+	var out []Status
+	r.breakers.Range(func(_, v any) bool {
+		if st := v.(*Breaker).Status(); st.State == StateOpen {
+			out = append(out, st)
+		}
+		return true
+	})
+	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Transport returns an http.RoundTripper that sends requests through base
+// (http.DefaultTransport when nil) under the breaker named name; see
+// Transport. An invalid name returns an error wrapping ErrInvalidName.
+func (r *Registry) Transport(name string, base http.RoundTripper) (*Transport, error) {
+	b, err := r.Breaker(name)
+	if err != nil {
+		return nil, err
+	}
+	return &Transport{Breaker: b, Base: base}, nil
+}
+
+// Sync publishes this process's pending transitions and counts and reads
+// the shared state now, instead of at the next refresh. It is a no-op for
+// a Registry that does not share state, and returns ErrClosed after Close.
+func (r *Registry) Sync(ctx context.Context) error {
+	if r.shared == nil {
+		return nil
+	}
+	return r.shared.sync(ctx)
+}
+
+// all returns every breaker, in name order.
+func (r *Registry) all() []*Breaker {
+	var out []*Breaker
+	r.breakers.Range(func(_, v any) bool {
+		out = append(out, v.(*Breaker))
+		return true
+	})
+	slices.SortFunc(out, func(a, b *Breaker) int { return strings.Compare(a.name, b.name) })
+	return out
+}

@@ -1,0 +1,200 @@
+package dlq
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/wharfhq/wharf/queue"
+)
+
+// ReplayResult counts what a replay did.
+type ReplayResult struct {
+	// Replayed entries went back to the queue (or found their event already
+	// queued by a redelivery) and are now marked replayed.
+	Replayed int
+	// Skipped entries were not dead (already replayed or discarded, perhaps
+	// by a concurrent replay) or did not exist.
+	Skipped int
+}
+
+// Replay sends dead entries back to q, attempts reset, in one transaction,
+// and marks them replayed. Replaying an entry twice, even concurrently,
+// makes one queue row: the second replay finds it no longer dead.
+// Consumers are woken after the commit. q must live in the DLQ's schema.
+func (d *DLQ) Replay(ctx context.Context, q *queue.Queue, ids ...int64) (ReplayResult, error) {
+	if err := d.checkQueue(q); err != nil {
+		return ReplayResult{}, err
+	}
+	if len(ids) == 0 {
+		return ReplayResult{}, nil
+	}
+	var res ReplayResult
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, d.sql.lockDead, ids)
+		if err != nil {
+			return err
+		}
+		var replayed []int64
+		var events []queue.NewEvent
+		var id int64
+		var ev queue.NewEvent
+		var headers []byte
+		var maxAttempts int
+		_, err = pgx.ForEachRow(rows, []any{&id, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Body, &headers, &maxAttempts}, func() error {
+			e := queue.NewEvent{Source: ev.Source, ID: ev.ID, Type: ev.Type, OrderingKey: ev.OrderingKey,
+				Body: append([]byte{}, ev.Body...), MaxAttempts: maxAttempts}
+			if len(headers) > 0 {
+				var h http.Header
+				if err := json.Unmarshal(headers, &h); err != nil {
+					return fmt.Errorf("entry %d: decode headers: %w", id, err)
+				}
+				e.Headers = h
+			}
+			replayed = append(replayed, id)
+			events = append(events, e)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(events) == 0 {
+			return nil
+		}
+		// A duplicate here means a redelivery already queued the event: it
+		// is back in the queue either way, so the entry counts as replayed.
+		if _, err := q.EnqueueBatchTx(ctx, tx, events); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, d.sql.markReplayed, replayed); err != nil {
+			return err
+		}
+		res.Replayed = len(replayed)
+		return nil
+	})
+	if err != nil {
+		return ReplayResult{}, fmt.Errorf("dlq: replay: %w", err)
+	}
+	res.Skipped = len(ids) - res.Replayed
+	if res.Replayed > 0 {
+		q.Notify()
+	}
+	return res, nil
+}
+
+func (d *DLQ) checkQueue(q *queue.Queue) error {
+	if q == nil {
+		return fmt.Errorf("%w: queue is nil", ErrInvalidConfig)
+	}
+	if q.Schema() != d.cfg.Schema {
+		return fmt.Errorf("%w: the queue's schema %q is not the DLQ's %q", ErrInvalidConfig, q.Schema(), d.cfg.Schema)
+	}
+	return nil
+}
+
+// ReplayOptions shape a bulk replay.
+type ReplayOptions struct {
+	// BatchSize is how many entries each transaction replays. Defaults to
+	// 100.
+	BatchSize int
+	// MaxPerSecond caps the replay rate, so a bulk replay does not flood
+	// the consumers or the downstream. Defaults to no cap.
+	MaxPerSecond float64
+	// Progress, when set, is called after each batch with the entries
+	// replayed so far and how many matched when the replay began.
+	Progress func(replayed, total int64)
+}
+
+// ReplayMatching replays every dead entry that matches f into q, in
+// batches, newest first (Filter.Status is ignored: only dead entries
+// replay). It stops at the first error or when ctx ends, returning what it
+// did so far.
+func (d *DLQ) ReplayMatching(ctx context.Context, q *queue.Queue, f Filter, opts ReplayOptions) (ReplayResult, error) {
+	if err := d.checkQueue(q); err != nil {
+		return ReplayResult{}, err
+	}
+	f.Status = StatusDead
+	batch := opts.BatchSize
+	if batch == 0 {
+		batch = DefaultReplayBatch
+	}
+	if batch < 1 || batch > MaxListLimit || opts.MaxPerSecond < 0 {
+		return ReplayResult{}, fmt.Errorf("%w: BatchSize %d must be 1..%d and MaxPerSecond not negative", ErrInvalidFilter, batch, MaxListLimit)
+	}
+	total, err := d.Count(ctx, f)
+	if err != nil {
+		return ReplayResult{}, err
+	}
+	var res ReplayResult
+	var after *Cursor
+	start := time.Now()
+	for {
+		entries, next, err := d.List(ctx, f, Page{Limit: batch, After: after})
+		if err != nil {
+			return res, err
+		}
+		if len(entries) == 0 {
+			return res, nil
+		}
+		ids := make([]int64, len(entries))
+		for i, e := range entries {
+			ids[i] = e.ID
+		}
+		r, err := d.Replay(ctx, q, ids...)
+		res.Replayed += r.Replayed
+		res.Skipped += r.Skipped
+		if err != nil {
+			return res, err
+		}
+		if opts.Progress != nil {
+			opts.Progress(int64(res.Replayed), total)
+		}
+		if next == nil {
+			return res, nil
+		}
+		after = next
+		if opts.MaxPerSecond > 0 {
+			due := start.Add(time.Duration(float64(res.Replayed+res.Skipped) / opts.MaxPerSecond * float64(time.Second)))
+			select {
+			case <-ctx.Done():
+				return res, ctx.Err()
+			case <-time.After(time.Until(due)):
+			}
+		}
+	}
+}
+
+// Discard sets dead entries aside: they stop counting as dead and are kept
+// for audit until purged. It returns how many it discarded.
+func (d *DLQ) Discard(ctx context.Context, ids ...int64) (int, error) {
+	tag, err := d.pool.Exec(ctx, d.sql.discard, ids)
+	if err != nil {
+		return 0, fmt.Errorf("dlq: discard: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Purge deletes replayed and discarded entries whose replay or discard is
+// older than olderThan, in batches, and returns how many it deleted. Dead
+// entries are never purged.
+func (d *DLQ) Purge(ctx context.Context, olderThan time.Duration) (int64, error) {
+	if olderThan < 0 {
+		return 0, fmt.Errorf("%w: olderThan %s is negative", ErrInvalidFilter, olderThan)
+	}
+	const batch = 1000
+	var total int64
+	for {
+		tag, err := d.pool.Exec(ctx, d.sql.purge, olderThan.Milliseconds(), batch)
+		if err != nil {
+			return total, fmt.Errorf("dlq: purge: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < batch {
+			return total, nil
+		}
+	}
+}

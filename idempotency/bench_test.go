@@ -1,0 +1,146 @@
+package idempotency_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/internal/dbtest"
+)
+
+// Each benchmark measures wharf and a raw-SQL baseline in the same run and
+// reports both rates and their ratio, because absolute numbers on a shared
+// machine drift. Run them with, for example:
+//
+//	go test ./idempotency -run '^$' -bench . -benchtime 20000x
+
+// benchInvoices is the business table a consumer writes to: one row per
+// event.
+const benchInvoices = `
+CREATE TABLE bench_invoices (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    invoice    text        NOT NULL,
+    amount     bigint      NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)`
+
+const benchInsert = `INSERT INTO bench_invoices (invoice, amount) VALUES ($1, $2)`
+
+// parallelFor runs fn(i) for i in [0, n) on workers goroutines and returns
+// the elapsed time.
+func parallelFor(b *testing.B, workers, n int, fn func(i int) error) time.Duration {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	start := time.Now()
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := fn(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	return elapsed
+}
+
+// BenchmarkClaim: 8 goroutines, each running transactions of
+// BEGIN; Claim; INSERT one business row; COMMIT, every key new. Baseline:
+// the same transactions without the Claim (BEGIN; INSERT; COMMIT), on the
+// same pool and tables, in interleaved rounds. The claim is a round trip
+// of its own whose answer decides whether the INSERT runs, as in a real
+// consumer; nothing is pipelined. Target: cost-ratio (time with Claim over
+// time without) at most 1.3.
+//
+// A third variant sends SELECT 1 where the claim would be: rt-floor-ratio
+// is what one more round trip costs by itself, the floor for any claim
+// made in its own statement. On a machine where round trips are expensive
+// relative to small writes, it is most of cost-ratio.
+func BenchmarkClaim(b *testing.B) {
+	const workers = 8
+	ctx := context.Background()
+	pool := dbtest.PoolWith(b, dbtest.Options{MaxConns: workers + 2})
+	_, err := pool.Exec(ctx, benchInvoices)
+	require.NoError(b, err)
+	store, err := idempotency.New(pool, idempotency.Config{})
+	require.NoError(b, err)
+
+	business := func(ctx context.Context, tx pgx.Tx, invoice string) error {
+		_, err := tx.Exec(ctx, benchInsert, invoice, int64(4200))
+		return err
+	}
+	variants := []struct {
+		name string
+		run  func(ctx context.Context, invoice string) error
+	}{
+		{"baseline", func(ctx context.Context, invoice string) error {
+			return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return business(ctx, tx, invoice) })
+		}},
+		{"floor", func(ctx context.Context, invoice string) error {
+			return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				var one int
+				if err := tx.QueryRow(ctx, `SELECT 1`).Scan(&one); err != nil {
+					return err
+				}
+				return business(ctx, tx, invoice)
+			})
+		}},
+		{"claim", func(ctx context.Context, invoice string) error {
+			return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				first, err := store.Claim(ctx, tx, "bench.mark-paid", idempotency.Key("bench", invoice))
+				if err != nil || !first {
+					return fmt.Errorf("claim of new key %q: first=%v err=%v", invoice, first, err)
+				}
+				return business(ctx, tx, invoice)
+			})
+		}},
+	}
+
+	// Warm up: every connection opened and its statements prepared.
+	for _, v := range variants {
+		parallelFor(b, workers, 25*workers, func(i int) error { return v.run(ctx, fmt.Sprintf("warm-%s-%d", v.name, i)) })
+	}
+
+	n := max(b.N, 2000)
+	const rounds = 10
+	per := n / rounds
+	elapsed := make([]time.Duration, len(variants))
+	b.ResetTimer()
+	// Interleaved rounds, so drift on a shared machine hits all variants.
+	for round := range rounds {
+		for j, v := range variants {
+			elapsed[j] += parallelFor(b, workers, per, func(i int) error {
+				return v.run(ctx, fmt.Sprintf("evt_%016x%08x", rand.Uint64(), round*per+i))
+			})
+		}
+	}
+	b.StopTimer()
+	baseline, floor, claim := elapsed[0], elapsed[1], elapsed[2]
+	txns := float64(rounds * per)
+	b.ReportMetric(txns/baseline.Seconds(), "baseline-txn/s")
+	b.ReportMetric(txns/claim.Seconds(), "txn/s")
+	b.ReportMetric(baseline.Seconds()/claim.Seconds(), "x-baseline")
+	b.ReportMetric(claim.Seconds()/baseline.Seconds(), "cost-ratio")
+	b.ReportMetric(floor.Seconds()/baseline.Seconds(), "rt-floor-ratio")
+	b.ReportMetric(0, "ns/op")
+}

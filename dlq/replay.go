@@ -40,14 +40,15 @@ func (d *DLQ) Replay(ctx context.Context, q *queue.Queue, ids ...int64) (ReplayR
 			return err
 		}
 		var replayed []int64
+		var named []Replayed
 		var events []queue.NewEvent
 		var id int64
 		var ev queue.NewEvent
 		var headers []byte
 		var maxAttempts int
-		_, err = pgx.ForEachRow(rows, []any{&id, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Body, &headers, &maxAttempts}, func() error {
+		_, err = pgx.ForEachRow(rows, []any{&id, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.Body, &headers, &maxAttempts}, func() error {
 			e := queue.NewEvent{Source: ev.Source, ID: ev.ID, Type: ev.Type, OrderingKey: ev.OrderingKey,
-				Body: append([]byte{}, ev.Body...), MaxAttempts: maxAttempts}
+				Handler: ev.Handler, Body: append([]byte{}, ev.Body...), MaxAttempts: maxAttempts}
 			if len(headers) > 0 {
 				var h http.Header
 				if err := json.Unmarshal(headers, &h); err != nil {
@@ -56,6 +57,7 @@ func (d *DLQ) Replay(ctx context.Context, q *queue.Queue, ids ...int64) (ReplayR
 				e.Headers = h
 			}
 			replayed = append(replayed, id)
+			named = append(named, Replayed{ID: id, Source: e.Source, EventID: e.ID, Type: e.Type})
 			events = append(events, e)
 			return nil
 		})
@@ -65,13 +67,21 @@ func (d *DLQ) Replay(ctx context.Context, q *queue.Queue, ids ...int64) (ReplayR
 		if len(events) == 0 {
 			return nil
 		}
-		// A duplicate here means a redelivery already queued the event: it
-		// is back in the queue either way, so the entry counts as replayed.
+		// The entries stop being dead first: a queue that refuses events
+		// still dead-lettered as duplicates (the Pipeline's does) must see
+		// them replayed. A duplicate then means a redelivery already queued
+		// the event, or it was processed since: either way it is out of
+		// the DLQ's hands, so the entry counts as replayed.
+		if _, err := tx.Exec(ctx, d.sql.markReplayed, replayed); err != nil {
+			return err
+		}
 		if _, err := q.EnqueueBatchTx(ctx, tx, events); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, d.sql.markReplayed, replayed); err != nil {
-			return err
+		if d.cfg.OnReplay != nil {
+			if err := d.cfg.OnReplay(ctx, tx, named); err != nil {
+				return fmt.Errorf("OnReplay: %w", err)
+			}
 		}
 		res.Replayed = len(replayed)
 		return nil

@@ -61,7 +61,7 @@ const getSQL = `SELECT ` + entryColumns + ` FROM {schema}.dead_letters WHERE id 
 // concurrent replay of the same entry waits here, then finds it no longer
 // dead and skips it: replaying twice makes one queue row.
 const lockDeadSQL = `
-SELECT id, source, event_id, event_type, coalesce(ordering_key, ''), body, headers, max_attempts
+SELECT id, source, event_id, event_type, coalesce(ordering_key, ''), handler, body, headers, max_attempts
 FROM {schema}.dead_letters
 WHERE id = ANY ($1::bigint[]) AND status = 'dead'
 ORDER BY id

@@ -70,6 +70,14 @@ type Config struct {
 	// connection while it writes. Defaults to 2.
 	Committers int
 
+	// DuplicateIf is an SQL condition that makes an event a duplicate even
+	// though it is not in the queue: wharf's Pipeline uses it to refuse
+	// events already processed or dead-lettered. It is evaluated for each
+	// row t(source, event_id, event_type, handler) of an insert, inside the
+	// inserting statement; {schema} is replaced by the quoted schema. It is
+	// code, never input. Defaults to none.
+	DuplicateIf string
+
 	// Logger receives warnings (a failed notify, a failed batch that fell
 	// back to row-by-row). Defaults to discarding them.
 	Logger *slog.Logger

@@ -74,3 +74,24 @@ func (e *DeferError) Unwrap() error { return e.Reason }
 func Defer(until time.Time, reason error) error {
 	return &DeferError{Until: until, Reason: reason}
 }
+
+// PermanentError marks a handler's failure as one no retry can fix (a
+// payload that will never parse): the Consumer exhausts the event at once,
+// with Err recorded as the attempt's error, instead of spending its
+// remaining attempts.
+type PermanentError struct {
+	Err error
+}
+
+func (e *PermanentError) Error() string { return "permanent: " + e.Err.Error() }
+
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent returns err marked as permanent (see PermanentError); nil stays
+// nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PermanentError{Err: err}
+}

@@ -15,6 +15,7 @@ const (
 	MaxIDLen          = 255
 	MaxTypeLen        = 255
 	MaxOrderingKeyLen = 255
+	MaxHandlerLen     = 200
 	// MaxMaxAttempts bounds NewEvent.MaxAttempts and Config.MaxAttempts.
 	MaxMaxAttempts = 1000
 )
@@ -45,6 +46,10 @@ type NewEvent struct {
 	MaxAttempts int
 	// RunAt delays the first attempt. Defaults to now.
 	RunAt time.Time
+	// Handler names what is to process the event, for operators and for
+	// Config.DuplicateIf; the queue itself does not route by it. Optional,
+	// at most MaxHandlerLen bytes.
+	Handler string
 }
 
 // EnqueueResult is the outcome of storing one event.
@@ -89,6 +94,7 @@ type Event struct {
 	ID          string
 	Type        string
 	OrderingKey string
+	Handler     string
 	Body        []byte
 	Headers     http.Header
 	ReceivedAt  time.Time
@@ -135,6 +141,9 @@ func (ev *NewEvent) validate() error {
 	}
 	if reason := checkText(ev.OrderingKey, MaxOrderingKeyLen, false); reason != "" {
 		return fail("ordering key", reason)
+	}
+	if reason := checkText(ev.Handler, MaxHandlerLen, false); reason != "" {
+		return fail("handler", reason)
 	}
 	if ev.Body == nil {
 		return fail("body", "is nil")

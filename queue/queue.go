@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -35,7 +36,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Queue, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	q := &Queue{pool: pool, cfg: c, sql: render(c.Schema), worker: defaultWorkerName()}
+	q := &Queue{pool: pool, cfg: c, sql: render(c.Schema, c.DuplicateIf), worker: defaultWorkerName()}
 	q.notify = newNotifier(pool, c.Schema, c.Logger)
 	q.committer = newCommitter(q)
 	return q, nil
@@ -157,6 +158,7 @@ func (q *Queue) insert(ctx context.Context, db querier, settings string, evs []*
 		runAts       = make([]*time.Time, 0, n)
 		bodies       = make([][]byte, 0, n)
 		headers      = make([][]byte, 0, n)
+		handlers     = make([]string, 0, n)
 		first        = make([]bool, n)
 		seen         = make(map[[2]string]bool, n)
 	)
@@ -183,11 +185,12 @@ func (q *Queue) insert(ctx context.Context, db querier, settings string, evs []*
 		runAts = append(runAts, runAt)
 		bodies = append(bodies, ev.Body)
 		headers = append(headers, encodeHeaders(ev.Headers))
+		handlers = append(handlers, ev.Handler)
 	}
 
 	b := &pgx.Batch{}
 	b.Queue(settings)
-	b.Queue(q.sql.insert, sources, ids, types, orderingKeys, maxAttempts, runAts, bodies, headers)
+	b.Queue(q.sql.insert, sources, ids, types, orderingKeys, maxAttempts, runAts, bodies, headers, handlers)
 	br := db.SendBatch(ctx, b)
 	inserted := make(map[[2]string]int64, len(ids))
 	_, err := br.Exec()
@@ -306,7 +309,7 @@ func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Event, error) {
 		ev := &Event{Lease: Lease{Token: token}}
 		var errorsJSON, headersJSON []byte
-		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.ReceivedAt,
+		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.ReceivedAt,
 			&ev.Attempt, &ev.MaxAttempts, &errorsJSON, &ev.Lease.ExpiresAt, &ev.Body, &headersJSON)
 		if err != nil {
 			return nil, err
@@ -435,8 +438,9 @@ func (q *Queue) complete(ctx context.Context, db querier, settings string, evs [
 }
 
 // Retry records cause as ev's failed attempt and reschedules it after the
-// backoff for its attempt number. If that was its last attempt it is
-// exhausted instead (see Config.OnExhausted) and Retry reports true.
+// backoff for its attempt number. If that was its last attempt, or cause is
+// Permanent, it is exhausted instead (see Config.OnExhausted) and Retry
+// reports true.
 func (q *Queue) Retry(ctx context.Context, ev *Event, cause error) (exhausted bool, err error) {
 	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		exhausted, err = q.RetryTx(ctx, tx, ev, cause)
@@ -456,16 +460,19 @@ func (q *Queue) RetryTx(ctx context.Context, tx pgx.Tx, ev *Event, cause error) 
 	if cause != nil {
 		msg = cause.Error()
 	}
-	if err := q.fail(ctx, tx, []failure{{ev: ev, msg: msg}}); err != nil {
+	var permanent *PermanentError
+	isPermanent := errors.As(cause, &permanent)
+	if err := q.fail(ctx, tx, []failure{{ev: ev, msg: msg, permanent: isPermanent}}); err != nil {
 		return false, err
 	}
-	return ev.Attempt >= ev.MaxAttempts, nil
+	return isPermanent || ev.Attempt >= ev.MaxAttempts, nil
 }
 
 // failure is one failed attempt to record.
 type failure struct {
-	ev  *Event
-	msg string
+	ev        *Event
+	msg       string
+	permanent bool // exhaust now, whatever attempts are left
 }
 
 // fail records failed attempts, in tx: events with attempts left are
@@ -477,7 +484,7 @@ func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) error {
 	var retryMsgs, exhaustMsgs []string
 	for _, f := range failures {
 		msg := truncateError(f.msg)
-		if f.ev.Attempt >= f.ev.MaxAttempts {
+		if f.permanent || f.ev.Attempt >= f.ev.MaxAttempts {
 			exhaust = append(exhaust, f.ev)
 			exhaustMsgs = append(exhaustMsgs, msg)
 			continue
@@ -520,7 +527,7 @@ func (q *Queue) exhaust(ctx context.Context, tx pgx.Tx, evs []*Event, msgs []str
 	removed, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Event, error) {
 		ev := &Event{}
 		var errorsJSON, headersJSON []byte
-		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.ReceivedAt,
+		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.ReceivedAt,
 			&ev.Attempt, &ev.MaxAttempts, &errorsJSON, &ev.Body, &headersJSON)
 		if err != nil {
 			return nil, err

@@ -18,25 +18,26 @@ import (
 // by (source, event_id): their unique key deduplicates, and concurrent
 // batches lock keys in one order, so they cannot deadlock. Only events
 // whose payload was new get a queue row; RETURNING names them, and the
-// others were duplicates.
+// others were duplicates. {duplicate_if} is Config.DuplicateIf, or false.
 const insertSQL = `
 WITH input AS (
     SELECT t.*, nextval(pg_get_serial_sequence('{schema}.queue', 'id')) AS id
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::bytea[], $8::jsonb[])
-        WITH ORDINALITY AS t(source, event_id, event_type, ordering_key, max_attempts, run_at, body, headers, ord)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::bytea[], $8::jsonb[], $9::text[])
+        WITH ORDINALITY AS t(source, event_id, event_type, ordering_key, max_attempts, run_at, body, headers, handler, ord)
     ORDER BY t.ord
 ),
 stored AS (
     INSERT INTO {schema}.queue_payloads (queue_id, source, event_id, body, headers)
     SELECT id, source, event_id, body, headers
-    FROM input
+    FROM input t
+    WHERE NOT ({duplicate_if})
     ORDER BY source, event_id
     ON CONFLICT (source, event_id) DO NOTHING
     RETURNING queue_id
 )
-INSERT INTO {schema}.queue (id, source, event_id, event_type, ordering_key, max_attempts, run_at)
+INSERT INTO {schema}.queue (id, source, event_id, event_type, ordering_key, handler, max_attempts, run_at)
 OVERRIDING SYSTEM VALUE
-SELECT i.id, i.source, i.event_id, i.event_type, nullif(i.ordering_key, ''), i.max_attempts, coalesce(i.run_at, now())
+SELECT i.id, i.source, i.event_id, i.event_type, nullif(i.ordering_key, ''), nullif(i.handler, ''), i.max_attempts, coalesce(i.run_at, now())
 FROM input i JOIN stored s ON s.queue_id = i.id
 ORDER BY i.id
 RETURNING id, source, event_id`
@@ -117,10 +118,10 @@ claimed AS (
         SELECT id FROM candidates WHERE ordering_key IS NULL
         UNION ALL
         SELECT queue_id FROM key_locks))
-    RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.received_at,
+    RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.handler, q.received_at,
               q.attempt, q.max_attempts, q.errors, q.lease_expires_at
 )
-SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), c.received_at,
+SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), coalesce(c.handler, ''), c.received_at,
        c.attempt, c.max_attempts, c.errors, c.lease_expires_at, p.body, p.headers
 FROM claimed c JOIN {schema}.queue_payloads p ON p.queue_id = c.id
 ORDER BY c.id`
@@ -221,14 +222,14 @@ var exhaustRemoveSQL = `
 WITH changed AS (
     DELETE FROM {schema}.queue q
     WHERE ` + heldSQL + `
-    RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.received_at,
+    RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.handler, q.received_at,
               q.attempt, q.max_attempts, q.errors || ` + errorEntrySQL("3::text[]") + ` AS errors
 ),
 payloads AS (
     DELETE FROM {schema}.queue_payloads p USING changed c WHERE p.queue_id = c.id
     RETURNING p.queue_id, p.body, p.headers
 ),` + unlockCTE + `
-SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), c.received_at,
+SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), coalesce(c.handler, ''), c.received_at,
        c.attempt, c.max_attempts, c.errors, p.body, p.headers
 FROM changed c JOIN payloads p ON p.queue_id = c.id
 ORDER BY c.id`
@@ -301,8 +302,13 @@ type statements struct {
 	heartbeat, expired, stats string
 }
 
-func render(schema string) statements {
-	r := func(sql string) string { return sqlschema.Render(sql, schema) }
+func render(schema, duplicateIf string) statements {
+	if duplicateIf == "" {
+		duplicateIf = "false"
+	}
+	r := func(sql string) string {
+		return sqlschema.Render(strings.Replace(sql, "{duplicate_if}", duplicateIf, 1), schema)
+	}
 	fetchWith := func(filters string) string { return r(strings.Replace(fetchSQL, "{kind_filters}", filters, 1)) }
 	return statements{
 		fetch: [2][2]string{

@@ -1,0 +1,310 @@
+package eventlog
+
+import (
+	"strings"
+
+	"github.com/wharfhq/wharf/internal/sqlschema"
+)
+
+// The event log's SQL, in one place. event_log is only ever inserted into
+// (triggers reject anything else); event_streams holds each stream's
+// current version and is the lock that serialises appenders to one stream;
+// event_checkpoints holds projections' cursors.
+
+// appendSQL writes a batch of events to stream $1 in one statement, if the
+// stream is at the expected version. {head} is one of the head statements
+// below: it moves the stream's row forward by the number of events ($2)
+// and returns the version the stream had before (base), or returns no row
+// when the stream is not at the expected version. The events are then
+// inserted as versions base+1 .. base+n, in the order given, so positions
+// grow with versions.
+//
+// A conflict is detected by the head returning no row, never by a unique
+// violation: a failed statement would abort the caller's transaction, and
+// an insert that fails after drawing its position would burn sequence
+// values. With no head row the INSERT selects nothing: no event row, no
+// position drawn.
+//
+// The stream's row lock, taken by the head, serialises appenders to one
+// stream until commit, so a stream's events commit in version order and
+// its versions stay gapless: a rolled-back append rolls back its head
+// update too.
+const appendSQL = `
+WITH head AS (
+    {head}
+)
+INSERT INTO {schema}.event_log (stream, version, event_type, data, metadata)
+SELECT $1, head.base + e.ord, e.event_type, e.data, e.metadata
+FROM head, unnest($3::text[], $4::jsonb[], $5::jsonb[]) WITH ORDINALITY AS e(event_type, data, metadata, ord){sync}
+ORDER BY e.ord
+RETURNING position, version, tx_id`
+
+// appendOneSQL is appendSQL for a single event, with scalar parameters:
+// most appends write one event, and array parameters cost more to encode,
+// send and unnest than the rest of the statement.
+const appendOneSQL = `
+WITH head AS (
+    {head}
+)
+INSERT INTO {schema}.event_log (stream, version, event_type, data, metadata)
+SELECT $1, head.base + 1, $3, $4::jsonb, $5::jsonb
+FROM head{sync}
+RETURNING position, version, tx_id`
+
+// headNewSQL: the stream must not exist (NoStream, or expected version 0;
+// a stream row exists only once it has an event). DO NOTHING, rather than
+// DO UPDATE ... WHERE false, because the latter would lock the existing
+// row until the caller's transaction ends and block every other appender
+// to the stream meanwhile. A concurrent creator that has not committed yet
+// is waited for: if it commits this is a conflict, if it rolls back this
+// insert goes ahead.
+const headNewSQL = `INSERT INTO {schema}.event_streams (stream, version) VALUES ($1, $2)
+    ON CONFLICT (stream) DO NOTHING
+    RETURNING 0::bigint AS base`
+
+// headAnySQL: AnyVersion; creates the stream or moves it forward.
+const headAnySQL = `INSERT INTO {schema}.event_streams AS s (stream, version) VALUES ($1, $2)
+    ON CONFLICT (stream) DO UPDATE SET version = s.version + excluded.version
+    RETURNING s.version - $2 AS base`
+
+// headExpectedSQL: the stream must be at version $6 (>= 1). Under READ
+// COMMITTED an UPDATE that waited for a concurrent appender re-checks its
+// WHERE clause against the row that appender committed, so of many
+// appenders expecting one version exactly one matches. (Under REPEATABLE
+// READ or SERIALIZABLE, Postgres reports that case as a serialization
+// failure instead.) A losing appender that waited keeps the row locked
+// until its own transaction ends, as Postgres keeps every row lock it took.
+const headExpectedSQL = `UPDATE {schema}.event_streams SET version = version + $2
+    WHERE stream = $1 AND version = $6
+    RETURNING version - $2 AS base`
+
+// streamVersionSQL reads a stream's version, 0 when it has no events. After
+// a conflict it runs as a statement of its own, so under READ COMMITTED its
+// snapshot includes the append that won.
+const streamVersionSQL = `SELECT coalesce((SELECT version FROM {schema}.event_streams WHERE stream = $1), 0)`
+
+// syncCommitFilter, in Append's own statement, makes its transaction wait
+// for its WAL flush even when the server or role runs with
+// synchronous_commit off: an Append that returned has an event that
+// survives a crash. It is a condition on the head's row rather than a
+// statement of its own because a second statement in the round trip cost
+// Append a tenth of its throughput; set_config is volatile, so it is
+// evaluated (once, for the one head row) and never folded away, and with no
+// head row there is nothing to make durable. The statement runs as an
+// implicit transaction that commits when it ends, so the setting (local to
+// the transaction) is in force at that commit. AppendTx leaves the caller's
+// transaction alone.
+const syncCommitFilter = `
+WHERE set_config('synchronous_commit', 'on', true) = 'on'`
+
+// eventColumns is what every read returns, in the order scanEvent expects.
+const eventColumns = `position, stream, version, event_type, data, metadata, recorded_at, tx_id`
+
+// readStreamSQL reads one stream by version. A stream's events commit in
+// version order (its appenders are serialised by the stream row's lock),
+// so any snapshot sees a gapless prefix of it: no horizon is needed here.
+const readStreamSQL = `
+SELECT ` + eventColumns + `
+FROM {schema}.event_log
+WHERE stream = $1 AND version >= $2
+ORDER BY version
+LIMIT $3`
+
+// loadSQL reads a whole stream in one statement (one snapshot), streamed
+// row by row into the fold.
+const loadSQL = `
+SELECT ` + eventColumns + `
+FROM {schema}.event_log
+WHERE stream = $1
+ORDER BY version`
+
+// horizonSQL is the transaction-id horizon: every transaction with a lower
+// id has ended (committed or rolled back) as of this statement's snapshot,
+// so the rows below it can no longer change, and no transaction that
+// starts later can get a lower id. pg_current_snapshot() is the snapshot
+// the statement reads with, so every committed row below the horizon is
+// visible to it. Transactions that never wrote have no id and never hold
+// the horizon back; any write transaction anywhere in the cluster does,
+// while it runs.
+const horizonSQL = `pg_snapshot_xmin(pg_current_snapshot())`
+
+// readAllSQL reads the log in (tx_id, position) order after a cursor and
+// below the horizon: one range scan of event_log_tx_position_idx (the row
+// comparison and the horizon are both index conditions). Ordering by
+// position alone would skip events whose transaction drew a lower position
+// but committed after the reader had passed it. {filter} is empty, or the
+// category condition.
+const readAllSQL = `
+SELECT ` + eventColumns + `
+FROM {schema}.event_log
+WHERE (tx_id, position) > ($1::xid8, $2::bigint)
+  AND tx_id < ` + horizonSQL + `{filter}
+ORDER BY tx_id, position
+LIMIT $3`
+
+// categoryFilter restricts a read to streams whose name starts with a
+// prefix: $4 is the prefix with LIKE's metacharacters escaped, then '%'.
+// The planner scans the (tx_id, position) index and filters, or, for a
+// rare category, scans the prefix's range of the (stream, version) index
+// (stream is COLLATE "C", so LIKE 'prefix%' is a range) and sorts.
+const categoryFilter = `
+  AND stream LIKE $4 ESCAPE '\'`
+
+// tailLagSQL measures how far the horizon holds the tail back: the
+// committed events at or above it (which ReadAll cannot return yet), and
+// the oldest transaction with an id, among backends and prepared
+// transactions: the one that defines the horizon. Describing other roles'
+// backends needs pg_read_all_stats; without it their age and query read
+// as unknown.
+const tailLagSQL = `
+WITH h AS (SELECT ` + horizonSQL + ` AS xmin),
+holder AS (
+    SELECT pid, extract(epoch FROM now() - xact_start)::float8 AS age_s, coalesce(left(query, 200), '') AS query,
+           '' AS gid, age(backend_xid) AS xid_age
+    FROM pg_stat_activity
+    WHERE backend_xid IS NOT NULL
+    UNION ALL
+    SELECT 0, extract(epoch FROM now() - prepared)::float8, '', gid, age(transaction)
+    FROM pg_prepared_xacts
+    ORDER BY xid_age DESC
+    LIMIT 1
+)
+SELECT h.xmin,
+       (SELECT count(*) FROM {schema}.event_log e WHERE e.tx_id >= h.xmin),
+       coalesce(holder.pid, 0), coalesce(holder.age_s, 0), coalesce(holder.query, ''), coalesce(holder.gid, '')
+FROM h LEFT JOIN holder ON true`
+
+// Projections.
+
+// ensureCheckpointSQL creates a projection's checkpoint at the start of the
+// log unless it exists.
+const ensureCheckpointSQL = `
+INSERT INTO {schema}.event_checkpoints (name) VALUES ($1)
+ON CONFLICT (name) DO NOTHING`
+
+// pendingSQL tells an empty batch whether committed events wait after its
+// cursor beyond the horizon: the tail is held back by an older
+// transaction, and the projection retries soon rather than sleeping until
+// the next wake-up (the NOTIFY for those events may already have come and
+// gone). {filter} is empty, or the category condition on $3.
+const pendingSQL = `
+SELECT EXISTS (
+    SELECT 1 FROM {schema}.event_log
+    WHERE (tx_id, position) > ($1::xid8, $2::bigint){filter})`
+
+// holdSQL takes the projection's lock shared, for the running projection's
+// batch transaction; a Rebuild holds it exclusively for its whole run.
+// try, not wait: a projection held off by a rebuild gives its connection
+// back and tries again after its poll interval, rather than holding a
+// connection and a transaction open for the whole rebuild.
+const holdSQL = `SELECT pg_try_advisory_xact_lock_shared($1)`
+
+// lockCheckpointSQL takes the projection's checkpoint row for the batch
+// transaction. A replica running the same projection holds it while its
+// batch runs: SKIP LOCKED lets this one go back to waiting instead of
+// holding a connection idle; the replica that has it is doing the work.
+const lockCheckpointSQL = `
+SELECT tx_id, position FROM {schema}.event_checkpoints
+WHERE name = $1
+FOR UPDATE SKIP LOCKED`
+
+// lockCheckpointWaitSQL is lockCheckpointSQL for a Rebuild's batches,
+// which wait for the row: while a rebuild holds the projection's lock the
+// only other holder can be a live batch about to find itself held off and
+// roll back.
+const lockCheckpointWaitSQL = `
+SELECT tx_id, position FROM {schema}.event_checkpoints
+WHERE name = $1
+FOR UPDATE`
+
+// saveCheckpointSQL moves the checkpoint in the batch's transaction, which
+// holds the projection's writes: both commit, or neither.
+const saveCheckpointSQL = `
+UPDATE {schema}.event_checkpoints SET tx_id = $2, position = $3, updated_at = now()
+WHERE name = $1`
+
+// resetCheckpointSQL puts the checkpoint back at the start of the log, in
+// the transaction that holds the user's reset of the projection's tables.
+const resetCheckpointSQL = `
+INSERT INTO {schema}.event_checkpoints AS c (name) VALUES ($1)
+ON CONFLICT (name) DO UPDATE SET tx_id = '0', position = 0, updated_at = now()`
+
+// readCheckpointSQL reads a checkpoint without locking it.
+const readCheckpointSQL = `SELECT tx_id, position FROM {schema}.event_checkpoints WHERE name = $1`
+
+// countSQL counts the events below the horizon, for Rebuild's progress.
+const countSQL = `SELECT count(*) FROM {schema}.event_log WHERE tx_id < ` + horizonSQL + `{filter}`
+
+// Rebuild's session lock, held exclusively on the rebuild's own connection;
+// its batches run on that same connection, where it does not block them.
+const (
+	rebuildLockSQL   = `SELECT pg_advisory_lock($1)`
+	rebuildUnlockSQL = `SELECT pg_advisory_unlock($1)`
+)
+
+const notifySQL = `SELECT pg_notify($1, '')`
+
+// statements holds the SQL rendered for one schema.
+type statements struct {
+	// append and appendOne are indexed by [own transaction][head], head
+	// being headNew, headAny or headExpected.
+	append, appendOne [2][3]string
+	// readAll, count and pending are indexed by [category used].
+	readAll, count, pending [2]string
+	streamVersion, readStream, load, tailLag,
+	ensureCheckpoint, lockCheckpoint, lockCheckpointWait, saveCheckpoint, resetCheckpoint, readCheckpoint string
+}
+
+// Indexes into statements.append.
+const (
+	headNew = iota
+	headAny
+	headExpected
+)
+
+func render(schema string) statements {
+	r := func(sql string) string { return sqlschema.Render(sql, schema) }
+	var s statements
+	for own, sync := range [2]string{"", syncCommitFilter} {
+		for i, head := range [3]string{headNewSQL, headAnySQL, headExpectedSQL} {
+			rr := func(sql string) string {
+				return r(strings.NewReplacer("{head}", head, "{sync}", sync).Replace(sql))
+			}
+			s.append[own][i] = rr(appendSQL)
+			s.appendOne[own][i] = rr(appendOneSQL)
+		}
+	}
+	for i, filter := range [2]string{"", categoryFilter} {
+		s.readAll[i] = r(strings.Replace(readAllSQL, "{filter}", filter, 1))
+		s.count[i] = r(strings.Replace(countSQL, "{filter}", strings.ReplaceAll(filter, "$4", "$1"), 1))
+		s.pending[i] = r(strings.Replace(pendingSQL, "{filter}", strings.ReplaceAll(filter, "$4", "$3"), 1))
+	}
+	s.streamVersion = r(streamVersionSQL)
+	s.readStream = r(readStreamSQL)
+	s.load = r(loadSQL)
+	s.tailLag = r(tailLagSQL)
+	s.ensureCheckpoint = r(ensureCheckpointSQL)
+	s.lockCheckpoint = r(lockCheckpointSQL)
+	s.lockCheckpointWait = r(lockCheckpointWaitSQL)
+	s.saveCheckpoint = r(saveCheckpointSQL)
+	s.resetCheckpoint = r(resetCheckpointSQL)
+	s.readCheckpoint = r(readCheckpointSQL)
+	return s
+}
+
+// likePrefix returns a LIKE pattern matching every string that starts with
+// prefix: LIKE's metacharacters (% _ and the escape character \) in prefix
+// are escaped, so "order_" matches "order_1" but not "orderX1".
+func likePrefix(prefix string) string {
+	var b strings.Builder
+	b.Grow(len(prefix) + 8)
+	for _, r := range prefix {
+		switch r {
+		case '\\', '%', '_':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	b.WriteByte('%')
+	return b.String()
+}

@@ -1,0 +1,226 @@
+package wharf
+
+import (
+	"context"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/wharfhq/wharf/queue"
+)
+
+// source is a registered webhook source.
+type source struct {
+	name     string
+	verifier Verifier
+	fields   SourceFields
+}
+
+// Source registers a webhook source: its name (the first half of every
+// event's deduplication key, so keep it stable), the verifier of its
+// signatures, and, optionally, where its events' id, type and ordering key
+// come from when the verifier's provider defaults are not right.
+//
+//	p.Source("stripe", wharf.Stripe(os.Getenv("STRIPE_WEBHOOK_SECRET")))
+//	p.Source("orders", wharf.NewHMAC(...), wharf.SourceFields{ID: wharf.FromJSON("id"), Type: wharf.FromHeader("X-Event")})
+func (p *Pipeline) Source(name string, v Verifier, fields ...SourceFields) error {
+	if p.running.Load() {
+		return ErrRunning
+	}
+	if reason := checkName(name, queue.MaxSourceLen); reason != "" {
+		return fmt.Errorf("%w: source name %q %s", ErrInvalidConfig, name, reason)
+	}
+	if v == nil {
+		return fmt.Errorf("%w: source %q: verifier is nil (use NoVerification to accept unsigned requests)", ErrInvalidConfig, name)
+	}
+	var f SourceFields
+	switch len(fields) {
+	case 0:
+	case 1:
+		f = fields[0]
+	default:
+		return fmt.Errorf("%w: source %q: give at most one SourceFields", ErrInvalidConfig, name)
+	}
+	if err := f.validate(); err != nil {
+		return fmt.Errorf("source %q: %w", name, err)
+	}
+	if check, ok := v.(interface{ validate() error }); ok {
+		if err := check.validate(); err != nil {
+			return fmt.Errorf("%w: source %q: %w", ErrInvalidConfig, name, err)
+		}
+	}
+	if needsFields(v) && (f.ID.IsZero() || f.Type.IsZero()) {
+		return fmt.Errorf("%w: source %q: its verifier has no default identity; set SourceFields.ID and Type", ErrInvalidConfig, name)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.sources[name]; ok {
+		return fmt.Errorf("%w: source %q is already registered", ErrInvalidConfig, name)
+	}
+	p.sources[name] = &source{name: name, verifier: v, fields: f}
+	return nil
+}
+
+// route is a (source, type) a handler takes; type queue.AnyType takes every
+// type of the source not taken by a handler of its own.
+type route struct{ source, typ string }
+
+// handler is a registered handler with its options applied.
+type handler struct {
+	route
+	fn          HandlerFunc
+	name        string // the idempotency consumer
+	downstream  string
+	maxAttempts int
+	timeout     time.Duration
+	slots       chan struct{} // nil: no concurrency limit
+}
+
+// HandleOption adjusts one handler.
+type HandleOption func(*handler) error
+
+// HandlerName sets the handler's stable name: the idempotency consumer
+// under which its processed events are recorded. Renaming it makes every
+// event new to it again, so set it when the Go code may move. Defaults to
+// "source/type" ("stripe/invoice.paid"; "stripe/*" for AnyType).
+func HandlerName(name string) HandleOption {
+	return func(h *handler) error {
+		if reason := checkName(name, queue.MaxHandlerLen); reason != "" {
+			return fmt.Errorf("handler name %q %s", name, reason)
+		}
+		h.name = name
+		return nil
+	}
+}
+
+// Downstream names the circuit breaker the handler's calls go through: the
+// handler runs inside the breaker (its errors counted as the breaker's
+// classifier says), its events stay in the queue, unfetched, while the
+// breaker is open, and a failure the breaker counts puts the event back
+// without spending an attempt. Defaults to none.
+func Downstream(name string) HandleOption {
+	return func(h *handler) error {
+		if name == "" {
+			return fmt.Errorf("downstream name is empty")
+		}
+		h.downstream = name
+		return nil
+	}
+}
+
+// MaxAttempts sets how many times the handler's events run before they are
+// dead-lettered. Defaults to Config.MaxAttempts.
+func MaxAttempts(n int) HandleOption {
+	return func(h *handler) error {
+		if n < 1 || n > queue.MaxMaxAttempts {
+			return fmt.Errorf("max attempts %d is outside 1..%d", n, queue.MaxMaxAttempts)
+		}
+		h.maxAttempts = n
+		return nil
+	}
+}
+
+// Timeout bounds one run of the handler: its context's deadline, and a
+// statement_timeout on its database statements, which Postgres enforces
+// without closing the connection (cancelling a running pgx query would
+// close it, and with it the transaction other events share). A run that
+// times out is a failed attempt. Defaults to none.
+func Timeout(d time.Duration) HandleOption {
+	return func(h *handler) error {
+		if d <= 0 {
+			return fmt.Errorf("timeout %s is not positive", d)
+		}
+		h.timeout = d
+		return nil
+	}
+}
+
+// Concurrency caps how many of the handler's events run at once in this
+// process (a worker waits for a slot). Defaults to no cap beyond
+// Config.Workers.
+func Concurrency(n int) HandleOption {
+	return func(h *handler) error {
+		if n < 1 {
+			return fmt.Errorf("concurrency %d is under 1", n)
+		}
+		h.slots = make(chan struct{}, n)
+		return nil
+	}
+}
+
+// Handle registers fn for the events of source whose type is eventType, or
+// every type without a handler of its own when eventType is "*"
+// (queue.AnyType). Workers fetch only the (source, type) pairs registered
+// here, so during a rolling deploy an old worker never takes an event type
+// that only the new version knows.
+func (p *Pipeline) Handle(sourceName, eventType string, fn HandlerFunc, opts ...HandleOption) error {
+	if p.running.Load() {
+		return ErrRunning
+	}
+	if fn == nil {
+		return fmt.Errorf("%w: handler for %s/%s is nil", ErrInvalidConfig, sourceName, eventType)
+	}
+	if reason := checkName(eventType, queue.MaxTypeLen); reason != "" {
+		return fmt.Errorf("%w: event type %q %s", ErrInvalidConfig, eventType, reason)
+	}
+	h := &handler{route: route{sourceName, eventType}, fn: fn, name: sourceName + "/" + eventType}
+	for _, opt := range opts {
+		if err := opt(h); err != nil {
+			return fmt.Errorf("%w: handler %s/%s: %v", ErrInvalidConfig, sourceName, eventType, err)
+		}
+	}
+	if h.maxAttempts == 0 {
+		h.maxAttempts = p.cfg.MaxAttempts
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.sources[sourceName]; !ok {
+		return fmt.Errorf("%w: handler for unknown source %q (register it with Source first)", ErrInvalidConfig, sourceName)
+	}
+	if _, ok := p.routes[h.route]; ok {
+		return fmt.Errorf("%w: %s/%s already has a handler", ErrInvalidConfig, sourceName, eventType)
+	}
+	p.routes[h.route] = h
+	return nil
+}
+
+// handlerFor returns the handler for an event, or nil.
+func (p *Pipeline) handlerFor(source, typ string) *handler {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if h, ok := p.routes[route{source, typ}]; ok {
+		return h
+	}
+	return p.routes[route{source, queue.AnyType}]
+}
+
+// acquire takes one of the handler's concurrency slots, if it has a cap.
+func (h *handler) acquire(ctx context.Context) (release func(), err error) {
+	if h.slots == nil {
+		return func() {}, nil
+	}
+	select {
+	case h.slots <- struct{}{}:
+		return func() { <-h.slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// checkName returns why s is unusable as a name, or "".
+func checkName(s string, maxLen int) string {
+	switch {
+	case s == "":
+		return "is empty"
+	case len(s) > maxLen:
+		return fmt.Sprintf("is longer than %d bytes", maxLen)
+	case !utf8.ValidString(s):
+		return "is not valid UTF-8"
+	}
+	for _, r := range s {
+		if r == 0 || r < ' ' {
+			return "contains a control character"
+		}
+	}
+	return ""
+}

@@ -1,0 +1,280 @@
+package wharf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/wharfhq/wharf/breaker"
+	"github.com/wharfhq/wharf/dlq"
+	"github.com/wharfhq/wharf/eventlog"
+	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/internal/sqlschema"
+	"github.com/wharfhq/wharf/queue"
+)
+
+// ErrRunning is returned by Source and Handle once Run has started: the
+// set of events a worker fetches is fixed when it starts.
+var ErrRunning = errors.New("wharf: the pipeline is running")
+
+// ErrInvalidConfig is wrapped by every error about a Config, a source or a
+// handler registration that cannot work.
+var ErrInvalidConfig = errors.New("wharf: invalid config")
+
+// Event is what a handler receives: the webhook as the provider sent it.
+type Event struct {
+	Source      string
+	ID          string // the provider's event id
+	Type        string
+	OrderingKey string
+	Body        []byte // the raw body, verbatim
+	Headers     http.Header
+	ReceivedAt  time.Time
+	// Attempt is this attempt's number, from 1; MaxAttempts the last one.
+	Attempt     int
+	MaxAttempts int
+	// Errors holds the earlier attempts' errors, oldest first.
+	Errors []queue.AttemptError
+}
+
+// HandlerFunc processes one event inside tx. Its writes commit with the
+// event's completion and its idempotency claim, or not at all. Return nil
+// when done; an error to retry the event after a backoff (its writes are
+// rolled back); queue.Permanent(err) to dead-letter it at once;
+// queue.Defer(until, reason) to put it back without spending an attempt.
+type HandlerFunc func(ctx context.Context, tx pgx.Tx, ev Event) error
+
+// Unhandled says what happens to events that no handler takes.
+type Unhandled int
+
+const (
+	// LeaveUnhandled keeps them queued, untouched, for a later deploy that
+	// handles them; Stats shows them. The default.
+	LeaveUnhandled Unhandled = iota
+	// CompleteUnhandled completes them (recording them in the audit log
+	// when audit is on).
+	CompleteUnhandled
+	// DeadLetterUnhandled moves them to the dead letter queue.
+	DeadLetterUnhandled
+)
+
+// Defaults for Config.
+const (
+	DefaultAckDeadline  = 2 * time.Second
+	DefaultMaxBodyBytes = 5 << 20
+	DefaultWorkers      = queue.DefaultWorkers
+)
+
+// Config configures a Pipeline. The zero value is usable.
+type Config struct {
+	// Schema holds every table (created by Migrate). Defaults to "wharf".
+	Schema string
+
+	// Workers is how many transactions process events at once, each on
+	// one pool connection. Defaults to 4.
+	Workers int
+	// TxBatch is the most events one worker transaction processes, each
+	// under its own savepoint. Defaults to 32 (see queue.ConsumerConfig).
+	TxBatch int
+	// LeaseDuration is how long a fetched event is held without a
+	// heartbeat. Defaults to 30s.
+	LeaseDuration time.Duration
+	// MaxAttempts is how many times an event runs before it is
+	// dead-lettered, unless its handler says otherwise. Defaults to 8.
+	MaxAttempts int
+	// Backoff schedules retries. Defaults to 1s doubling to 1h, with 20%
+	// jitter.
+	Backoff queue.Backoff
+	// PollOnly disables LISTEN (for a PgBouncer in transaction mode).
+	PollOnly bool
+
+	// AckDeadline bounds the time from a request's arrival to its answer:
+	// if the event is not durably stored by then, the provider gets 503
+	// and retries. Defaults to 2s, under Slack's 3s.
+	AckDeadline time.Duration
+	// MaxBodyBytes refuses larger bodies with 413. Defaults to 5 MiB.
+	MaxBodyBytes int64
+	// ShutdownTimeout is how long Run waits for running handlers after its
+	// context ends. Defaults to 30s.
+	ShutdownTimeout time.Duration
+
+	// Unhandled says what happens to events no handler takes. Defaults to
+	// LeaveUnhandled.
+	Unhandled Unhandled
+
+	// Audit records each delivery's life (received, failed attempts,
+	// processed, dead-lettered, replayed) in the event log, one stream per
+	// delivery ("delivery:<source>:<id>"). Defaults to false.
+	Audit bool
+
+	// Breakers configures the circuit breakers named by handlers'
+	// Downstream options. Defaults to breaker.Config's defaults.
+	Breakers breaker.Config
+
+	// IdempotencyRetention is how long processed event ids are kept; a
+	// redelivery within it is a duplicate. Defaults to 7 days.
+	IdempotencyRetention time.Duration
+
+	// Logger receives warnings and errors. Defaults to discarding them.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	c.Schema = sqlschema.Or(c.Schema)
+	if c.AckDeadline == 0 {
+		c.AckDeadline = DefaultAckDeadline
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = queue.DefaultMaxAttempts
+	}
+	c.Backoff = withBackoffDefaults(c.Backoff)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// withBackoffDefaults fills a Backoff as the queue would, so the Pipeline
+// can compute the same delays.
+func withBackoffDefaults(b queue.Backoff) queue.Backoff {
+	if b.Initial == 0 {
+		b.Initial = queue.DefaultBackoffInitial
+	}
+	if b.Max == 0 {
+		b.Max = queue.DefaultBackoffMax
+	}
+	if b.Multiplier == 0 {
+		b.Multiplier = queue.DefaultBackoffMultiplier
+	}
+	return b
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.AckDeadline < 0 || c.MaxBodyBytes < 0 || c.ShutdownTimeout < 0:
+		return fmt.Errorf("%w: AckDeadline, MaxBodyBytes and ShutdownTimeout must not be negative", ErrInvalidConfig)
+	case c.Unhandled < LeaveUnhandled || c.Unhandled > DeadLetterUnhandled:
+		return fmt.Errorf("%w: Unhandled %d is not one of the Unhandled constants", ErrInvalidConfig, c.Unhandled)
+	}
+	return nil
+}
+
+// Pipeline receives webhooks, stores them before acknowledging them, and
+// processes each once, in a transaction, through the five patterns: the
+// queue, idempotency claims, the dead letter queue, circuit breakers and
+// (when Audit is on) the event log. Build it with New, register sources
+// and handlers, mount Handler in a router and call Run (in the same
+// process or another one).
+type Pipeline struct {
+	pool     *pgxpool.Pool
+	cfg      Config
+	queue    *queue.Queue
+	dead     *dlq.DLQ
+	claims   *idempotency.Store
+	breakers *breaker.Registry
+	audit    *eventlog.Log // nil unless Config.Audit
+
+	running atomic.Bool
+	mu      sync.RWMutex
+	sources map[string]*source
+	routes  map[route]*handler
+}
+
+// New builds a Pipeline on pool. It does no I/O; the schema must have been
+// migrated with Migrate.
+func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: pool is nil", ErrInvalidConfig)
+	}
+	c := cfg.withDefaults()
+	if err := sqlschema.Validate(c.Schema); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidSchema, err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	p := &Pipeline{pool: pool, cfg: c, sources: map[string]*source{}, routes: map[route]*handler{}}
+	var err error
+	deadCfg := dlq.Config{Schema: c.Schema, Logger: c.Logger}
+	if c.Audit {
+		deadCfg.OnReplay = p.onReplay
+	}
+	if p.dead, err = dlq.New(pool, deadCfg); err != nil {
+		return nil, err
+	}
+	if p.claims, err = idempotency.New(pool, idempotency.Config{Schema: c.Schema, Retention: c.IdempotencyRetention}); err != nil {
+		return nil, err
+	}
+	if c.Audit {
+		if p.audit, err = eventlog.New(pool, eventlog.Config{Schema: c.Schema}); err != nil {
+			return nil, err
+		}
+	}
+	if p.breakers, err = breaker.New(c.Breakers); err != nil {
+		return nil, err
+	}
+	p.queue, err = queue.New(pool, queue.Config{
+		Schema:        c.Schema,
+		MaxAttempts:   c.MaxAttempts,
+		LeaseDuration: c.LeaseDuration,
+		Backoff:       c.Backoff,
+		OnExhausted:   p.exhausted,
+		DuplicateIf:   duplicateIfSQL,
+		Logger:        c.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// duplicateIfSQL makes a delivery a duplicate, inside the group-commit
+// INSERT, when the event is dead-lettered (replay is the way back) or its
+// handler already processed it (within the idempotency retention). The key
+// expression is idempotency.Key in SQL.
+const duplicateIfSQL = `EXISTS (
+        SELECT 1 FROM {schema}.dead_letters d
+        WHERE d.source = t.source AND d.event_id = t.event_id AND d.status = 'dead')
+    OR (t.handler <> '' AND EXISTS (
+        SELECT 1 FROM {schema}.processed_events p
+        WHERE p.consumer = t.handler
+          AND p.key = octet_length(t.source)::text || ':' || t.source || ':' || t.event_id))`
+
+// Close stops the background work of the queue, the breakers and the audit
+// log. Call it after Run has returned and the HTTP server has stopped.
+func (p *Pipeline) Close() {
+	p.queue.Close()
+	p.breakers.Close()
+	if p.audit != nil {
+		p.audit.Close()
+	}
+}
+
+// Queue returns the pipeline's queue, for operators' tools (Stats).
+func (p *Pipeline) Queue() *queue.Queue { return p.queue }
+
+// DLQ returns the pipeline's dead letter queue, for listing entries;
+// replay through Pipeline.Replay, which records the replay in the audit log.
+func (p *Pipeline) DLQ() *dlq.DLQ { return p.dead }
+
+// Idempotency returns the pipeline's store of processed event ids.
+func (p *Pipeline) Idempotency() *idempotency.Store { return p.claims }
+
+// Breakers returns the registry of the handlers' downstream breakers, for
+// a handler that calls several downstreams through Execute or Transport.
+func (p *Pipeline) Breakers() *breaker.Registry { return p.breakers }
+
+// AuditLog returns the event log the audit trail is written to, or nil
+// unless Config.Audit is on.
+func (p *Pipeline) AuditLog() *eventlog.Log { return p.audit }

@@ -1,0 +1,461 @@
+package wharf_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/breaker"
+	"github.com/wharfhq/wharf/dlq"
+	"github.com/wharfhq/wharf/eventlog"
+	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
+)
+
+var testSecret = "whsec_" + base64.StdEncoding.EncodeToString([]byte("wharf-pipeline-test-secret-0123"))
+
+// harness is a pipeline on a fresh database behind a real HTTP server.
+type harness struct {
+	t    *testing.T
+	pool *pgxpool.Pool
+	p    *wharf.Pipeline
+	url  string
+}
+
+func newHarness(t *testing.T, cfg wharf.Config) *harness {
+	t.Helper()
+	pool := dbtest.Pool(t)
+	cfg.Backoff = queue.Backoff{Initial: 5 * time.Millisecond, Max: 10 * time.Millisecond}
+	p, err := wharf.New(pool, cfg)
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	mux := http.NewServeMux()
+	mux.Handle("POST /hooks/acme", p.Handler("acme"))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	_, err = pool.Exec(context.Background(), `CREATE TABLE effects (event_id text PRIMARY KEY, n int NOT NULL)`)
+	require.NoError(t, err)
+	return &harness{t: t, pool: pool, p: p, url: srv.URL + "/hooks/acme"}
+}
+
+// run starts the workers; the returned func stops them and waits.
+func (h *harness) run() (stop func()) {
+	h.t.Helper()
+	cancel, wait := h.start()
+	return func() {
+		cancel()
+		wait()
+	}
+}
+
+// start starts the workers and returns how to signal shutdown and how to
+// wait for Run to return, separately; both are also done at cleanup.
+func (h *harness) start() (cancel func(), wait func()) {
+	h.t.Helper()
+	ctx, cancelCtx := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.p.Run(ctx) }()
+	var once sync.Once
+	wait = func() {
+		once.Do(func() {
+			err := <-done
+			if err != nil {
+				h.t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	h.t.Cleanup(func() {
+		cancelCtx()
+		wait()
+	})
+	return cancelCtx, wait
+}
+
+// send posts a signed event and returns the status.
+func (h *harness) send(id, typ string) int {
+	h.t.Helper()
+	body := []byte(fmt.Sprintf(`{"type":%q,"data":{"n":1}}`, typ))
+	return h.post(body, wharf.SignStandardWebhooks(testSecret, id, time.Now(), body))
+}
+
+func (h *harness) post(body []byte, header http.Header) int {
+	h.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, h.url, bytes.NewReader(body))
+	require.NoError(h.t, err)
+	req.Header = header
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(h.t, err)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func (h *harness) count(sql string, args ...any) int {
+	h.t.Helper()
+	var n int
+	require.NoError(h.t, h.pool.QueryRow(context.Background(), sql, args...).Scan(&n))
+	return n
+}
+
+func (h *harness) eventually(what string, cond func() bool) {
+	h.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func writeEffect(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+	_, err := tx.Exec(ctx, `INSERT INTO effects VALUES ($1, 1) ON CONFLICT (event_id) DO UPDATE SET n = effects.n + 1`, ev.ID)
+	return err
+}
+
+func TestPipelineSameEventFiveTimesOneEffect(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{})
+	require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+
+	statuses := make(chan int, 5)
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() { statuses <- h.send("evt_1", "order.paid") })
+	}
+	wg.Wait()
+	close(statuses)
+	counts := map[int]int{}
+	for s := range statuses {
+		counts[s]++
+	}
+	require.Equal(t, map[int]int{http.StatusAccepted: 1, http.StatusOK: 4}, counts, "one stored, four duplicates")
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue`))
+
+	h.run()
+	h.eventually("the effect", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, http.StatusOK, h.send("evt_1", "order.paid"), "a redelivery after processing is a duplicate")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue`), "and makes no queue row")
+	require.Equal(t, 1, h.count(`SELECT n FROM effects WHERE event_id = 'evt_1'`))
+}
+
+func TestPipelineFailsTwiceThenSucceeds(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Audit: true})
+	var attempts []int
+	var mu sync.Mutex
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		mu.Lock()
+		attempts = append(attempts, ev.Attempt)
+		mu.Unlock()
+		if err := writeEffect(ctx, tx, ev); err != nil {
+			return err
+		}
+		if ev.Attempt < 3 {
+			return fmt.Errorf("flaky %d", ev.Attempt)
+		}
+		return nil
+	}))
+	require.Equal(t, http.StatusAccepted, h.send("evt_2", "order.paid"))
+	h.run()
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, 1, h.count(`SELECT n FROM effects WHERE event_id = 'evt_2'`), "failed attempts' writes rolled back")
+	mu.Lock()
+	require.Equal(t, []int{1, 2, 3}, attempts)
+	mu.Unlock()
+
+	events, err := h.p.AuditLog().ReadStream(context.Background(), wharf.DeliveryStream("acme", "evt_2"), 1, 100)
+	require.NoError(t, err)
+	var types []string
+	for _, e := range events {
+		types = append(types, e.Type)
+	}
+	require.Equal(t, []string{wharf.AuditReceived, wharf.AuditAttemptFailed, wharf.AuditAttemptFailed, wharf.AuditProcessed}, types,
+		"the delivery's whole life in one stream")
+	require.Contains(t, string(events[2].Data), "flaky 2")
+}
+
+func TestPipelinePoisonDeadLettersReplaysOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newHarness(t, wharf.Config{Audit: true})
+	var fixed atomic.Bool
+	var runs atomic.Int32
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		runs.Add(1)
+		if err := writeEffect(ctx, tx, ev); err != nil {
+			return err
+		}
+		if !fixed.Load() {
+			return errors.New("cannot parse")
+		}
+		return nil
+	}, wharf.MaxAttempts(3)))
+	require.Equal(t, http.StatusAccepted, h.send("poison", "order.paid"))
+	h.run()
+	h.eventually("the dead letter", func() bool { return h.count(`SELECT count(*) FROM wharf.dead_letters`) == 1 })
+	require.EqualValues(t, 3, runs.Load(), "exactly MaxAttempts runs")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue`))
+	require.Zero(t, h.count(`SELECT count(*) FROM effects`))
+
+	require.Equal(t, http.StatusOK, h.send("poison", "order.paid"), "a redelivery of a dead event is a duplicate")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue`), "and makes no queue row")
+
+	entries, _, err := h.p.DLQ().List(ctx, dlq.Filter{}, dlq.Page{})
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	require.Equal(t, "acme/order.paid", entries[0].Handler)
+	require.Len(t, entries[0].Errors, 3)
+
+	fixed.Store(true)
+	res, err := h.p.Replay(ctx, entries[0].ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Replayed)
+	h.eventually("the replayed event processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, 1, h.count(`SELECT n FROM effects WHERE event_id = 'poison'`))
+
+	events, err := h.p.AuditLog().ReadStream(ctx, wharf.DeliveryStream("acme", "poison"), 1, 100)
+	require.NoError(t, err)
+	var types []string
+	for _, e := range events {
+		types = append(types, e.Type)
+	}
+	require.Equal(t, []string{
+		wharf.AuditReceived, wharf.AuditAttemptFailed, wharf.AuditAttemptFailed, wharf.AuditAttemptFailed, wharf.AuditDeadLettered,
+		wharf.AuditReplayed,
+		wharf.AuditReceived, wharf.AuditProcessed,
+	}, types)
+	require.IsType(t, eventlog.Event{}, events[0])
+}
+
+func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	down.Store(true)
+	var calls atomic.Int32
+	downstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if down.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(downstream.Close)
+
+	h := newHarness(t, wharf.Config{Breakers: breaker.Config{Default: breaker.Settings{
+		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 2,
+		OpenTimeout: 100 * time.Millisecond, HalfOpenProbes: 1,
+	}}})
+	var mu sync.Mutex
+	processedAt := map[string]int{}
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		resp, err := http.Post(downstream.URL, "application/json", bytes.NewReader(ev.Body))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 500 {
+			return &breaker.StatusError{Code: resp.StatusCode}
+		}
+		mu.Lock()
+		processedAt[ev.ID] = ev.Attempt
+		mu.Unlock()
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Downstream("ledger"), wharf.MaxAttempts(2)))
+
+	for i := range 10 {
+		require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("o%d", i), "order.paid"))
+	}
+	h.run()
+	h.eventually("the breaker to open", func() bool {
+		st, err := h.p.Breakers().State("ledger")
+		return err == nil && st.State == breaker.StateOpen
+	})
+	// Several open/half-open cycles pass while the downstream stays down.
+	h.eventually("probes to fail repeatedly", func() bool { return calls.Load() >= 6 })
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`), "an outage floods nothing into the DLQ")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue WHERE attempt > 1`), "no attempt spent on the outage")
+
+	down.Store(false)
+	h.eventually("the backlog drained", func() bool { return h.count(`SELECT count(*) FROM effects`) == 10 })
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+	mu.Lock()
+	defer mu.Unlock()
+	for id, attempt := range processedAt {
+		require.Equal(t, 1, attempt, "%s processed on its first counted attempt", id)
+	}
+}
+
+func TestPipelineStoreDownAnswers503(t *testing.T) {
+	t.Parallel()
+	pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/postgres?connect_timeout=1")
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	p, err := wharf.New(pool, wharf.Config{AckDeadline: 300 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	srv := httptest.NewServer(p.Handler("acme"))
+	t.Cleanup(srv.Close)
+
+	body := []byte(`{"type":"order.paid"}`)
+	req, err := http.NewRequest(http.MethodPost, srv.URL, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header = wharf.SignStandardWebhooks(testSecret, "evt_down", time.Now(), body)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "never a 2xx for what is not stored")
+	require.NotEmpty(t, resp.Header.Get("Retry-After"))
+}
+
+func TestPipelineGracefulShutdownLosesNothing(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 1, TxBatch: 4, ShutdownTimeout: 10 * time.Second})
+	started := make(chan string, 20)
+	unblock := make(chan struct{})
+	var handlerCtxErr atomic.Value
+	var runs sync.Map
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		n, _ := runs.LoadOrStore(ev.ID, new(atomic.Int32))
+		n.(*atomic.Int32).Add(1)
+		started <- ev.ID
+		if ev.ID == "g0" {
+			select {
+			case <-unblock:
+			case <-ctx.Done():
+			}
+			handlerCtxErr.Store(fmt.Sprint(ctx.Err()))
+		}
+		return writeEffect(ctx, tx, ev)
+	}))
+	for i := range 6 {
+		require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("g%d", i), "order.paid"))
+	}
+	cancel, wait := h.start()
+	require.Equal(t, "g0", <-started, "events run in the order they arrived")
+	cancel() // shutdown begins while g0 is in flight
+	close(unblock)
+	wait()
+
+	require.Equal(t, "<nil>", handlerCtxErr.Load(), "the shutdown signal does not cancel a running handler")
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM effects WHERE event_id = 'g0'`), "the in-flight handler finished and committed")
+	require.Equal(t, 5, h.count(`SELECT count(*) FROM wharf.queue WHERE state = 'available' AND attempt = 0`),
+		"the others are back, unstarted, attempts given back")
+	require.Len(t, started, 0, "nothing else started after the shutdown began")
+
+	h.run()
+	h.eventually("everything processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 6 })
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`), "none ran twice")
+	runs.Range(func(k, v any) bool {
+		require.EqualValues(t, 1, v.(*atomic.Int32).Load(), "handler runs of %s", k)
+		return true
+	})
+}
+
+func TestPipelineUnhandledTypeStaysQueued(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{})
+	require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+	require.Equal(t, http.StatusAccepted, h.send("u1", "order.refunded"))
+	require.Equal(t, http.StatusAccepted, h.send("u2", "order.paid"))
+	h.run()
+	h.eventually("the handled event processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+	h.eventually("the queue holds only the unhandled event", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 1 })
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'u1' AND state = 'available' AND attempt = 0`),
+		"untouched: an old worker never takes a type only a new version knows")
+	st, err := h.p.Queue().Stats(context.Background())
+	require.NoError(t, err)
+	require.EqualValues(t, 1, st.Due, "it shows in the stats")
+}
+
+func TestPipelineHTTPAnswers(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{MaxBodyBytes: 1024})
+	require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+
+	resp, err := http.Get(h.url)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
+
+	big := bytes.Repeat([]byte("x"), 2048)
+	require.Equal(t, http.StatusRequestEntityTooLarge, h.post(big, wharf.SignStandardWebhooks(testSecret, "big", time.Now(), big)))
+
+	body := []byte(`{"type":"order.paid"}`)
+	bad := wharf.SignStandardWebhooks("whsec_"+base64.StdEncoding.EncodeToString([]byte("some-other-secret-0123456789")), "x", time.Now(), body)
+	req, err := http.NewRequest(http.MethodPost, h.url, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header = bad
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	var answer strings.Builder
+	_, _ = fmt.Fprint(&answer, readAll(t, resp))
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	require.Equal(t, "invalid signature\n", answer.String(), "says nothing about why")
+
+	noType := []byte(`{"data":{}}`)
+	require.Equal(t, http.StatusBadRequest, h.post(noType, wharf.SignStandardWebhooks(testSecret, "no-type", time.Now(), noType)))
+	stale := wharf.SignStandardWebhooks(testSecret, "stale", time.Now().Add(-time.Hour), body)
+	require.Equal(t, http.StatusUnauthorized, h.post(body, stale))
+
+	require.Equal(t, http.StatusAccepted, h.post(body, wharf.SignStandardWebhooks(testSecret, "ok", time.Now(), body)))
+	require.Equal(t, http.StatusOK, h.post(body, wharf.SignStandardWebhooks(testSecret, "ok", time.Now(), body)))
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue`), "only the good request stored anything")
+}
+
+func readAll(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, err := b.ReadFrom(resp.Body)
+	require.NoError(t, err)
+	return b.String()
+}
+
+func TestPipelineRegistrationErrors(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	p, err := wharf.New(pool, wharf.Config{})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	noop := func(context.Context, pgx.Tx, wharf.Event) error { return nil }
+	require.ErrorIs(t, p.Handle("nobody", "x", noop), wharf.ErrInvalidConfig, "unknown source")
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	require.ErrorIs(t, p.Source("acme", wharf.StandardWebhooks(testSecret)), wharf.ErrInvalidConfig, "twice")
+	require.ErrorIs(t, p.Source("", wharf.StandardWebhooks(testSecret)), wharf.ErrInvalidConfig)
+	require.ErrorIs(t, p.Source("b", nil), wharf.ErrInvalidConfig)
+	require.ErrorIs(t, p.Source("c", wharf.HMAC("X-Sig", "s")), wharf.ErrInvalidConfig, "no default identity and no fields")
+	require.ErrorIs(t, p.Handle("acme", "x", nil), wharf.ErrInvalidConfig)
+	require.ErrorIs(t, p.Handle("acme", "x", noop, wharf.MaxAttempts(0)), wharf.ErrInvalidConfig)
+	require.NoError(t, p.Handle("acme", "x", noop))
+	require.ErrorIs(t, p.Handle("acme", "x", noop), wharf.ErrInvalidConfig, "twice")
+	_, err = wharf.New(pool, wharf.Config{Schema: "Bad"})
+	require.ErrorIs(t, err, wharf.ErrInvalidSchema)
+	_, err = wharf.New(nil, wharf.Config{})
+	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
+
+	empty, err := wharf.New(pool, wharf.Config{})
+	require.NoError(t, err)
+	t.Cleanup(empty.Close)
+	require.ErrorIs(t, empty.Run(context.Background()), wharf.ErrInvalidConfig, "nothing to run")
+}

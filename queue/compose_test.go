@@ -1,0 +1,118 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
+)
+
+// The hooks a composing layer (the Pipeline) relies on: a handler name
+// carried by each event, extra duplicate conditions evaluated inside the
+// insert, and permanent failures.
+
+func TestHandlerIsStoredAndFetched(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, _ := newQueue(t, queue.Config{})
+	ev := event("s", "1")
+	ev.Handler = "billing.mark-paid"
+	_, err := q.Enqueue(ctx, ev)
+	require.NoError(t, err)
+	evs, err := q.Fetch(ctx, queue.FetchParams{Limit: 1})
+	require.NoError(t, err)
+	require.Len(t, evs, 1)
+	require.Equal(t, "billing.mark-paid", evs[0].Handler)
+
+	bad := event("s", "2")
+	bad.Handler = "a\x00b"
+	_, err = q.Enqueue(ctx, bad)
+	var invalid *queue.InvalidEventError
+	require.ErrorAs(t, err, &invalid)
+	require.Equal(t, "handler", invalid.Field)
+}
+
+func TestDuplicateIfRefusesInsideTheInsert(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	_, err := pool.Exec(ctx, `CREATE TABLE done (handler text, event_id text)`)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO done VALUES ('h', 'old')`)
+	require.NoError(t, err)
+	q, err := queue.New(pool, queue.Config{
+		DuplicateIf: `EXISTS (SELECT 1 FROM done d WHERE d.handler = t.handler AND d.event_id = t.event_id)`,
+	})
+	require.NoError(t, err)
+	t.Cleanup(q.Close)
+
+	old := event("s", "old")
+	old.Handler = "h"
+	res, err := q.Enqueue(ctx, old)
+	require.NoError(t, err)
+	require.True(t, res.Duplicate, "the condition marks it a duplicate")
+
+	other := event("s", "old")
+	other.Handler = "someone-else"
+	results, err := q.EnqueueBatch(ctx, []queue.NewEvent{old, event("s", "new")})
+	require.NoError(t, err)
+	require.True(t, results[0].Duplicate)
+	require.False(t, results[1].Duplicate)
+	res, err = q.Enqueue(ctx, other)
+	require.NoError(t, err)
+	require.False(t, res.Duplicate, "the condition sees the row's handler")
+	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM wharf.queue`))
+	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`), "a refused event leaves no payload")
+}
+
+func TestPermanentFailureExhaustsAtOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, pool := newQueue(t, queue.Config{})
+	ev := event("s", "bad")
+	ev.MaxAttempts = 5
+	_, err := q.Enqueue(ctx, ev)
+	require.NoError(t, err)
+
+	runs := make(chan int, 5)
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{Workers: 1, PollInterval: 20 * time.Millisecond,
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			runs <- ev.Attempt
+			return queue.Permanent(errors.New("schema version 0 is not supported"))
+		}})
+	require.NoError(t, err)
+	runConsumer(t, c)
+	eventually(t, 10*time.Second, "the event exhausted", func() bool {
+		return count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'exhausted'`) == 1
+	})
+	require.Equal(t, 1, <-runs)
+	require.Len(t, runs, 0, "no second attempt")
+	require.Equal(t, 1, count(t, pool, `SELECT jsonb_array_length(errors) FROM wharf.queue`))
+	var msg string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT errors->0->>'error' FROM wharf.queue`).Scan(&msg))
+	require.Contains(t, msg, "schema version 0 is not supported")
+}
+
+func TestRetryWithPermanentExhausts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, pool := newQueue(t, queue.Config{})
+	ev := event("s", "bad")
+	ev.MaxAttempts = 5
+	_, err := q.Enqueue(ctx, ev)
+	require.NoError(t, err)
+	evs, err := q.Fetch(ctx, queue.FetchParams{Limit: 1})
+	require.NoError(t, err)
+	require.Len(t, evs, 1)
+	exhausted, err := q.Retry(ctx, evs[0], queue.Permanent(errors.New("never parses")))
+	require.NoError(t, err)
+	require.True(t, exhausted, "four attempts were left")
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'exhausted' AND attempt = 1`))
+	require.Nil(t, queue.Permanent(nil))
+}

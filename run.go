@@ -1,0 +1,73 @@
+package wharf
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/wharfhq/wharf/queue"
+)
+
+// Run processes events until ctx ends, then shuts down gracefully: it stops
+// fetching, gives fetched events that have not started back to the queue
+// (attempts returned), and lets running handlers finish within
+// Config.ShutdownTimeout; their contexts are not cancelled by ctx itself.
+// Workers fetch only the (source, type) pairs with a handler, and leave
+// out those whose downstream breaker is open. Run may run in a process of
+// its own, apart from the ones serving Handler.
+func (p *Pipeline) Run(ctx context.Context) error {
+	if !p.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("wharf: Run called twice: %w", ErrRunning)
+	}
+	defer p.running.Store(false)
+	only, downstreams := p.kinds()
+	if len(only) == 0 {
+		return fmt.Errorf("%w: no handlers registered (Handle) and Unhandled is LeaveUnhandled: nothing to run", ErrInvalidConfig)
+	}
+	consumer, err := queue.NewConsumer(p.queue, queue.ConsumerConfig{
+		Handler:         p.work,
+		Workers:         p.cfg.Workers,
+		TxBatch:         p.cfg.TxBatch,
+		Only:            only,
+		Exclude:         func() []queue.Kind { return p.openKinds(downstreams) },
+		PollOnly:        p.cfg.PollOnly,
+		ShutdownTimeout: p.cfg.ShutdownTimeout,
+		Logger:          p.cfg.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	return consumer.Run(ctx)
+}
+
+// kinds returns what the workers fetch, and the kinds behind each
+// downstream breaker.
+func (p *Pipeline) kinds() (only []queue.Kind, downstreams map[string][]queue.Kind) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	downstreams = map[string][]queue.Kind{}
+	for r, h := range p.routes {
+		k := queue.Kind{Source: r.source, Type: r.typ}
+		only = append(only, k)
+		if h.downstream != "" {
+			downstreams[h.downstream] = append(downstreams[h.downstream], k)
+		}
+	}
+	if p.cfg.Unhandled != LeaveUnhandled {
+		// Unhandled types are fetched too, to be completed or
+		// dead-lettered: every type of every registered source.
+		only = only[:0]
+		for name := range p.sources {
+			only = append(only, queue.Kind{Source: name, Type: queue.AnyType})
+		}
+	}
+	return only, downstreams
+}
+
+// openKinds returns the kinds whose downstream breaker is open now.
+func (p *Pipeline) openKinds(downstreams map[string][]queue.Kind) []queue.Kind {
+	var exclude []queue.Kind
+	for _, st := range p.breakers.Open() {
+		exclude = append(exclude, downstreams[st.Name]...)
+	}
+	return exclude
+}

@@ -1,0 +1,118 @@
+package wharf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/wharfhq/wharf/breaker"
+	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/queue"
+)
+
+// errUnhandled is the dead-letter reason for events no handler takes, with
+// Config.Unhandled set to DeadLetterUnhandled.
+var errUnhandled = errors.New("no handler takes this event type")
+
+// work processes one event inside the consumer's transaction, under its
+// savepoint: idempotency claim, the user's handler (through its breaker),
+// the audit record. The consumer then completes the event in the same
+// transaction, or rolls the savepoint back and retries, defers or
+// dead-letters it.
+func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error {
+	h := p.handlerFor(qev.Source, qev.Type)
+	if h == nil {
+		switch p.cfg.Unhandled {
+		case DeadLetterUnhandled:
+			return queue.Permanent(errUnhandled)
+		case CompleteUnhandled:
+			return p.record(ctx, tx, qev, AuditUnhandled, nil)
+		default:
+			// LeaveUnhandled events are not fetched; one fetched anyway
+			// (by an older configuration's worker) goes back untouched.
+			return queue.Defer(time.Now().Add(time.Minute), errUnhandled)
+		}
+	}
+	first, err := p.claims.Claim(ctx, tx, h.name, idempotency.Key(qev.Source, qev.ID))
+	if err != nil {
+		return err
+	}
+	if !first {
+		// Processed already, by an earlier delivery of the same event:
+		// complete this one without running the handler again.
+		return p.record(ctx, tx, qev, AuditDuplicate, nil)
+	}
+	release, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+
+	if err := p.run(ctx, tx, h, qev); err != nil {
+		return err
+	}
+	return p.record(ctx, tx, qev, AuditProcessed, map[string]any{"handler": h.name, "attempt": qev.Attempt})
+}
+
+// run calls the handler, within its timeout and through its breaker, and
+// turns the breaker's answers into deferrals: an open breaker, or a
+// failure it counts, is the downstream's fault, not the event's, so the
+// event waits without spending an attempt.
+func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, qev *queue.Event) error {
+	ev := Event{
+		Source: qev.Source, ID: qev.ID, Type: qev.Type, OrderingKey: qev.OrderingKey,
+		Body: qev.Body, Headers: qev.Headers, ReceivedAt: qev.ReceivedAt,
+		Attempt: qev.Attempt, MaxAttempts: qev.MaxAttempts, Errors: qev.Errors,
+	}
+	if h.timeout > 0 {
+		restore, err := setStatementTimeout(ctx, tx, h.timeout)
+		if err != nil {
+			return err
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.timeout)
+		defer cancel()
+		err = p.call(ctx, detachedTx{tx}, h, ev)
+		if err == nil {
+			err = restore()
+		}
+		return err
+	}
+	return p.call(ctx, tx, h, ev)
+}
+
+// setStatementTimeout sets statement_timeout for the rest of tx and returns
+// a func that restores the previous value, for the events after this one;
+// if the event fails, rolling back its savepoint restores it anyway.
+func setStatementTimeout(ctx context.Context, tx pgx.Tx, d time.Duration) (restore func() error, err error) {
+	var previous string
+	err = tx.QueryRow(ctx, `SELECT current_setting('statement_timeout'), set_config('statement_timeout', $1, true)`,
+		fmt.Sprint(d.Milliseconds())).Scan(&previous, new(string))
+	if err != nil {
+		return nil, err
+	}
+	return func() error {
+		_, err := tx.Exec(context.WithoutCancel(ctx), `SELECT set_config('statement_timeout', $1, true)`, previous)
+		return err
+	}, nil
+}
+
+// call runs the handler through its breaker, if it has one.
+func (p *Pipeline) call(ctx context.Context, tx pgx.Tx, h *handler, ev Event) error {
+	call := func(ctx context.Context) error { return h.fn(ctx, tx, ev) }
+	if h.downstream == "" {
+		return call(ctx)
+	}
+	err := p.breakers.Execute(ctx, h.downstream, call)
+	var open *breaker.OpenError
+	switch {
+	case errors.As(err, &open):
+		return queue.Defer(open.Until, err)
+	case errors.Is(err, breaker.ErrDownstream):
+		return queue.Defer(time.Now().Add(p.cfg.Backoff.Delay(ev.Attempt)), err)
+	}
+	return err
+}

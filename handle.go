@@ -172,6 +172,11 @@ func (p *Pipeline) Handle(sourceName, eventType string, fn HandlerFunc, opts ...
 	if h.maxAttempts == 0 {
 		h.maxAttempts = p.cfg.MaxAttempts
 	}
+	if h.downstream != "" {
+		if _, err := p.breakers.Breaker(h.downstream); err != nil {
+			return fmt.Errorf("%w: handler %s/%s: %w", ErrInvalidConfig, sourceName, eventType, err)
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, ok := p.sources[sourceName]; !ok {

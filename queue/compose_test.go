@@ -116,3 +116,20 @@ func TestRetryWithPermanentExhausts(t *testing.T) {
 	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'exhausted' AND attempt = 1`))
 	require.Nil(t, queue.Permanent(nil))
 }
+
+func TestRetryInOverridesTheBackoff(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, pool := newQueue(t, queue.Config{Backoff: queue.Backoff{Initial: time.Hour, Max: time.Hour, Jitter: queue.NoJitter}})
+	_, err := q.Enqueue(ctx, event("s", "later"))
+	require.NoError(t, err)
+	evs, err := q.Fetch(ctx, queue.FetchParams{Limit: 1})
+	require.NoError(t, err)
+	require.Len(t, evs, 1)
+	_, err = q.Retry(ctx, evs[0], queue.RetryIn(2*time.Minute, errors.New("come back in two minutes")))
+	require.NoError(t, err)
+	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue
+		WHERE run_at BETWEEN now() + interval '110 seconds' AND now() + interval '130 seconds'`), "two minutes, not the one-hour backoff")
+	require.Equal(t, 1, count(t, pool, `SELECT attempt FROM wharf.queue`), "the attempt counts")
+	require.Nil(t, queue.RetryIn(time.Second, nil))
+}

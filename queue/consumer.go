@@ -31,9 +31,10 @@ const (
 // own; the Consumer completes the event in the same transaction and commits
 // it with the handler's writes, so database effects happen exactly once per
 // completed event. Return nil when done, an error to retry the event after
-// its backoff (the handler's writes are rolled back), Permanent(err) to
-// exhaust it at once, or Defer(...) to put it back without spending an
-// attempt. A panic counts as an error.
+// its backoff (the handler's writes are rolled back), RetryIn(d, err) to
+// retry after d instead, Permanent(err) to exhaust it at once, or
+// Defer(...) to put it back without spending an attempt. A panic counts as
+// an error.
 //
 // The handler must not commit or roll back tx (that returns ErrTxOwned).
 // Its ctx is not cancelled when Run's context is; it is cancelled only if
@@ -515,12 +516,11 @@ func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcom
 		err = errors.New("handler returned nil but its transaction failed (a failed statement aborts the transaction)")
 	}
 	var deferred *DeferError
-	var permanent *PermanentError
 	if errors.As(err, &deferred) {
 		out.deferred = append(out.deferred, ev)
 		out.deferUntil = append(out.deferUntil, deferred.Until)
 	} else {
-		out.failed = append(out.failed, failure{ev: ev, msg: err.Error(), permanent: errors.As(err, &permanent)})
+		out.failed = append(out.failed, failureOf(ev, err))
 	}
 	if !htx.savepoint {
 		return nil // the handler wrote nothing

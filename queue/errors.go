@@ -95,3 +95,24 @@ func Permanent(err error) error {
 	}
 	return &PermanentError{Err: err}
 }
+
+// RetryError asks for the event to be retried after After instead of the
+// queue's backoff: a handler with a schedule of its own, or a downstream
+// that said when to come back (Retry-After). The attempt counts.
+type RetryError struct {
+	After time.Duration
+	Err   error
+}
+
+func (e *RetryError) Error() string { return e.Err.Error() }
+
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// RetryIn returns err marked to be retried after d (see RetryError); nil
+// stays nil.
+func RetryIn(d time.Duration, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &RetryError{After: max(d, 0), Err: err}
+}

@@ -438,9 +438,9 @@ func (q *Queue) complete(ctx context.Context, db querier, settings string, evs [
 }
 
 // Retry records cause as ev's failed attempt and reschedules it after the
-// backoff for its attempt number. If that was its last attempt, or cause is
-// Permanent, it is exhausted instead (see Config.OnExhausted) and Retry
-// reports true.
+// backoff for its attempt number (or after the delay of a RetryIn cause).
+// If that was its last attempt, or cause is Permanent, it is exhausted
+// instead (see Config.OnExhausted) and Retry reports true.
 func (q *Queue) Retry(ctx context.Context, ev *Event, cause error) (exhausted bool, err error) {
 	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		exhausted, err = q.RetryTx(ctx, tx, ev, cause)
@@ -456,23 +456,35 @@ func (q *Queue) Retry(ctx context.Context, ev *Event, cause error) (exhausted bo
 // transaction must be usable: after a failed statement, roll back to a
 // savepoint first.
 func (q *Queue) RetryTx(ctx context.Context, tx pgx.Tx, ev *Event, cause error) (exhausted bool, err error) {
-	msg := "unknown error"
-	if cause != nil {
-		msg = cause.Error()
-	}
-	var permanent *PermanentError
-	isPermanent := errors.As(cause, &permanent)
-	if err := q.fail(ctx, tx, []failure{{ev: ev, msg: msg, permanent: isPermanent}}); err != nil {
+	f := failureOf(ev, cause)
+	if err := q.fail(ctx, tx, []failure{f}); err != nil {
 		return false, err
 	}
-	return isPermanent || ev.Attempt >= ev.MaxAttempts, nil
+	return f.permanent || ev.Attempt >= ev.MaxAttempts, nil
 }
 
 // failure is one failed attempt to record.
 type failure struct {
 	ev        *Event
 	msg       string
-	permanent bool // exhaust now, whatever attempts are left
+	permanent bool           // exhaust now, whatever attempts are left
+	after     *time.Duration // retry after this instead of the backoff
+}
+
+// failureOf describes a handler's error as a failure of ev.
+func failureOf(ev *Event, err error) failure {
+	f := failure{ev: ev, msg: "unknown error"}
+	if err == nil {
+		return f
+	}
+	f.msg = err.Error()
+	var permanent *PermanentError
+	f.permanent = errors.As(err, &permanent)
+	var retry *RetryError
+	if errors.As(err, &retry) {
+		f.after = &retry.After
+	}
+	return f
 }
 
 // fail records failed attempts, in tx: events with attempts left are
@@ -490,7 +502,11 @@ func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) error {
 			continue
 		}
 		retry = append(retry, f.ev)
-		retryDelays = append(retryDelays, q.cfg.Backoff.delay(f.ev.Attempt, rand.Float64()).Milliseconds())
+		delay := q.cfg.Backoff.delay(f.ev.Attempt, rand.Float64())
+		if f.after != nil {
+			delay = *f.after
+		}
+		retryDelays = append(retryDelays, delay.Milliseconds())
 		retryMsgs = append(retryMsgs, msg)
 	}
 	if len(retry) > 0 {

@@ -1,0 +1,129 @@
+package wharf_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/internal/dbtest"
+)
+
+func TestPipelineTimeoutFailsTheAttemptAndKeepsTheBatch(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 1, TxBatch: 8})
+	var slowRuns atomic.Int32
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if ev.ID == "slow" && slowRuns.Add(1) == 1 {
+			// A statement that outlives the handler's timeout: Postgres
+			// cancels it (statement_timeout) without closing the
+			// connection the batch shares.
+			if _, err := tx.Exec(ctx, `SELECT pg_sleep(5)`); err != nil {
+				return err
+			}
+		}
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Timeout(200*time.Millisecond)))
+	require.Equal(t, http.StatusAccepted, h.send("before", "order.paid"))
+	require.Equal(t, http.StatusAccepted, h.send("slow", "order.paid"))
+	require.Equal(t, http.StatusAccepted, h.send("after", "order.paid"))
+	h.run()
+	h.eventually("all three processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 3 })
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.EqualValues(t, 2, slowRuns.Load(), "the timed-out run failed its attempt and ran again")
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`))
+}
+
+func TestPipelineConcurrencyCap(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 4, TxBatch: 1})
+	var running, peak atomic.Int32
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // runs before the harness stops the workers
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		<-release
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Concurrency(2)))
+	for _, id := range []string{"c1", "c2", "c3", "c4"} {
+		require.Equal(t, http.StatusAccepted, h.send(id, "order.paid"))
+	}
+	h.run()
+	// All four workers are inside their events' transactions, two of them
+	// waiting for a slot.
+	h.eventually("four workers in their transactions, two handlers running", func() bool {
+		return running.Load() == 2 && h.count(`SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND state = 'idle in transaction'`) == 4
+	})
+	unblock()
+	h.eventually("all processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 4 })
+	require.EqualValues(t, 2, peak.Load(), "never more than the cap at once")
+}
+
+func TestPipelineUnhandledPolicies(t *testing.T) {
+	t.Parallel()
+	t.Run("complete", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t, wharf.Config{Unhandled: wharf.CompleteUnhandled, Audit: true})
+		require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+		require.Equal(t, http.StatusAccepted, h.send("x1", "order.refunded"))
+		h.run()
+		h.eventually("the unhandled event completed", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+		require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+		events, err := h.p.AuditLog().ReadStream(context.Background(), wharf.DeliveryStream("acme", "x1"), 1, 10)
+		require.NoError(t, err)
+		require.Len(t, events, 2)
+		require.Equal(t, wharf.AuditUnhandled, events[1].Type, "and recorded")
+	})
+	t.Run("dead-letter", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t, wharf.Config{Unhandled: wharf.DeadLetterUnhandled})
+		require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+		require.Equal(t, http.StatusAccepted, h.send("x2", "order.refunded"))
+		h.run()
+		h.eventually("the unhandled event dead-lettered", func() bool { return h.count(`SELECT count(*) FROM wharf.dead_letters`) == 1 })
+		require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue`))
+		require.Equal(t, 1, h.count(`SELECT attempts FROM wharf.dead_letters`), "at once, not after every attempt")
+	})
+}
+
+func TestPipelineAnswersSlackHandshake(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	p, err := wharf.New(pool, wharf.Config{})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	const secret = "8f742231b10e8888abcd99yyyzzz85a5"
+	require.NoError(t, p.Source("slack", wharf.Slack(secret)))
+	srv := httptest.NewServer(p.Handler("slack"))
+	t.Cleanup(srv.Close)
+
+	body := []byte(`{"token":"t","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}`)
+	req, err := http.NewRequest(http.MethodPost, srv.URL, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header = wharf.SignSlack(secret, time.Now(), body)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, readAll(t, resp), "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P")
+	var n int
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM wharf.queue`).Scan(&n))
+	require.Zero(t, n, "a handshake stores nothing")
+}

@@ -73,6 +73,7 @@ type handler struct {
 	downstream  string
 	maxAttempts int
 	timeout     time.Duration
+	backoff     *queue.Backoff
 	slots       chan struct{} // nil: no concurrency limit
 }
 
@@ -131,6 +132,19 @@ func Timeout(d time.Duration) HandleOption {
 			return fmt.Errorf("timeout %s is not positive", d)
 		}
 		h.timeout = d
+		return nil
+	}
+}
+
+// Backoff sets the handler's retry schedule (see queue.Backoff; zero
+// fields take its defaults). Defaults to Config.Backoff.
+func Backoff(b queue.Backoff) HandleOption {
+	return func(h *handler) error {
+		b = withBackoffDefaults(b)
+		if b.Initial < 0 || b.Max < b.Initial || b.Multiplier < 1 || (b.Jitter != queue.NoJitter && (b.Jitter < 0 || b.Jitter > 1)) {
+			return fmt.Errorf("backoff %+v is not a valid schedule", b)
+		}
+		h.backoff = &b
 		return nil
 	}
 }

@@ -79,7 +79,10 @@ type Config struct {
 	Schema string
 
 	// Workers is how many transactions process events at once, each on
-	// one pool connection. Defaults to 4.
+	// one pool connection. Defaults to 4, or fewer when the pool is too
+	// small for 4 besides the fetcher, the maintenance loop and the
+	// ingestion's group commits (pgxpool's default MaxConns is the number
+	// of CPUs, at least 4): size the pool with pool_max_conns.
 	Workers int
 	// TxBatch is the most events one worker transaction processes, each
 	// under its own savepoint. Defaults to 32 (see queue.ConsumerConfig).
@@ -95,6 +98,9 @@ type Config struct {
 	Backoff queue.Backoff
 	// PollOnly disables LISTEN (for a PgBouncer in transaction mode).
 	PollOnly bool
+	// PollInterval is how often idle workers look for due events without
+	// a wake-up (retries scheduled by other processes). Defaults to 1s.
+	PollInterval time.Duration
 
 	// AckDeadline bounds the time from a request's arrival to its answer:
 	// if the event is not durably stored by then, the provider gets 503
@@ -118,6 +124,10 @@ type Config struct {
 	// Breakers configures the circuit breakers named by handlers'
 	// Downstream options. Defaults to breaker.Config's defaults.
 	Breakers breaker.Config
+
+	// RateLimits caps the calls to downstreams, by the name handlers give
+	// Downstream, per process. Defaults to none.
+	RateLimits map[string]RateLimit
 
 	// IdempotencyRetention is how long processed event ids are kept; a
 	// redelivery within it is a duplicate. Defaults to 7 days.
@@ -185,6 +195,8 @@ type Pipeline struct {
 	breakers *breaker.Registry
 	audit    *eventlog.Log // nil unless Config.Audit
 
+	limits map[string]*limiter
+
 	running atomic.Bool
 	mu      sync.RWMutex
 	sources map[string]*source
@@ -204,7 +216,17 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	p := &Pipeline{pool: pool, cfg: c, sources: map[string]*source{}, routes: map[route]*handler{}}
+	if c.Workers == 0 {
+		c.Workers = defaultWorkers(int(pool.Config().MaxConns))
+	}
+	p := &Pipeline{pool: pool, cfg: c, sources: map[string]*source{}, routes: map[route]*handler{}, limits: map[string]*limiter{}}
+	for name, rl := range c.RateLimits {
+		l, err := newLimiter(name, rl)
+		if err != nil {
+			return nil, err
+		}
+		p.limits[name] = l
+	}
 	var err error
 	deadCfg := dlq.Config{Schema: c.Schema, Logger: c.Logger}
 	if c.Audit {
@@ -237,6 +259,14 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// defaultWorkers is DefaultWorkers, or as many as a pool of maxConns can
+// serve besides the fetcher and maintenance loop (queue.ConnsNeeded) and
+// the ingestion's committers and notifier, but at least one.
+func defaultWorkers(maxConns int) int {
+	spare := maxConns - queue.ConnsNeeded(0) - (queue.DefaultCommitters + 1)
+	return max(1, min(DefaultWorkers, spare))
 }
 
 // duplicateIfSQL makes a delivery a duplicate, inside the group-commit

@@ -3,6 +3,7 @@ package wharf_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -14,7 +15,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
 )
 
 func TestPipelineTimeoutFailsTheAttemptAndKeepsTheBatch(t *testing.T) {
@@ -126,4 +129,60 @@ func TestPipelineAnswersSlackHandshake(t *testing.T) {
 	var n int
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM wharf.queue`).Scan(&n))
 	require.Zero(t, n, "a handshake stores nothing")
+}
+
+// A redelivery that arrives while a worker is committing the event's
+// completion waits on the event's key; when the worker commits, the
+// redelivery is a duplicate (200, no queue row), not a second copy.
+func TestPipelineRedeliveryRacingTheCompletion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newHarness(t, wharf.Config{})
+	require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+	require.Equal(t, http.StatusAccepted, h.send("race", "order.paid"))
+
+	evs, err := h.p.Queue().Fetch(ctx, queue.FetchParams{Limit: 1})
+	require.NoError(t, err)
+	require.Len(t, evs, 1)
+	tx, err := h.pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	first, err := h.p.Idempotency().Claim(ctx, tx, "acme/order.paid", idempotency.Key("acme", "race"))
+	require.NoError(t, err)
+	require.True(t, first)
+	require.NoError(t, h.p.Queue().CompleteTx(ctx, tx, evs[0]))
+
+	status := make(chan int, 1)
+	go func() { status <- h.send("race", "order.paid") }()
+	h.eventually("the redelivery waiting on the worker's commit", func() bool {
+		return h.count(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`) == 1
+	})
+	require.NoError(t, tx.Commit(ctx))
+	require.Equal(t, http.StatusOK, <-status, "a duplicate of a processed event")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue`), "no second copy in the queue")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue_payloads`))
+}
+
+func TestPipelineHandlerBackoff(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{}) // the harness's own backoff is milliseconds
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		return errors.New("not yet")
+	}, wharf.Backoff(queue.Backoff{Initial: time.Hour, Max: time.Hour, Jitter: queue.NoJitter})))
+	require.Equal(t, http.StatusAccepted, h.send("b1", "order.paid"))
+	h.run()
+	h.eventually("the retry scheduled by the handler's backoff", func() bool {
+		return h.count(`SELECT count(*) FROM wharf.queue
+			WHERE attempt = 1 AND state = 'available' AND run_at > now() + interval '59 minutes'`) == 1
+	})
+}
+
+func TestPipelineRateLimitConfig(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	_, err := wharf.New(pool, wharf.Config{RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 0}}})
+	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
+	p, err := wharf.New(pool, wharf.Config{RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 50, Burst: 5}}})
+	require.NoError(t, err)
+	p.Close()
 }

@@ -30,6 +30,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Only:            only,
 		Exclude:         func() []queue.Kind { return p.openKinds(downstreams) },
 		PollOnly:        p.cfg.PollOnly,
+		PollInterval:    p.cfg.PollInterval,
 		ShutdownTimeout: p.cfg.ShutdownTimeout,
 		Logger:          p.cfg.Logger,
 	})

@@ -52,7 +52,7 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 	defer release()
 
 	if err := p.run(ctx, tx, h, qev); err != nil {
-		return err
+		return h.retryIn(err, qev.Attempt)
 	}
 	return p.record(ctx, tx, qev, AuditProcessed, map[string]any{"handler": h.name, "attempt": qev.Attempt})
 }
@@ -106,6 +106,11 @@ func (p *Pipeline) call(ctx context.Context, tx pgx.Tx, h *handler, ev Event) er
 	if h.downstream == "" {
 		return call(ctx)
 	}
+	if l := p.limits[h.downstream]; l != nil {
+		if err := l.wait(ctx); err != nil {
+			return err
+		}
+	}
 	err := p.breakers.Execute(ctx, h.downstream, call)
 	var open *breaker.OpenError
 	switch {
@@ -115,4 +120,17 @@ func (p *Pipeline) call(ctx context.Context, tx pgx.Tx, h *handler, ev Event) er
 		return queue.Defer(time.Now().Add(p.cfg.Backoff.Delay(ev.Attempt)), err)
 	}
 	return err
+}
+
+// retryIn applies the handler's own backoff to a failure that the queue
+// would otherwise retry on its schedule; deferrals, permanent failures and
+// explicit RetryIn delays pass through.
+func (h *handler) retryIn(err error, attempt int) error {
+	var deferred *queue.DeferError
+	var permanent *queue.PermanentError
+	var retry *queue.RetryError
+	if h.backoff == nil || errors.As(err, &deferred) || errors.As(err, &permanent) || errors.As(err, &retry) {
+		return err
+	}
+	return queue.RetryIn(h.backoff.Delay(attempt), err)
 }

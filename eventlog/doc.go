@@ -55,7 +55,7 @@
 // ReadAll and ReadCategory (streams with a name prefix) return events
 // after a Cursor, in (transaction id, position) order, and only events of
 // transactions below the transaction-id horizon: the oldest transaction
-// still running in the cluster (pg_snapshot_xmin). Below it no transaction
+// still running that could write to this database. Below it no transaction
 // can commit any more, and none that starts later can get a lower id, so a
 // reader that loops on ReadAll with the cursor it returns sees every
 // committed event exactly once and never a rolled-back one, even when an
@@ -63,8 +63,9 @@
 // position alone skips such an event: the reader has moved past its
 // position before it commits.)
 //
-// The cost: any transaction that has written anything, in any database of
-// the cluster, holds the horizon while it runs. A long batch job, a psql
+// The cost: any transaction that has written anything in this database
+// holds the horizon while it runs (transactions of other databases of the
+// cluster do not, once they are seen to belong elsewhere). A long batch job, a psql
 // session left open in a transaction, or an abandoned prepared transaction
 // stops every tailing reader and every projection until it ends (appends
 // and ReadStream/Load are not affected). TailLag reports how many

@@ -54,8 +54,8 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 }
 
 // readAllUntil loops ReadAll from the start until it has returned want
-// events, polling: the tail can be held back for a moment by any write
-// transaction in the cluster (other tests' included).
+// events, polling: the tail can be held back for a moment by a write
+// transaction that has just ended elsewhere.
 func readAllUntil(t testing.TB, l *eventlog.Log, want int) []eventlog.Event {
 	t.Helper()
 	var all []eventlog.Event

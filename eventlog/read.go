@@ -164,8 +164,8 @@ func Load[S any](ctx context.Context, l *Log, stream string, initial S, apply fu
 // documentation, "Reading the whole log"): a reader that loops on ReadAll
 // with the returned cursor sees every committed event exactly once, and
 // never one that was rolled back, however appends interleave. The price
-// is that the tail waits for the oldest write transaction in the cluster;
-// TailLag measures it.
+// is that the tail waits for the oldest write transaction in this
+// database; TailLag measures it.
 func (l *Log) ReadAll(ctx context.Context, after Cursor, limit int) ([]Event, Cursor, error) {
 	return l.readAll(ctx, l.pool, "", after, limit)
 }
@@ -281,8 +281,8 @@ type TailLag struct {
 
 // TailLag reports how far the horizon holds the tail of the log back: how
 // many committed events ReadAll cannot return yet, and which transaction
-// is responsible. Any transaction that has written anything, in any
-// database of the cluster, holds the horizon while it runs: a long one
+// is responsible. Any transaction that has written anything in this
+// database holds the horizon while it runs: a long one
 // (a batch job, a forgotten psql session, an abandoned prepared
 // transaction) stops every tailing reader and projection until it ends.
 // Alert when Events or HolderAge grows.

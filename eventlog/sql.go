@@ -119,14 +119,31 @@ WHERE stream = $1
 ORDER BY version`
 
 // horizonSQL is the transaction-id horizon: every transaction with a lower
-// id has ended (committed or rolled back) as of this statement's snapshot,
-// so the rows below it can no longer change, and no transaction that
-// starts later can get a lower id. pg_current_snapshot() is the snapshot
-// the statement reads with, so every committed row below the horizon is
-// visible to it. Transactions that never wrote have no id and never hold
-// the horizon back; any write transaction anywhere in the cluster does,
-// while it runs.
-const horizonSQL = `pg_snapshot_xmin(pg_current_snapshot())`
+// id that could have written to this database's event_log has ended
+// (committed or rolled back) as of this statement's snapshot, so the rows
+// below it can no longer change, and no transaction that starts later can
+// get a lower id. It is the oldest transaction in the snapshot's
+// in-progress list, or the snapshot's xmax when that list is empty, but
+// for transactions shown to be another database's: still running now
+// (pg_stat_activity or pg_prepared_xacts, read after the snapshot) in a
+// database other than this one, they cannot write here. A transaction
+// that has ended since the snapshot, or whose database cannot be seen,
+// holds the horizon, because it may have committed rows the snapshot does
+// not show. So a long transaction in another database of the cluster does
+// not stall this log; one in this database does, while it runs.
+// (pg_stat_activity shows backend_xid as 32 bits; the in-progress ids are
+// 64-bit xid8, compared modulo 2^32, which is exact while both are live.)
+const horizonSQL = `(
+    SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot()))
+    FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+    WHERE NOT EXISTS (
+            SELECT 1 FROM pg_stat_activity a
+            WHERE a.backend_xid = ((x::text::numeric % 4294967296)::text)::xid
+              AND a.datname <> current_database())
+      AND NOT EXISTS (
+            SELECT 1 FROM pg_prepared_xacts p
+            WHERE p.transaction = ((x::text::numeric % 4294967296)::text)::xid
+              AND p.database <> current_database()))`
 
 // readAllSQL reads the log in (tx_id, position) order after a cursor and
 // below the horizon: one range scan of event_log_tx_position_idx (the row
@@ -162,10 +179,11 @@ holder AS (
     SELECT pid, extract(epoch FROM now() - xact_start)::float8 AS age_s, coalesce(left(query, 200), '') AS query,
            '' AS gid, age(backend_xid) AS xid_age
     FROM pg_stat_activity
-    WHERE backend_xid IS NOT NULL
+    WHERE backend_xid IS NOT NULL AND datname IS NOT DISTINCT FROM current_database()
     UNION ALL
     SELECT 0, extract(epoch FROM now() - prepared)::float8, '', gid, age(transaction)
     FROM pg_prepared_xacts
+    WHERE database = current_database()
     ORDER BY xid_age DESC
     LIMIT 1
 )

@@ -133,3 +133,29 @@ func TestRetryInOverridesTheBackoff(t *testing.T) {
 	require.Equal(t, 1, count(t, pool, `SELECT attempt FROM wharf.queue`), "the attempt counts")
 	require.Nil(t, queue.RetryIn(time.Second, nil))
 }
+
+// A retry due sooner than the next poll wakes the consumer itself.
+func TestShortRetryDoesNotWaitForThePoll(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, _ := newQueue(t, queue.Config{Backoff: queue.Backoff{Initial: 20 * time.Millisecond, Max: 20 * time.Millisecond}})
+	_, err := q.Enqueue(ctx, event("s", "again"))
+	require.NoError(t, err)
+	done := make(chan int, 1)
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{Workers: 1, PollInterval: time.Hour,
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			if ev.Attempt == 1 {
+				return errors.New("once")
+			}
+			done <- ev.Attempt
+			return nil
+		}})
+	require.NoError(t, err)
+	runConsumer(t, c)
+	select {
+	case attempt := <-done:
+		require.Equal(t, 2, attempt)
+	case <-time.After(30 * time.Second): // the poll interval is an hour: only the wake-up can deliver it
+		t.Fatal("the retry waited for the poll")
+	}
+}

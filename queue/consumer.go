@@ -178,8 +178,10 @@ type Consumer struct {
 	chunks  chan []*Event // fetched events for workers; made by each Run
 	freed   chan struct{} // a worker finished its chunk; made by each Run
 
-	mu     sync.Mutex
-	active map[int64]*Event // leases held, for heartbeats
+	mu       sync.Mutex
+	active   map[int64]*Event // leases held, for heartbeats
+	wakeup   *time.Timer      // wakes the fetcher when a retry falls due; under mu
+	wakeTime time.Time        // when wakeup fires; zero when none is pending
 }
 
 // NewConsumer returns a Consumer of q. It returns an error wrapping
@@ -346,6 +348,36 @@ func split(evs []*Event, slots, size int) [][]*Event {
 	return chunks
 }
 
+// wakeAt wakes the fetcher at t, when this process retried or deferred an
+// event due then and t comes before the next poll: a short backoff then
+// costs its own length, not a poll interval. One timer serves, set to the
+// earliest time asked for.
+func (c *Consumer) wakeAt(t time.Time) {
+	d := time.Until(t)
+	if d >= c.cfg.PollInterval {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.wakeTime.IsZero() && !t.Before(c.wakeTime) {
+		return
+	}
+	c.wakeTime = t
+	if c.wakeup == nil {
+		c.wakeup = time.AfterFunc(max(d, 0), c.fire)
+	} else {
+		c.wakeup.Reset(max(d, 0))
+	}
+}
+
+// fire is the wake-up timer's function.
+func (c *Consumer) fire() {
+	c.mu.Lock()
+	c.wakeTime = time.Time{}
+	c.mu.Unlock()
+	poke(c.wake)
+}
+
 func (c *Consumer) track(evs []*Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -425,6 +457,22 @@ type outcomes struct {
 	failed     []failure
 	deferred   []*Event
 	deferUntil []time.Time
+	retryIn    time.Duration // the soonest retry scheduled, zero for none
+}
+
+// due returns when the soonest retried or deferred event of the
+// transaction is due again, if any.
+func (o *outcomes) due(now time.Time) (time.Time, bool) {
+	var at time.Time
+	if o.retryIn > 0 {
+		at = now.Add(o.retryIn)
+	}
+	for _, t := range o.deferUntil {
+		if !t.IsZero() && (at.IsZero() || t.Before(at)) {
+			at = t
+		}
+	}
+	return at, !at.IsZero()
 }
 
 func (o *outcomes) ran() []*Event {
@@ -469,6 +517,9 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 		c.recover(fctx, &out, broken)
 	} else {
 		c.untrack(out.ran())
+		if at, ok := out.due(time.Now()); ok {
+			c.wakeAt(at)
+		}
 	}
 	c.q.notifyIfKeyed(out.ran())
 	return rest
@@ -554,9 +605,11 @@ func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes) error {
 		}
 	}
 	if len(out.failed) > 0 {
-		if err := c.q.fail(ctx, tx, out.failed); err != nil {
+		soonest, err := c.q.fail(ctx, tx, out.failed)
+		if err != nil {
 			return err
 		}
+		out.retryIn = soonest
 	}
 	if len(out.deferred) > 0 {
 		if err := c.q.deferEvents(ctx, tx, out.deferred, out.deferUntil); err != nil {
@@ -579,7 +632,8 @@ func (c *Consumer) recover(ctx context.Context, out *outcomes, cause error) {
 	var unrecorded int
 	for _, f := range failures {
 		err := pgx.BeginFunc(ctx, c.q.pool, func(tx pgx.Tx) error {
-			return c.q.fail(ctx, tx, []failure{f})
+			_, err := c.q.fail(ctx, tx, []failure{f})
+			return err
 		})
 		if err != nil && !errors.Is(err, ErrLeaseLost) {
 			unrecorded++

@@ -191,21 +191,41 @@ func (q *Queue) insert(ctx context.Context, db querier, settings string, evs []*
 	b := &pgx.Batch{}
 	b.Queue(settings)
 	b.Queue(q.sql.insert, sources, ids, types, orderingKeys, maxAttempts, runAts, bodies, headers, handlers)
+	if q.cfg.DuplicateIf != "" {
+		b.Queue(q.sql.recheck, sources, ids)
+	}
 	br := db.SendBatch(ctx, b)
 	inserted := make(map[[2]string]int64, len(ids))
-	_, err := br.Exec()
-	if err == nil {
-		var rows pgx.Rows
-		rows, err = br.Query()
-		if err == nil {
-			var id int64
-			var source, eventID string
-			_, err = pgx.ForEachRow(rows, []any{&id, &source, &eventID}, func() error {
-				inserted[[2]string{source, eventID}] = id
-				return nil
-			})
+	err := func() error {
+		if _, err := br.Exec(); err != nil {
+			return err
 		}
-	}
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		var id int64
+		var source, eventID string
+		if _, err := pgx.ForEachRow(rows, []any{&id, &source, &eventID}, func() error {
+			inserted[[2]string{source, eventID}] = id
+			return nil
+		}); err != nil {
+			return err
+		}
+		if q.cfg.DuplicateIf == "" {
+			return nil
+		}
+		taken, err := readIDs(br)
+		if err != nil {
+			return err
+		}
+		for key, id := range inserted {
+			if taken[id] {
+				delete(inserted, key)
+			}
+		}
+		return nil
+	}()
 	if closeErr := br.Close(); err == nil {
 		err = closeErr
 	}
@@ -378,20 +398,26 @@ func collectIDs(ctx context.Context, db querier, settings, sql string, args ...a
 			return nil, err
 		}
 	}
-	rows, err := br.Query()
-	if err != nil {
-		return nil, err
-	}
-	changed := map[int64]bool{}
-	var id int64
-	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
-		changed[id] = true
-		return nil
-	})
+	changed, err := readIDs(br)
 	if err != nil {
 		return nil, err
 	}
 	return changed, br.Close()
+}
+
+// readIDs reads the next result of br, a column of ids, as a set.
+func readIDs(br pgx.BatchResults) (map[int64]bool, error) {
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	ids := map[int64]bool{}
+	var id int64
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+		ids[id] = true
+		return nil
+	})
+	return ids, err
 }
 
 // lostError names the events whose lease was lost, wrapping ErrLeaseLost.
@@ -457,7 +483,7 @@ func (q *Queue) Retry(ctx context.Context, ev *Event, cause error) (exhausted bo
 // savepoint first.
 func (q *Queue) RetryTx(ctx context.Context, tx pgx.Tx, ev *Event, cause error) (exhausted bool, err error) {
 	f := failureOf(ev, cause)
-	if err := q.fail(ctx, tx, []failure{f}); err != nil {
+	if _, err := q.fail(ctx, tx, []failure{f}); err != nil {
 		return false, err
 	}
 	return f.permanent || ev.Attempt >= ev.MaxAttempts, nil
@@ -489,8 +515,9 @@ func failureOf(ev *Event, err error) failure {
 
 // fail records failed attempts, in tx: events with attempts left are
 // rescheduled with backoff, the rest are exhausted. Each history entry
-// takes its attempt number and worker from the row.
-func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) error {
+// takes its attempt number and worker from the row. It returns the
+// shortest retry delay it scheduled (zero when none).
+func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) (soonest time.Duration, err error) {
 	var retry, exhaust []*Event
 	var retryDelays []int64
 	var retryMsgs, exhaustMsgs []string
@@ -507,22 +534,25 @@ func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) error {
 			delay = *f.after
 		}
 		retryDelays = append(retryDelays, delay.Milliseconds())
+		if soonest == 0 || delay < soonest {
+			soonest = max(delay, time.Millisecond)
+		}
 		retryMsgs = append(retryMsgs, msg)
 	}
 	if len(retry) > 0 {
 		ids, tokens := leaseArrays(retry)
 		changed, err := collectIDs(ctx, tx, "", q.sql.retry, ids, tokens, retryDelays, retryMsgs)
 		if err != nil {
-			return fmt.Errorf("queue: retry: %w", err)
+			return 0, fmt.Errorf("queue: retry: %w", err)
 		}
 		if err := lostError("retry", retry, changed); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if len(exhaust) > 0 {
-		return q.exhaust(ctx, tx, exhaust, exhaustMsgs)
+		return soonest, q.exhaust(ctx, tx, exhaust, exhaustMsgs)
 	}
-	return nil
+	return soonest, nil
 }
 
 // exhaust takes events that used their last attempt out of circulation:
@@ -666,7 +696,8 @@ func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 			return err
 		}
 		n = len(failures)
-		return q.fail(ctx, tx, failures)
+		_, err = q.fail(ctx, tx, failures)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("queue: rescue: %w", err)

@@ -42,6 +42,28 @@ FROM input i JOIN stored s ON s.queue_id = i.id
 ORDER BY i.id
 RETURNING id, source, event_id`
 
+// recheckSQL runs after insertSQL, in the same transaction, when
+// Config.DuplicateIf is set. insertSQL evaluates the condition in its own
+// snapshot; if it then waited on a key whose event another transaction was
+// removing (a worker completing it, a move to the dead letter queue) and
+// that transaction committed, the event was inserted although the
+// condition now holds: it would be both processed and queued. This
+// statement starts with a fresh snapshot, which sees that commit, and
+// takes such events back out. $1 is the keys insertSQL stored.
+const recheckSQL = `
+WITH dup AS (
+    DELETE FROM {schema}.queue t
+    USING unnest($1::text[], $2::text[]) AS k(source, event_id)
+    WHERE t.source = k.source AND t.event_id = k.event_id
+      AND t.received_at = now() AND t.attempt = 0 AND t.state = 'available'
+      AND ({duplicate_if})
+    RETURNING t.id, t.source, t.event_id
+),
+payloads AS (
+    DELETE FROM {schema}.queue_payloads p USING dup WHERE p.queue_id = dup.id
+)
+SELECT id FROM dup`
+
 // syncCommitSQL makes the surrounding transaction's commit wait for the
 // WAL flush even when the server or role runs with synchronous_commit off:
 // a 2xx must not leave before the event is durable.
@@ -138,8 +160,12 @@ ORDER BY c.id`
 // a CTE: under READ COMMITTED a statement that waited for a concurrent
 // update (the rescuer's, say) re-checks its own WHERE clause against the
 // new row version, so a stale lease changes nothing, where a condition
-// checked in a CTE would not be checked again.
-var heldSQL = `q.id = ANY ($1::bigint[]) AND q.lease_token = ` + at("2::bigint[]") + ` AND q.state = 'running'`
+// checked in a CTE would not be checked again. A row has a lease token
+// exactly while it is running (a CHECK constraint says so), so the token
+// alone proves the lease; a state condition here would also lead the
+// planner to the small partial index of running rows, walking every running
+// row instead of looking up a few ids.
+var heldSQL = `q.id = ANY ($1::bigint[]) AND q.lease_token = ` + at("2::bigint[]")
 
 // at returns the SQL for row q's element of array parameter param (as
 // "3::bigint[]"), found by q.id's position in $1.
@@ -298,7 +324,7 @@ const notifySQL = `SELECT pg_notify($1, '')`
 type statements struct {
 	// fetch is indexed by kind filters: [Only used][Exclude used].
 	fetch [2][2]string
-	insert, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
+	insert, recheck, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
 	heartbeat, expired, stats string
 }
 
@@ -316,6 +342,7 @@ func render(schema, duplicateIf string) statements {
 			{fetchWith(kindFilterSQL(true, 5)), fetchWith(kindFilterSQL(true, 5) + "\n      " + kindFilterSQL(false, 7))},
 		},
 		insert:        r(insertSQL),
+		recheck:       r(recheckSQL),
 		complete:      r(completeSQL),
 		retry:         r(retrySQL),
 		deferEvents:   r(deferSQL),

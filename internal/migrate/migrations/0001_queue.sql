@@ -24,7 +24,9 @@ CREATE TABLE {schema}.queue (
     leased_by        text,
     -- One object per failed attempt: {"attempt", "error", "at", "worker"}.
     errors           jsonb       NOT NULL DEFAULT '[]',
-    CONSTRAINT queue_lease_check CHECK (state <> 'running' OR (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL))
+    -- A lease token exactly while running: the lease statements match on
+    -- the token alone.
+    CONSTRAINT queue_lease_check CHECK ((state = 'running') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL))
 ) WITH (
     -- Rows live seconds and die by DELETE: vacuum early and without
     -- throttling, so dead tuples never dominate the fetch index.

@@ -598,9 +598,9 @@ func (c *Consumer) call(ctx context.Context, tx *handlerTx, ev *Event) (err erro
 // commits: the handlers' writes and the queue changes land together.
 func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes) error {
 	if len(out.done) > 0 {
-		// The handlers are done, so generic plans reach only the queue's
-		// own statements from here to the commit.
-		if err := c.q.complete(ctx, tx, genericPlansSQL, out.done); err != nil {
+		// The handlers are done, so the plan setting reaches only the
+		// queue's own statements from here to the commit.
+		if err := c.q.complete(ctx, tx, customPlansSQL, out.done); err != nil {
 			return err
 		}
 	}

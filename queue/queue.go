@@ -204,10 +204,12 @@ func (q *Queue) insert(ctx context.Context, db querier, settings string, evs []*
 		if err != nil {
 			return err
 		}
-		var id int64
-		var source, eventID string
+		var id *int64
+		var source, eventID *string
 		if _, err := pgx.ForEachRow(rows, []any{&id, &source, &eventID}, func() error {
-			inserted[[2]string{source, eventID}] = id
+			if id != nil { // a row of NULLs: nothing inserted
+				inserted[[2]string{*source, *eventID}] = *id
+			}
 			return nil
 		}); err != nil {
 			return err
@@ -438,7 +440,7 @@ func lostError(op string, evs []*Event, changed map[int64]bool) error {
 // wrapping ErrLeaseLost, and changes nothing, if the caller no longer holds
 // ev's lease.
 func (q *Queue) Complete(ctx context.Context, ev *Event) error {
-	err := q.complete(ctx, q.pool, genericPlansSQL, []*Event{ev})
+	err := q.complete(ctx, q.pool, customPlansSQL, []*Event{ev})
 	if err == nil {
 		q.notifyIfKeyed([]*Event{ev})
 	}

@@ -19,6 +19,9 @@ import (
 // batches lock keys in one order, so they cannot deadlock. Only events
 // whose payload was new get a queue row; RETURNING names them, and the
 // others were duplicates. {duplicate_if} is Config.DuplicateIf, or false.
+// The ids inserted are also left in wharf.inserted, for recheckSQL; the
+// one-row join makes sure the setting is made even when nothing was
+// inserted (then the statement returns one row of NULLs).
 const insertSQL = `
 WITH input AS (
     SELECT t.*, nextval(pg_get_serial_sequence('{schema}.queue', 'id')) AS id
@@ -34,13 +37,18 @@ stored AS (
     ORDER BY source, event_id
     ON CONFLICT (source, event_id) DO NOTHING
     RETURNING queue_id
+),
+inserted AS (
+    INSERT INTO {schema}.queue (id, source, event_id, event_type, ordering_key, handler, max_attempts, run_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT i.id, i.source, i.event_id, i.event_type, nullif(i.ordering_key, ''), nullif(i.handler, ''), i.max_attempts, coalesce(i.run_at, now())
+    FROM input i JOIN stored s ON s.queue_id = i.id
+    ORDER BY i.id
+    RETURNING id, source, event_id
 )
-INSERT INTO {schema}.queue (id, source, event_id, event_type, ordering_key, handler, max_attempts, run_at)
-OVERRIDING SYSTEM VALUE
-SELECT i.id, i.source, i.event_id, i.event_type, nullif(i.ordering_key, ''), nullif(i.handler, ''), i.max_attempts, coalesce(i.run_at, now())
-FROM input i JOIN stored s ON s.queue_id = i.id
-ORDER BY i.id
-RETURNING id, source, event_id`
+SELECT i.id, i.source, i.event_id
+FROM (SELECT set_config('wharf.inserted', (SELECT coalesce(array_agg(id), '{}')::text FROM inserted), true)) AS noted
+LEFT JOIN inserted i ON true`
 
 // recheckSQL runs after insertSQL, in the same transaction, when
 // Config.DuplicateIf is set. insertSQL evaluates the condition in its own
@@ -49,18 +57,26 @@ RETURNING id, source, event_id`
 // that transaction committed, the event was inserted although the
 // condition now holds: it would be both processed and queued. This
 // statement starts with a fresh snapshot, which sees that commit, and
-// takes such events back out. $1 is the keys insertSQL stored.
+// takes such events back out. insertSQL leaves the ids it inserted in the
+// transaction-local setting wharf.inserted, so this finds exactly them, by
+// primary key. No condition may filter on the queue's state: one on
+// state = 'available' lets the planner pick the partial fetch index and
+// scan all of it, which halved ingest throughput. $1 and $2 are the keys
+// insertSQL was given: they guard against a setting left by an earlier
+// statement, and they make this a statement with parameters, which
+// customPlans plans for the table as it is now (Postgres plans a statement
+// without parameters once per connection, maybe while the queue was empty).
 const recheckSQL = `
 WITH dup AS (
     DELETE FROM {schema}.queue t
     USING unnest($1::text[], $2::text[]) AS k(source, event_id)
-    WHERE t.source = k.source AND t.event_id = k.event_id
-      AND t.received_at = now() AND t.attempt = 0 AND t.state = 'available'
+    WHERE t.id = ANY (coalesce(nullif(current_setting('wharf.inserted', true), ''), '{}')::bigint[])
+      AND t.source = k.source AND t.event_id = k.event_id
       AND ({duplicate_if})
-    RETURNING t.id, t.source, t.event_id
+    RETURNING t.id
 ),
 payloads AS (
-    DELETE FROM {schema}.queue_payloads p USING dup WHERE p.queue_id = dup.id
+    DELETE FROM {schema}.queue_payloads p WHERE p.queue_id = ANY (ARRAY(SELECT id FROM dup))
 )
 SELECT id FROM dup`
 
@@ -69,19 +85,20 @@ SELECT id FROM dup`
 // a 2xx must not leave before the event is durable.
 const syncCommitSQL = `SELECT set_config('synchronous_commit', 'on', true)`
 
-// genericPlans makes the rest of a transaction of the queue's own reuse
-// generic plans of prepared statements instead of planning each execution
-// anew for its parameter values: the hot statements take arrays whose
-// values never change the best plan (index scans by id), and re-planning
-// them cost a tenth of a drain. It is never applied to a caller's
-// transaction or a handler's statements.
-const genericPlans = `set_config('plan_cache_mode', 'force_generic_plan', true)`
+// customPlans makes the rest of a transaction of the queue's own plan each
+// execution of a prepared statement for the tables as they are now. A
+// generic plan, which Postgres may settle on after a few executions, is
+// made once per connection: one made while the queue was nearly empty (a
+// fresh deployment) keeps scanning whole indexes as the queue grows, until
+// the next ANALYZE, which a burst of events outpaces. It is never applied
+// to a caller's transaction or a handler's statements.
+const customPlans = `set_config('plan_cache_mode', 'force_custom_plan', true)`
 
-// Settings sent ahead of the hot statements, in the same round trip.
+// Settings sent ahead of the queue's own statements, in the same round trip.
 const (
-	genericPlansSQL  = `SELECT ` + genericPlans
-	ownEnqueueSQL    = `SELECT set_config('synchronous_commit', 'on', true), ` + genericPlans
-	fetchSettingsSQL = `SELECT set_config('jit', 'off', true), ` + genericPlans
+	customPlansSQL   = `SELECT ` + customPlans
+	ownEnqueueSQL    = `SELECT set_config('synchronous_commit', 'on', true), ` + customPlans
+	fetchSettingsSQL = `SELECT set_config('jit', 'off', true), ` + customPlans
 )
 
 // fetchSQL claims up to $1 due events in one statement, under lease token

@@ -22,7 +22,7 @@ type source struct {
 // come from when the verifier's provider defaults are not right.
 //
 //	p.Source("stripe", wharf.Stripe(os.Getenv("STRIPE_WEBHOOK_SECRET")))
-//	p.Source("orders", wharf.NewHMAC(...), wharf.SourceFields{ID: wharf.FromJSON("id"), Type: wharf.FromHeader("X-Event")})
+//	p.Source("orders", wharf.HMAC("X-Signature", secret), wharf.SourceFields{ID: wharf.FromJSON("id"), Type: wharf.FromHeader("X-Event")})
 func (p *Pipeline) Source(name string, v Verifier, fields ...SourceFields) error {
 	if p.running.Load() {
 		return ErrRunning

@@ -387,3 +387,26 @@ func TestConcurrentCallsCountEveryOutcome(t *testing.T) {
 	require.Equal(t, uint32(goroutines*each/2), st.Counts.Failures)
 	require.Equal(t, uint32(goroutines*each/2), st.Counts.Successes)
 }
+
+func TestStatusesListsEveryBreakerInNameOrder(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r := newRegistry(t, breaker.Settings{Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1}, nil)
+		require.Empty(t, r.Statuses(), "no breaker before the first use")
+
+		_, err := r.Breaker("ledger") // named, never called
+		require.NoError(t, err)
+		d := &downstream{}
+		d.set(errRefused)
+		require.ErrorIs(t, r.Execute(ctx, "billing", d.call), breaker.ErrDownstream)
+
+		all := r.Statuses()
+		require.Len(t, all, 2)
+		require.Equal(t, "billing", all[0].Name)
+		require.Equal(t, breaker.StateOpen, all[0].State)
+		require.Equal(t, time.Now().Add(breaker.DefaultOpenTimeout+time.Nanosecond), all[0].Until, "as Open and OpenError report it")
+		require.Equal(t, "ledger", all[1].Name)
+		require.Equal(t, breaker.StateClosed, all[1].State)
+		require.Equal(t, r.Open(), all[:1], "Open is the open part of Statuses")
+	})
+}

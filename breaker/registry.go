@@ -105,6 +105,19 @@ func (r *Registry) Open() []Status {
 	return out
 }
 
+// Statuses lists every breaker of the registry, in name order: those
+// created by a call or by Breaker (a wharf Pipeline creates one per
+// Downstream its handlers name), whatever their state. Operators' tools
+// show it; Open is the list for deciding which work waits.
+func (r *Registry) Statuses() []Status {
+	all := r.all()
+	out := make([]Status, len(all))
+	for i, b := range all {
+		out[i] = b.Status()
+	}
+	return out
+}
+
 // Transport returns an http.RoundTripper that sends requests through base
 // (http.DefaultTransport when nil) under the breaker named name; see
 // Transport. An invalid name returns an error wrapping ErrInvalidName.

@@ -116,9 +116,20 @@ WHERE ctid = ANY (ARRAY(
     FOR UPDATE SKIP LOCKED))
   AND ` + prunableSQL
 
+// perMinuteSQL counts the keys processed in each of the last $1 minutes,
+// by how many whole minutes before now() they were processed (0: the last
+// 60 seconds). The range condition on processed_at alone uses its index
+// (the one pruning walks), so only the window's rows are read.
+const perMinuteSQL = `
+SELECT floor(extract(epoch FROM now() - processed_at) / 60)::int AS ago, count(*)
+FROM {schema}.processed_events
+WHERE processed_at > now() - $1 * interval '1 minute'
+  AND state IS DISTINCT FROM 'in_progress'
+GROUP BY 1`
+
 // statements holds the SQL rendered for one schema.
 type statements struct {
-	claim, mode, begin, read, finish, finishedBy, extend, release, prune string
+	claim, mode, begin, read, finish, finishedBy, extend, release, prune, perMinute string
 }
 
 func render(schema string) statements {
@@ -133,5 +144,6 @@ func render(schema string) statements {
 		extend:     r(extendSQL),
 		release:    r(releaseSQL),
 		prune:      r(pruneSQL),
+		perMinute:  r(perMinuteSQL),
 	}
 }

@@ -420,6 +420,12 @@ func (v jsonValue) text() (s string, reason string) {
 		if bytes.IndexByte(inner, '\\') < 0 {
 			return string(inner), ""
 		}
+		if hasLoneSurrogate(inner) {
+			// encoding/json would decode it to U+FFFD, so that distinct
+			// ids ("\ud800", "\udfff") would collide, the second one
+			// answered as a duplicate and dropped.
+			return "", "holds a lone surrogate (\\u escape), which has no UTF-8 form"
+		}
 		if err := json.Unmarshal(v.raw, &s); err != nil {
 			return "", "is not a valid JSON string"
 		}
@@ -435,6 +441,43 @@ func (v jsonValue) text() (s string, reason string) {
 	default:
 		return "", "is an array, not a string or a number"
 	}
+}
+
+// hasLoneSurrogate reports whether the inside of a JSON string (escapes
+// already validated by the scanner) holds a \u escape of a UTF-16
+// surrogate that is not part of a high-low pair.
+func hasLoneSurrogate(inner []byte) bool {
+	for i := 0; i < len(inner); i++ {
+		if inner[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character
+		r, ok := unicodeEscape(inner, i-1)
+		if !ok {
+			continue
+		}
+		i += 4
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return true
+		case r >= 0xD800 && r <= 0xDBFF:
+			low, ok := unicodeEscape(inner, i+1)
+			if !ok || low < 0xDC00 || low > 0xDFFF {
+				return true
+			}
+			i += 6
+		}
+	}
+	return false
+}
+
+// unicodeEscape decodes the \uXXXX escape at s[at:], if there is one.
+func unicodeEscape(s []byte, at int) (rune, bool) {
+	if at < 0 || at+6 > len(s) || s[at] != '\\' || s[at+1] != 'u' {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(s[at+2:at+6]), 16, 16)
+	return rune(n), err == nil
 }
 
 // maxJSONDepth matches encoding/json's nesting limit.

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/wharfhq/wharf/queue"
@@ -29,8 +31,9 @@ var droppedHeaders = []string{"Authorization", "Cookie", "Proxy-Authorization"}
 //	202 stored; 200 a duplicate (already queued, processed or dead-lettered:
 //	the sender must stop retrying); 401 a bad or missing signature (the body
 //	says only "invalid signature"); 400 an id or type missing or invalid;
-//	405 not POST; 413 too large; 503 with Retry-After when the event could
-//	not be stored within Config.AckDeadline.
+//	405 not POST; 408 a body not received within Config.BodyReadTimeout;
+//	413 too large; 503 with Retry-After when the event could not be
+//	stored within Config.AckDeadline.
 //
 // Handshakes (Slack's url_verification) are answered and store nothing.
 // The source must be registered with Source before requests arrive.
@@ -54,14 +57,8 @@ func (p *Pipeline) ingest(w http.ResponseWriter, r *http.Request, name string) {
 		http.Error(w, "unknown source", http.StatusNotFound)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.cfg.MaxBodyBytes))
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(w, "cannot read body", http.StatusBadRequest)
+	body, ok := p.readBody(w, r)
+	if !ok {
 		return
 	}
 	// The deadline covers the verification too: a secret lookup that hangs
@@ -114,6 +111,40 @@ func (p *Pipeline) ingest(w http.ResponseWriter, r *http.Request, name string) {
 		w.WriteHeader(http.StatusAccepted)
 		_, _ = io.WriteString(w, "accepted\n")
 	}
+}
+
+// readBody reads the raw body, at most Config.MaxBodyBytes of it, within
+// Config.BodyReadTimeout. When it cannot, it answers (413 too large, 408
+// too slow, 400 cut short) and returns false.
+//
+// A body not received in time gets 408 Request Timeout rather than 503:
+// the sender (or its network) is slow, not the store, so the answer must
+// not look like the outage that 503 reports and operators alert on; the
+// provider retries a 408 like any other failure. The deadline is set
+// through http.ResponseController; a ResponseWriter that cannot take one
+// (a middleware's wrapper without Unwrap) leaves only the server's
+// ReadTimeout to bound the read.
+func (p *Pipeline) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(p.cfg.BodyReadTimeout))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.cfg.MaxBodyBytes))
+	// Lift the deadline once the body is in: when it passes, net/http's
+	// background read of the finished request cancels the request's
+	// context, and with it the store of an event that is being committed.
+	_ = rc.SetReadDeadline(time.Time{})
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return body, true
+	case errors.As(err, &tooLarge):
+		http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		p.cfg.Logger.Warn("wharf: a request body was not received in time; answered 408", "timeout", p.cfg.BodyReadTimeout)
+		http.Error(w, "body not received in time", http.StatusRequestTimeout)
+	default:
+		http.Error(w, "cannot read body", http.StatusBadRequest)
+	}
+	return nil, false
 }
 
 // unavailable answers 503: the provider retries later, and nothing was

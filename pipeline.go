@@ -68,9 +68,10 @@ const (
 
 // Defaults for Config.
 const (
-	DefaultAckDeadline  = 2 * time.Second
-	DefaultMaxBodyBytes = 5 << 20
-	DefaultWorkers      = queue.DefaultWorkers
+	DefaultAckDeadline     = 2 * time.Second
+	DefaultMaxBodyBytes    = 5 << 20
+	DefaultBodyReadTimeout = 10 * time.Second
+	DefaultWorkers         = queue.DefaultWorkers
 )
 
 // Config configures a Pipeline. The zero value is usable.
@@ -102,12 +103,19 @@ type Config struct {
 	// a wake-up (retries scheduled by other processes). Defaults to 1s.
 	PollInterval time.Duration
 
-	// AckDeadline bounds the time from a request's arrival to its answer:
-	// if the event is not durably stored by then, the provider gets 503
-	// and retries. Defaults to 2s, under Slack's 3s.
+	// AckDeadline bounds the time from a request's body being read to its
+	// answer: if the event is not durably stored by then, the provider
+	// gets 503 and retries. Defaults to 2s, under Slack's 3s.
 	AckDeadline time.Duration
 	// MaxBodyBytes refuses larger bodies with 413. Defaults to 5 MiB.
 	MaxBodyBytes int64
+	// BodyReadTimeout bounds the reading of a request's body, counted from
+	// the moment the handler starts: a sender that trickles its body, or
+	// stops sending it, gets 408 and nothing is stored, instead of holding
+	// a connection and a goroutine for as long as it likes. For the body,
+	// it replaces the http.Server's ReadTimeout; the server's
+	// ReadHeaderTimeout still has to bound the headers. Defaults to 10s.
+	BodyReadTimeout time.Duration
 	// ShutdownTimeout is how long Run waits for running handlers after its
 	// context ends. Defaults to 30s.
 	ShutdownTimeout time.Duration
@@ -145,6 +153,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	if c.BodyReadTimeout == 0 {
+		c.BodyReadTimeout = DefaultBodyReadTimeout
+	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = queue.DefaultMaxAttempts
 	}
@@ -172,8 +183,8 @@ func withBackoffDefaults(b queue.Backoff) queue.Backoff {
 
 func (c Config) validate() error {
 	switch {
-	case c.AckDeadline < 0 || c.MaxBodyBytes < 0 || c.ShutdownTimeout < 0:
-		return fmt.Errorf("%w: AckDeadline, MaxBodyBytes and ShutdownTimeout must not be negative", ErrInvalidConfig)
+	case c.AckDeadline < 0 || c.MaxBodyBytes < 0 || c.BodyReadTimeout < 0 || c.ShutdownTimeout < 0:
+		return fmt.Errorf("%w: AckDeadline, MaxBodyBytes, BodyReadTimeout and ShutdownTimeout must not be negative", ErrInvalidConfig)
 	case c.Unhandled < LeaveUnhandled || c.Unhandled > DeadLetterUnhandled:
 		return fmt.Errorf("%w: Unhandled %d is not one of the Unhandled constants", ErrInvalidConfig, c.Unhandled)
 	}

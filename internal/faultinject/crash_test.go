@@ -1,0 +1,106 @@
+package faultinject
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf/internal/dbtest"
+)
+
+// TestWorkerCrash runs three worker processes on one database and kills
+// each with SIGKILL at random moments, restarting it at once, while events
+// flow in through an ingest process at a steady rate. Killed workers die
+// mid-transaction, holding leases; their transactions roll back and the
+// rescuer hands their events to the others. Every acknowledged event must
+// end with exactly one effect (invariants 2 and 3).
+func TestWorkerCrash(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, dbtest.Database(t, dbtest.Options{}))
+	// A high MaxAttempts: an event leased by several workers that all die
+	// spends an attempt each time (invariant 8), and this scenario is
+	// about effects, not the dead letter queue.
+	flags := []string{"-max-attempts", "100", "-lease", "2s"}
+	ingest := w.mustStart("ingest", flags...)
+	const workerCount = 3
+	var (
+		mu      sync.Mutex
+		workers [workerCount]*node
+	)
+	for i := range workers {
+		workers[i] = w.mustStart("worker", flags...)
+	}
+
+	evs := newEvents("crash", "fi.effect", pick(1500, 10000))
+	flow := pick(8*time.Second, 40*time.Second)
+	s := &sender{url: ingest.url, concurrency: 8, every: flow / time.Duration(len(evs)),
+		retryAfter: 100 * time.Millisecond, deadline: flow + time.Minute}
+
+	// Each worker dies after a random 300-1500 ms of life, and is
+	// restarted at once, until the last event is sent.
+	stop := make(chan struct{})
+	var (
+		kills    atomic.Int64
+		wg       sync.WaitGroup
+		startErr error
+	)
+	for i := range workers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Duration(300+rand.IntN(1200)) * time.Millisecond): // pacing the fault
+				}
+				mu.Lock()
+				victim := workers[i]
+				mu.Unlock()
+				victim.kill()
+				kills.Add(1)
+				n, err := w.start("worker", flags...)
+				mu.Lock()
+				if err != nil {
+					startErr = errors.Join(startErr, err)
+					mu.Unlock()
+					return
+				}
+				workers[i] = n
+				mu.Unlock()
+			}
+		})
+	}
+	log, sendErr := s.send(evs)
+	close(stop)
+	wg.Wait()
+	require.NoError(t, startErr)
+	require.NoError(t, sendErr)
+
+	acked := ackedIDs(log)
+	ackedList := make([]string, 0, len(acked))
+	for id := range acked {
+		ackedList = append(ackedList, id)
+	}
+	drain := w.drained(pick(90*time.Second, 3*time.Minute), ackedList)
+	c := w.census()
+	lost, doubled := c.lostAndDoubled(ackedList)
+	rerun := w.count(`SELECT count(*) FROM fi_effects WHERE attempt > 1`)
+	report(t, row{
+		scenario: "1. worker crash (3 workers, SIGKILL)",
+		events:   len(evs), acked: len(acked),
+		faults: fmt.Sprintf("%d SIGKILLs over %s; %d events re-run after losing a worker", kills.Load(), ms(flow), rerun),
+		lost:   lost, doubled: doubled, dlq: len(c.dead),
+		recovery: "last kill to drained: " + ms(drain),
+	})
+	require.Len(t, acked, len(evs), "the ingest process was never killed: every event is acknowledged")
+	require.Zero(t, lost, "lost events")
+	require.Zero(t, doubled, "events with more than one effect")
+	require.Empty(t, c.dead, "no event spent its 100 attempts")
+	require.Positive(t, kills.Load())
+	w.requireOnePlace(ackedList)
+}

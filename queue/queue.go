@@ -720,10 +720,11 @@ type Stats struct {
 	SourceStats  // totals over all sources
 	BySource     map[string]SourceStats
 	OldestDueAge time.Duration // how long the oldest due event has waited; 0 if none
+	Paused       []Pause       // paused sources and handlers, whose due events wait
 }
 
-// Stats counts events by state and source and measures the oldest due
-// event's wait. It scans the queue table, which holds only live events.
+// Stats counts events by state and source, measures the oldest due
+// event's wait and lists what is paused. It scans the queue table, which holds only live events.
 func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	rows, err := q.pool.Query(ctx, q.sql.stats)
 	if err != nil {
@@ -747,6 +748,9 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	})
 	if err != nil {
 		return Stats{}, fmt.Errorf("queue: stats: %w", err)
+	}
+	if st.Paused, err = q.Pauses(ctx); err != nil {
+		return Stats{}, err
 	}
 	return st, nil
 }

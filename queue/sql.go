@@ -109,7 +109,8 @@ const (
 // empty array still makes the planner expect to scan the whole table,
 // which inflates the cost estimate past jit_above_cost.
 //
-// Candidates are due, available, match the kind filters, and, when they
+// Candidates are due, available, not paused (queue_pauses is tiny: each
+// NOT IN is one hashed scan of it per fetch), match the kind filters, and, when they
 // have an ordering key, are the head of their key (no older event of the
 // key is left, other than exhausted ones) and the key is not locked. The
 // head check alone could be passed by two fetchers at once (an older event
@@ -124,6 +125,8 @@ WITH candidates AS (
     FROM {schema}.queue q
     WHERE q.state = 'available'
       AND q.run_at <= now()
+      AND q.source NOT IN (SELECT source FROM {schema}.queue_pauses WHERE handler = '')
+      AND coalesce(q.handler, '') NOT IN (SELECT handler FROM {schema}.queue_pauses WHERE source = '')
       {kind_filters}
       AND (q.ordering_key IS NULL OR (
             NOT EXISTS (
@@ -317,6 +320,17 @@ FROM {schema}.queue
 GROUP BY source
 ORDER BY source`
 
+// pauseSQL pauses a source or a handler ($1 or $2, the other ”), keeping
+// the time of a pause already in place.
+const pauseSQL = `
+INSERT INTO {schema}.queue_pauses (source, handler, reason) VALUES ($1, $2, $3)
+ON CONFLICT (source, handler) DO UPDATE SET reason = excluded.reason`
+
+const resumeSQL = `DELETE FROM {schema}.queue_pauses WHERE source = $1 AND handler = $2`
+
+const pausesSQL = `
+SELECT source, handler, reason, paused_at FROM {schema}.queue_pauses ORDER BY paused_at, source, handler`
+
 // kindFilterSQL is a fetch's Only (match) or Exclude (not match) filter,
 // with kinds as two array parameters, sources then types, numbered from
 // first.
@@ -342,7 +356,7 @@ type statements struct {
 	// fetch is indexed by kind filters: [Only used][Exclude used].
 	fetch [2][2]string
 	insert, recheck, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
-	heartbeat, expired, stats string
+	heartbeat, expired, stats, pause, resume, pauses string
 }
 
 func render(schema, duplicateIf string) statements {
@@ -368,5 +382,8 @@ func render(schema, duplicateIf string) statements {
 		heartbeat:     r(heartbeatSQL),
 		expired:       r(expiredSQL),
 		stats:         r(statsSQL),
+		pause:         r(pauseSQL),
+		resume:        r(resumeSQL),
+		pauses:        r(pausesSQL),
 	}
 }

@@ -1,0 +1,98 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ErrInvalidPause is wrapped by the errors of Pause and Resume about a
+// PauseTarget that names no source or handler, both, or an unusable one.
+var ErrInvalidPause = errors.New("queue: invalid pause target")
+
+// PauseTarget names what a pause holds back: the events of one source, or
+// the events recorded for one handler (NewEvent.Handler). Set exactly one
+// of the two.
+type PauseTarget struct {
+	Source  string
+	Handler string
+}
+
+func (t PauseTarget) String() string {
+	if t.Source != "" {
+		return fmt.Sprintf("source %q", t.Source)
+	}
+	return fmt.Sprintf("handler %q", t.Handler)
+}
+
+func (t PauseTarget) validate() error {
+	if (t.Source == "") == (t.Handler == "") {
+		return fmt.Errorf("%w: set exactly one of Source and Handler", ErrInvalidPause)
+	}
+	if reason := checkText(t.Source, MaxSourceLen, false); reason != "" {
+		return fmt.Errorf("%w: source %s", ErrInvalidPause, reason)
+	}
+	if reason := checkText(t.Handler, MaxHandlerLen, false); reason != "" {
+		return fmt.Errorf("%w: handler %s", ErrInvalidPause, reason)
+	}
+	return nil
+}
+
+// Pause is a paused source or handler.
+type Pause struct {
+	PauseTarget
+	Reason   string
+	PausedAt time.Time
+}
+
+// Pause stops the workers of every process sharing the database from
+// fetching target's events, from their next fetch on; events already
+// fetched run to the end. Enqueue keeps storing the events, which wait,
+// attempts untouched, until Resume. Pausing what is already paused keeps
+// the first pause's time and takes the new reason.
+func (q *Queue) Pause(ctx context.Context, target PauseTarget, reason string) error {
+	if err := target.validate(); err != nil {
+		return err
+	}
+	if reason := checkText(reason, 1<<10, false); reason != "" {
+		return fmt.Errorf("%w: reason %s", ErrInvalidPause, reason)
+	}
+	if _, err := q.pool.Exec(ctx, q.sql.pause, target.Source, target.Handler, reason); err != nil {
+		return fmt.Errorf("queue: pause %s: %w", target, err)
+	}
+	return nil
+}
+
+// Resume lets workers fetch target's events again and reports whether it
+// was paused. Idle workers find the waiting events at their next poll
+// (ConsumerConfig.PollInterval).
+func (q *Queue) Resume(ctx context.Context, target PauseTarget) (bool, error) {
+	if err := target.validate(); err != nil {
+		return false, err
+	}
+	tag, err := q.pool.Exec(ctx, q.sql.resume, target.Source, target.Handler)
+	if err != nil {
+		return false, fmt.Errorf("queue: resume %s: %w", target, err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// Pauses lists what is paused, oldest first.
+func (q *Queue) Pauses(ctx context.Context) ([]Pause, error) {
+	rows, err := q.pool.Query(ctx, q.sql.pauses)
+	if err != nil {
+		return nil, fmt.Errorf("queue: list pauses: %w", err)
+	}
+	pauses, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Pause, error) {
+		var p Pause
+		err := row.Scan(&p.Source, &p.Handler, &p.Reason, &p.PausedAt)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: list pauses: %w", err)
+	}
+	return pauses, nil
+}

@@ -1,0 +1,53 @@
+package wharf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// ErrNotReady is wrapped by Ready's errors: the database does not answer,
+// or its schema lacks migrations this code needs.
+var ErrNotReady = errors.New("wharf: not ready")
+
+// healthTimeout bounds one readiness check, under the usual probe timeouts.
+const healthTimeout = 2 * time.Second
+
+// Ready reports whether the Pipeline can work: the database answers and
+// its schema holds every migration this code knows. A schema that a newer
+// release migrated is ready (old replicas keep working during a rolling
+// deploy).
+func (p *Pipeline) Ready(ctx context.Context) error {
+	m, err := NewMigrator(p.pool, MigratorConfig{Schema: p.cfg.Schema})
+	if err != nil {
+		return err
+	}
+	st, err := m.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNotReady, err)
+	}
+	if st.Current < st.Latest {
+		return fmt.Errorf("%w: schema %q is at migration %d, this code needs %d: run wharf.Migrate", ErrNotReady, st.Schema, st.Current, st.Latest)
+	}
+	return nil
+}
+
+// HealthHandler answers readiness probes with Ready: 200 "ok", or 503 and
+// the reason. It reads only schema_migrations, whatever the queue holds. Mount it
+// where the orchestrator probes, e.g. mux.Handle("GET /readyz", p.HealthHandler()).
+func (p *Pipeline) HealthHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+		defer cancel()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if err := p.Ready(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, err)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+}

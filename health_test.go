@@ -1,0 +1,73 @@
+package wharf_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/internal/dbtest"
+)
+
+// probe serves p.HealthHandler over real HTTP and returns the answer.
+func probe(t *testing.T, p *wharf.Pipeline) (int, string) {
+	t.Helper()
+	srv := httptest.NewServer(p.HealthHandler())
+	t.Cleanup(srv.Close)
+	resp, err := http.Get(srv.URL)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(body)
+}
+
+func pipelineOn(t *testing.T, pool *pgxpool.Pool) *wharf.Pipeline {
+	t.Helper()
+	p, err := wharf.New(pool, wharf.Config{})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	return p
+}
+
+func TestHealthReadyWhenMigrated(t *testing.T) {
+	t.Parallel()
+	p := pipelineOn(t, dbtest.Pool(t))
+	code, body := probe(t, p)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "ok\n", body)
+}
+
+// A database the code's migrations have not reached is not ready, and the
+// answer says what to do; after Migrate it is.
+func TestHealthNotReadyBeforeMigrate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := dbtest.PoolWith(t, dbtest.Options{Empty: true})
+	p := pipelineOn(t, pool)
+	require.ErrorIs(t, p.Ready(ctx), wharf.ErrNotReady)
+	code, body := probe(t, p)
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, "run wharf.Migrate")
+
+	require.NoError(t, wharf.Migrate(ctx, pool))
+	code, _ = probe(t, p)
+	require.Equal(t, http.StatusOK, code)
+}
+
+func TestHealthNotReadyWhenDatabaseDown(t *testing.T) {
+	t.Parallel()
+	// Nothing listens on port 1; the pool connects lazily, so New succeeds.
+	pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/postgres?connect_timeout=1")
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	p := pipelineOn(t, pool)
+	require.ErrorIs(t, p.Ready(context.Background()), wharf.ErrNotReady)
+	code, _ := probe(t, p)
+	require.Equal(t, http.StatusServiceUnavailable, code)
+}

@@ -945,6 +945,16 @@ func TestStats(t *testing.T) {
 		"a": {Due: 2, Scheduled: 1, Running: 1, Exhausted: 1},
 		"b": {Due: 1, Scheduled: 2, Running: 1, Exhausted: 0},
 	}, st.BySource)
+	require.Equal(t, map[queue.Kind]queue.SourceStats{
+		{Source: "a", Type: "due"}: {Due: 2, Scheduled: 1},
+		{Source: "a", Type: "run"}: {Running: 1},
+		{Source: "a", Type: "exh"}: {Exhausted: 1},
+		{Source: "b", Type: "due"}: {Due: 1, Scheduled: 1},
+		{Source: "b", Type: "run"}: {Scheduled: 1, Running: 1},
+	}, st.ByKind)
+	require.Equal(t, map[queue.Kind]int64{
+		{Source: "a", Type: "due"}: 3, {Source: "b", Type: "due"}: 2, {Source: "b", Type: "run"}: 1,
+	}, st.Unhandled, "waiting events stored without a handler name")
 	require.Positive(t, st.OldestDueAge)
 
 	// Fetching everything returns the due events only: neither the

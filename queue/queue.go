@@ -707,7 +707,7 @@ func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 	return n, nil
 }
 
-// SourceStats counts one source's events by state.
+// SourceStats counts one source's (or kind's) events by state.
 type SourceStats struct {
 	Due       int64 // available and due now
 	Scheduled int64 // available, due later (retry backoff or RunAt)
@@ -715,32 +715,44 @@ type SourceStats struct {
 	Exhausted int64
 }
 
+func (s SourceStats) add(o SourceStats) SourceStats {
+	return SourceStats{s.Due + o.Due, s.Scheduled + o.Scheduled, s.Running + o.Running, s.Exhausted + o.Exhausted}
+}
+
 // Stats describes the queue at one moment.
 type Stats struct {
 	SourceStats  // totals over all sources
 	BySource     map[string]SourceStats
+	ByKind       map[Kind]SourceStats
 	OldestDueAge time.Duration // how long the oldest due event has waited; 0 if none
-	Paused       []Pause       // paused sources and handlers, whose due events wait
+	// Unhandled counts, by kind, the waiting events stored without a
+	// handler name (NewEvent.Handler): under a Pipeline, the types that no
+	// handler of the process that stored them took.
+	Unhandled map[Kind]int64
+	Paused    []Pause // paused sources and handlers, whose due events wait
 }
 
-// Stats counts events by state and source, measures the oldest due
-// event's wait and lists what is paused. It scans the queue table, which holds only live events.
+// Stats counts events by state, source and type, measures the oldest due
+// event's wait and lists what is paused. It scans the queue table, which
+// holds only live events.
 func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	rows, err := q.pool.Query(ctx, q.sql.stats)
 	if err != nil {
 		return Stats{}, fmt.Errorf("queue: stats: %w", err)
 	}
-	st := Stats{BySource: map[string]SourceStats{}}
-	var source string
+	st := Stats{BySource: map[string]SourceStats{}, ByKind: map[Kind]SourceStats{}, Unhandled: map[Kind]int64{}}
+	var k Kind
 	var s SourceStats
+	var unhandled int64
 	var oldest *time.Time
 	var now time.Time
-	_, err = pgx.ForEachRow(rows, []any{&source, &s.Due, &s.Scheduled, &s.Running, &s.Exhausted, &oldest, &now}, func() error {
-		st.BySource[source] = s
-		st.Due += s.Due
-		st.Scheduled += s.Scheduled
-		st.Running += s.Running
-		st.Exhausted += s.Exhausted
+	_, err = pgx.ForEachRow(rows, []any{&k.Source, &k.Type, &s.Due, &s.Scheduled, &s.Running, &s.Exhausted, &unhandled, &oldest, &now}, func() error {
+		st.ByKind[k] = s
+		st.BySource[k.Source] = st.BySource[k.Source].add(s)
+		st.SourceStats = st.SourceStats.add(s)
+		if unhandled > 0 {
+			st.Unhandled[k] = unhandled
+		}
 		if oldest != nil {
 			st.OldestDueAge = max(st.OldestDueAge, now.Sub(*oldest))
 		}

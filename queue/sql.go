@@ -306,21 +306,22 @@ ORDER BY q.lease_expires_at
 LIMIT $1
 FOR UPDATE OF q SKIP LOCKED`
 
-// statsSQL counts events by source and state. It reads the whole table;
-// the table holds only live events, so this stays cheap.
+// statsSQL counts events by source, type and state. It reads the whole
+// table; the table holds only live events, so this stays cheap.
 const statsSQL = `
-SELECT source,
+SELECT source, event_type,
        count(*) FILTER (WHERE state = 'available' AND run_at <= now()),
        count(*) FILTER (WHERE state = 'available' AND run_at > now()),
        count(*) FILTER (WHERE state = 'running'),
        count(*) FILTER (WHERE state = 'exhausted'),
+       count(*) FILTER (WHERE state = 'available' AND handler IS NULL),
        min(run_at) FILTER (WHERE state = 'available' AND run_at <= now()),
        now()
 FROM {schema}.queue
-GROUP BY source
-ORDER BY source`
+GROUP BY source, event_type
+ORDER BY source, event_type`
 
-// pauseSQL pauses a source or a handler ($1 or $2, the other ”), keeping
+// pauseSQL pauses a source or a handler ($1 or $2, the other empty), keeping
 // the time of a pause already in place.
 const pauseSQL = `
 INSERT INTO {schema}.queue_pauses (source, handler, reason) VALUES ($1, $2, $3)

@@ -1,0 +1,218 @@
+package console_test
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"regexp"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/console"
+	"github.com/wharfhq/wharf/dlq"
+)
+
+// actions enables replay and discard.
+func actions(c *console.Config) { c.AllowActions = true }
+
+// Read-only (the default): no button, no token, and every POST is refused
+// with 403 before it is read, even one with a token from a console that
+// allows actions.
+func TestReadOnlyRefusesEveryAction(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	invoices, _ := seedDead(e)
+	id := itoa(invoices[0])
+
+	pg := get(t, e.srv, "/dlq/"+id)
+	require.Equal(t, http.StatusOK, pg.Status)
+	require.NotContains(t, pg.Body, "<form method=\"post\"")
+	require.NotContains(t, pg.Body, `name="csrf"`)
+	require.NotContains(t, get(t, e.srv, "/dlq").Body, `id="bulk-replay"`)
+
+	key := make([]byte, console.MinCSRFKeyBytes)
+	other, err := console.New(console.Config{Pipeline: e.p, AllowActions: true, CSRFKey: key})
+	require.NoError(t, err)
+	tok := token(t, get(t, serve(t, other), "/dlq/"+id))
+	for _, path := range []string{"/dlq/" + id + "/replay", "/dlq/" + id + "/discard", "/dlq/replay"} {
+		res := post(t, e.srv, path, form("csrf", tok))
+		require.Equal(t, http.StatusForbidden, res.Status, path)
+		require.Contains(t, res.Body, "this console is read-only", path)
+	}
+	require.Equal(t, http.StatusForbidden, get(t, e.srv, "/dlq/replay").Status, "no confirmation page either")
+	require.Equal(t, http.StatusMethodNotAllowed, get(t, e.srv, "/dlq/"+id+"/replay").Status, "a GET never acts")
+	for _, inv := range invoices {
+		require.Equal(t, "dead", e.status(inv))
+	}
+}
+
+func TestCSRFRefusesForgedPosts(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, actions)
+	invoices, _ := seedDead(e)
+	id := itoa(invoices[0])
+	tok := token(t, get(t, e.srv, "/dlq/"+id))
+
+	other, err := console.New(console.Config{Pipeline: e.p, AllowActions: true})
+	require.NoError(t, err)
+	foreign := token(t, get(t, serve(t, other), "/dlq/"+id))
+
+	path := "/dlq/" + id + "/replay"
+	for name, res := range map[string]page{
+		"no token":                 post(t, e.srv, path, url.Values{}),
+		"empty token":              post(t, e.srv, path, form("csrf", "")),
+		"garbage token":            post(t, e.srv, path, form("csrf", "1700000000.AAAA")),
+		"token of another console": post(t, e.srv, path, form("csrf", foreign)),
+		"tampered timestamp":       post(t, e.srv, path, form("csrf", "9"+tok)),
+		"token in the query, not the form": do(t, e.srv, http.MethodPost, path+"?csrf="+url.QueryEscape(tok), nil,
+			http.Header{"Sec-Fetch-Site": {"same-origin"}}),
+		"cross-site browser": do(t, e.srv, http.MethodPost, path, form("csrf", tok),
+			http.Header{"Sec-Fetch-Site": {"cross-site"}}),
+		"same-site, other origin": do(t, e.srv, http.MethodPost, path, form("csrf", tok),
+			http.Header{"Sec-Fetch-Site": {"same-site"}}),
+		"foreign Origin": do(t, e.srv, http.MethodPost, path, form("csrf", tok),
+			http.Header{"Origin": {"https://evil.example"}}),
+	} {
+		require.Equal(t, http.StatusForbidden, res.Status, name)
+		require.Contains(t, res.Body, "cross-site request refused", name)
+	}
+	require.Equal(t, "dead", e.status(invoices[0]), "nothing was replayed")
+	require.Zero(t, e.queued("evt_inv_0"))
+
+	// The real form, from the console's own origin, goes through.
+	res := post(t, e.srv, path, form("csrf", tok))
+	require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
+	require.Equal(t, "replayed", e.status(invoices[0]))
+}
+
+var noticeRE = regexp.MustCompile(`id="notice">([^<]+)<`)
+
+func TestReplayAndDiscardOneEntry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, actions)
+	invoices, customers := seedDead(e)
+	replayed, discarded := invoices[0], customers[0]
+
+	pg := get(t, e.srv, "/dlq/"+itoa(replayed))
+	require.Contains(t, pg.Body, `id="replay"`)
+	require.Contains(t, pg.Body, `id="discard"`)
+	require.Contains(t, pg.Body, `action="/wharf/dlq/`+itoa(replayed)+`/replay"`)
+	tok := token(t, pg)
+
+	res := post(t, e.srv, "/dlq/"+itoa(replayed)+"/replay", form("csrf", tok))
+	require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
+	require.Equal(t, "/wharf/dlq/"+itoa(replayed)+"?done=replayed", res.Location)
+	require.Equal(t, "replayed", e.status(replayed))
+	require.Equal(t, 1, e.queued("evt_inv_0"), "back in the queue")
+
+	// Fixed downstream: the replayed event is processed; the page shows
+	// the replay and the processing in its trail.
+	e.fixed.Store(true)
+	e.h.Drain()
+	e.h.RequireProcessedOnce("stripe", "evt_inv_0")
+	e.h.RequireTrail("stripe", "evt_inv_0", wharf.AuditReceived, wharf.AuditAttemptFailed, wharf.AuditAttemptFailed,
+		wharf.AuditDeadLettered, wharf.AuditReplayed, wharf.AuditReceived, wharf.AuditProcessed)
+	pg = get(t, e.srv, "/dlq/"+itoa(replayed)+"?done=replayed")
+	require.Equal(t, "Replayed: the event is back in the queue, attempts reset.", noticeRE.FindStringSubmatch(pg.Body)[1])
+	require.Contains(t, pg.Body, `id="status">replayed<`)
+	require.Regexp(t, `(?s)<tr class="trail-replayed">.*<tr class="trail-processed">`, pg.Body)
+	require.NotContains(t, pg.Body, `id="replay"`, "only a dead entry has buttons")
+
+	// A second replay of the same entry does nothing, and says so.
+	res = post(t, e.srv, "/dlq/"+itoa(replayed)+"/replay", form("csrf", tok))
+	require.Equal(t, http.StatusSeeOther, res.Status)
+	require.Equal(t, "/wharf/dlq/"+itoa(replayed)+"?done=skipped", res.Location)
+	require.Contains(t, get(t, e.srv, "/dlq/"+itoa(replayed)+"?done=skipped").Body, "Nothing done: the entry was no longer dead")
+	e.h.RequireProcessedOnce("stripe", "evt_inv_0")
+
+	res = post(t, e.srv, "/dlq/"+itoa(discarded)+"/discard", form("csrf", tok))
+	require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
+	require.Equal(t, "/wharf/dlq/"+itoa(discarded)+"?done=discarded", res.Location)
+	require.Equal(t, "discarded", e.status(discarded))
+	require.Zero(t, e.queued("evt_cus_0"), "a discarded entry is not queued")
+	require.Contains(t, get(t, e.srv, "/dlq/"+itoa(discarded)).Body, `id="status">discarded<`)
+
+	// The untouched entries are still dead; an unknown id is 404.
+	require.Equal(t, "dead", e.status(invoices[1]))
+	require.Equal(t, "dead", e.status(customers[1]))
+	require.Equal(t, http.StatusNotFound, post(t, e.srv, "/dlq/424242/replay", form("csrf", tok)).Status)
+	require.Equal(t, http.StatusNotFound, post(t, e.srv, "/dlq/x/discard", form("csrf", tok)).Status)
+}
+
+var countRE = regexp.MustCompile(`<strong id="count">(\d+)</strong>`)
+
+// Bulk replay: a confirmation page with the count (changing nothing),
+// then the replay of exactly the filtered dead entries.
+func TestBulkReplayOfAFilteredSet(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, actions)
+	invoices, customers := seedDead(e)
+	_, err := e.p.DLQ().Discard(context.Background(), invoices[2])
+	require.NoError(t, err)
+
+	list := get(t, e.srv, "/dlq?type=invoice.paid")
+	m := regexp.MustCompile(`href="([^"]+)" id="bulk-replay"`).FindStringSubmatch(list.Body)
+	require.NotNil(t, m, list.Body)
+	require.Equal(t, "/wharf/dlq/replay?type=invoice.paid", m[1])
+
+	confirm := get(t, e.srv, "/dlq/replay?type=invoice.paid")
+	require.Equal(t, http.StatusOK, confirm.Status, confirm.Body)
+	require.Equal(t, "2", countRE.FindStringSubmatch(confirm.Body)[1], "two dead invoices (the third is discarded)")
+	require.Contains(t, confirm.Body, `<input type="hidden" name="type" value="invoice.paid">`)
+	require.Contains(t, confirm.Body, `<input type="hidden" name="until" value="`, "the set is pinned to what was counted")
+	for _, id := range invoices[:2] {
+		require.Equal(t, "dead", e.status(id), "the confirmation changes nothing")
+	}
+
+	// Submit the confirmation form as it is.
+	fields := url.Values{}
+	for _, f := range regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`).FindAllStringSubmatch(confirm.Body, -1) {
+		fields.Set(f[1], f[2])
+	}
+	res := post(t, e.srv, "/dlq/replay", fields)
+	require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
+	require.Regexp(t, `^/wharf/dlq\?replayed=2&skipped=0&status=replayed&type=invoice.paid&until=`, res.Location)
+	done := get(t, e.srv, res.Location[len("/wharf"):])
+	require.Equal(t, "Replayed 2 entries.", noticeRE.FindStringSubmatch(done.Body)[1])
+	ids, _ := listed(t, done)
+	require.ElementsMatch(t, invoices[:2], ids)
+
+	for _, id := range invoices[:2] {
+		require.Equal(t, "replayed", e.status(id))
+	}
+	require.Equal(t, "discarded", e.status(invoices[2]))
+	for _, id := range customers {
+		require.Equal(t, "dead", e.status(id), "outside the filter")
+	}
+	n, err := e.p.DLQ().Count(context.Background(), dlq.Filter{Type: "invoice.paid"})
+	require.NoError(t, err)
+	require.Zero(t, n)
+
+	// Nothing left: the confirmation says so and offers no button.
+	empty := get(t, e.srv, "/dlq/replay?type=invoice.paid")
+	require.Contains(t, empty.Body, `id="count-zero"`)
+	require.NotContains(t, empty.Body, `id="confirm"`)
+	require.Equal(t, http.StatusBadRequest, get(t, e.srv, "/dlq/replay?since=soon").Status)
+}
+
+func TestAuditLookupByEventID(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	e.send("evt_ok_1", "charge.ok", nil)
+	e.h.Drain()
+
+	pg := get(t, e.srv, "/events?source=stripe&id=evt_ok_1")
+	require.Equal(t, http.StatusOK, pg.Status)
+	require.Contains(t, pg.Body, "delivery:stripe:evt_ok_1")
+	require.Regexp(t, `(?s)<tr class="trail-received">.*<tr class="trail-processed">`, pg.Body)
+
+	require.Equal(t, http.StatusOK, get(t, e.srv, "/events").Status, "the empty form")
+	missing := get(t, e.srv, "/events?source=stripe&id=evt_never")
+	require.Equal(t, http.StatusNotFound, missing.Status)
+	require.Contains(t, missing.Body, "No audit record for this delivery")
+	bad := get(t, e.srv, "/events?source=stripe")
+	require.Equal(t, http.StatusBadRequest, bad.Status)
+	require.Contains(t, bad.Body, "needs both a source and an event id")
+}

@@ -75,9 +75,11 @@ func TestWorkerCrash(t *testing.T) {
 			}
 		})
 	}
+	sending := time.Now()
 	log, sendErr := s.send(evs)
 	close(stop)
 	wg.Wait()
+	flowed := time.Since(sending)
 	require.NoError(t, startErr)
 	require.NoError(t, sendErr)
 
@@ -93,7 +95,7 @@ func TestWorkerCrash(t *testing.T) {
 	report(t, row{
 		scenario: "1. worker crash (3 workers, SIGKILL)",
 		events:   len(evs), acked: len(acked),
-		faults: fmt.Sprintf("%d SIGKILLs over %s; %d events re-run after losing a worker", kills.Load(), ms(flow), rerun),
+		faults: fmt.Sprintf("%d SIGKILLs while the events flowed in (%s); %d events re-run after losing their worker", kills.Load(), ms(flowed), rerun),
 		lost:   lost, doubled: doubled, dlq: len(c.dead),
 		recovery: "last kill to drained: " + ms(drain),
 	})

@@ -2,6 +2,10 @@ package faultinject
 
 import (
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,8 +98,8 @@ func TestPostgresCrash(t *testing.T) {
 	report(t, row{
 		scenario: "2. Postgres crash during ingest",
 		events:   len(evs), acked: len(acked),
-		faults: fmt.Sprintf("pg_ctl stop -m immediate, down %s (server default synchronous_commit=off); %d requests during the outage, %d not acknowledged in all (by status: %v)",
-			ms(outage), duringOutage, refused, refusedBy),
+		faults: fmt.Sprintf("pg_ctl stop -m immediate, down %s (server default synchronous_commit=off); %d requests during the outage, %d not acknowledged in all (%s)",
+			ms(outage), duringOutage, refused, byStatus(refusedBy)),
 		lost: lost, doubled: doubled, dlq: len(c.dead),
 		recovery: recovery,
 	})
@@ -107,4 +111,18 @@ func TestPostgresCrash(t *testing.T) {
 	require.Zero(t, doubled, "events with more than one effect")
 	require.Empty(t, c.dead)
 	w.requireOnePlace(ackedList)
+}
+
+// byStatus formats a count of deliveries by status, "503: 120, no answer: 2".
+func byStatus(counts map[int]int) string {
+	statuses := slices.Sorted(maps.Keys(counts))
+	parts := make([]string, len(statuses))
+	for i, st := range statuses {
+		name := strconv.Itoa(st)
+		if st == 0 {
+			name = "no answer"
+		}
+		parts[i] = fmt.Sprintf("%s: %d", name, counts[st])
+	}
+	return strings.Join(parts, ", ")
 }

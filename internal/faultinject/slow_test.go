@@ -30,7 +30,7 @@ func TestSlowAndHangingHandlers(t *testing.T) {
 	}))
 	t.Cleanup(hang.Close)
 	w := newWorld(t, dbtest.Database(t, dbtest.Options{}))
-	const lease, timeout = time.Second, time.Second
+	const lease, timeout = 2 * time.Second, time.Second
 	// The rescuer looks for expired leases every 5s (queue's
 	// DefaultRescueInterval): sleeping past lease + 5s + margin is sure to
 	// be rescued unless heartbeats extend the lease.

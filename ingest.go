@@ -39,11 +39,17 @@ var droppedHeaders = []string{"Authorization", "Cookie", "Proxy-Authorization"}
 // The source must be registered with Source before requests arrive.
 func (p *Pipeline) Handler(source string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p.ingest(w, r, source)
+		if p.cfg.Observer != nil {
+			p.observeIngest(w, r, source)
+			return
+		}
+		p.ingest(w, r, source, nil)
 	})
 }
 
-func (p *Pipeline) ingest(w http.ResponseWriter, r *http.Request, name string) {
+// ingest serves one request. When identified is not nil, it receives the
+// event's identity once extracted, for the Observer.
+func (p *Pipeline) ingest(w http.ResponseWriter, r *http.Request, name string, identified *Identity) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -92,6 +98,9 @@ func (p *Pipeline) ingest(w http.ResponseWriter, r *http.Request, name string) {
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
+	}
+	if identified != nil {
+		*identified = id
 	}
 
 	ev := queue.NewEvent{Source: name, ID: id.ID, Type: id.Type, OrderingKey: id.OrderingKey, Body: body, Headers: keptHeaders(r.Header)}

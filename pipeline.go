@@ -143,6 +143,11 @@ type Config struct {
 
 	// Logger receives warnings and errors. Defaults to discarding them.
 	Logger *slog.Logger
+
+	// Observer is told about every request to an endpoint and every
+	// processing attempt, for metrics and traces (see the wharfotel
+	// module). Defaults to none.
+	Observer Observer
 }
 
 func (c Config) withDefaults() Config {

@@ -23,8 +23,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	if len(only) == 0 {
 		return fmt.Errorf("%w: no handlers registered (Handle) and Unhandled is LeaveUnhandled: nothing to run", ErrInvalidConfig)
 	}
+	work := p.work
+	if p.cfg.Observer != nil {
+		work = p.observeWork
+	}
 	consumer, err := queue.NewConsumer(p.queue, queue.ConsumerConfig{
-		Handler:         p.work,
+		Handler:         work,
 		Workers:         p.cfg.Workers,
 		TxBatch:         p.cfg.TxBatch,
 		Only:            only,

@@ -1,0 +1,146 @@
+package wharf_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf"
+)
+
+// recorder is an Observer that keeps what it is told, and marks the
+// contexts it returns so a test can see that they reach the handler.
+type recorder struct {
+	mu       sync.Mutex
+	ingests  []wharf.IngestResult
+	attempts []recordedAttempt
+}
+
+type recordedAttempt struct {
+	wharf.Attempt
+	wharf.AttemptResult
+}
+
+type observedKey struct{}
+
+func (r *recorder) StartIngest(ctx context.Context, source string) (context.Context, func(wharf.IngestResult)) {
+	return context.WithValue(ctx, observedKey{}, "ingest:"+source), func(res wharf.IngestResult) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.ingests = append(r.ingests, res)
+	}
+}
+
+func (r *recorder) StartAttempt(ctx context.Context, a wharf.Attempt) (context.Context, func(wharf.AttemptResult)) {
+	return context.WithValue(ctx, observedKey{}, "attempt:"+a.EventID), func(res wharf.AttemptResult) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.attempts = append(r.attempts, recordedAttempt{a, res})
+	}
+}
+
+func (r *recorder) ingested() []wharf.IngestResult {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]wharf.IngestResult(nil), r.ingests...)
+}
+
+// attemptsOf returns the attempts of one event, in the order they ended.
+func (r *recorder) attemptsOf(id string) []recordedAttempt {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []recordedAttempt
+	for _, a := range r.attempts {
+		if a.EventID == id {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func TestObserverIngest(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	h := newHarness(t, wharf.Config{Observer: rec})
+
+	require.Equal(t, http.StatusAccepted, h.send("evt_obs_1", "order.paid"))
+	require.Equal(t, http.StatusOK, h.send("evt_obs_1", "order.paid"))
+	body := []byte(`{"type":"order.paid"}`)
+	header := wharf.SignStandardWebhooks(testSecret, "evt_obs_2", time.Now(), body)
+	header.Set("Webhook-Signature", "v1,"+"AAAA")
+	require.Equal(t, http.StatusUnauthorized, h.post(body, header))
+
+	got := rec.ingested()
+	require.Len(t, got, 3, "one result per request, each when answered")
+	for i, want := range []wharf.IngestResult{
+		{Source: "acme", EventID: "evt_obs_1", EventType: "order.paid", Status: http.StatusAccepted, Outcome: wharf.IngestStored},
+		{Source: "acme", EventID: "evt_obs_1", EventType: "order.paid", Status: http.StatusOK, Outcome: wharf.IngestDuplicate},
+		{Source: "acme", Status: http.StatusUnauthorized, Outcome: wharf.IngestRejected},
+	} {
+		require.Positive(t, got[i].Duration, "request %d", i)
+		got[i].Duration = 0
+		require.Equal(t, want, got[i], "request %d", i)
+	}
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue`), "observing changes nothing stored")
+}
+
+func TestObserverAttempts(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	h := newHarness(t, wharf.Config{Observer: rec, MaxAttempts: 5})
+	var contexts sync.Map // event id -> what the handler's context carried
+	require.NoError(t, h.p.Handle("acme", "order.flaky", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		contexts.Store(ev.ID, ctx.Value(observedKey{}))
+		if err := writeEffect(ctx, tx, ev); err != nil {
+			return err
+		}
+		if ev.Attempt == 1 {
+			return errors.New("flaky once")
+		}
+		return nil
+	}))
+	require.NoError(t, h.p.Handle("acme", "order.poison", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		return wharf.Permanent(errors.New("cannot parse"))
+	}))
+
+	require.Equal(t, http.StatusAccepted, h.send("evt_flaky", "order.flaky"))
+	require.Equal(t, http.StatusAccepted, h.send("evt_poison", "order.poison"))
+	h.run()
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE event_id = 'evt_poison'`))
+
+	flaky := rec.attemptsOf("evt_flaky")
+	for i, want := range []struct {
+		number  int
+		outcome wharf.AttemptOutcome
+		err     string
+	}{{1, wharf.AttemptRetried, "flaky once"}, {2, wharf.AttemptProcessed, ""}} {
+		a := flaky[i]
+		require.Equal(t, wharf.Attempt{
+			Source: "acme", EventID: "evt_flaky", EventType: "order.flaky", Handler: "acme/order.flaky",
+			Number: want.number, MaxAttempts: 5, QueueWait: a.QueueWait,
+		}, a.Attempt, "attempt %d", want.number)
+		require.Positive(t, a.QueueWait, "attempt %d", want.number)
+		require.Equal(t, want.outcome, a.Outcome, "attempt %d", want.number)
+		if want.err == "" {
+			require.NoError(t, a.Err)
+		} else {
+			require.EqualError(t, a.Err, want.err)
+		}
+		require.Positive(t, a.Duration)
+	}
+	got, _ := contexts.Load("evt_flaky")
+	require.Equal(t, "attempt:evt_flaky", got, "the handler runs in the observer's context")
+
+	poison := rec.attemptsOf("evt_poison")
+	require.Len(t, poison, 1, "a Permanent error ends the event at its first attempt")
+	require.Equal(t, wharf.AttemptDeadLettered, poison[0].Outcome)
+	require.Equal(t, 1, poison[0].Number)
+	require.ErrorContains(t, poison[0].Err, "cannot parse")
+}

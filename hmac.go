@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 )
 
 const hmacName = "hmac"
@@ -48,7 +49,10 @@ type HMACVerifier struct {
 	Separator string
 
 	// Prefix is text before each encoded signature, such as "sha256=" or
-	// "v1,"; a signature without it is refused. Defaults to none.
+	// "v1,"; a signature without it is refused. Each candidate is split on
+	// Separator and trimmed before the prefix is looked for, so a Prefix
+	// that holds the Separator or starts with a space is refused
+	// (ErrInvalidSource). Defaults to none.
 	Prefix string
 
 	// Hash is the HMAC's hash function: sha256.New, sha512.New, or (for
@@ -186,6 +190,13 @@ func (v *HMACVerifier) validateShape() error {
 		return invalidSource(hmacName, "Tolerance %s is negative", v.Tolerance)
 	case v.TimestampHeader == "" && v.ParseTimestamp != nil:
 		return invalidSource(hmacName, "ParseTimestamp is set without a TimestampHeader")
+	case v.Separator != "" && strings.Contains(v.Prefix, v.Separator):
+		// Verify splits on the separator before it looks for the prefix:
+		// no signature could ever match.
+		return invalidSource(hmacName, "Prefix %q holds the Separator %q", v.Prefix, v.Separator)
+	case strings.TrimLeftFunc(v.Prefix, unicode.IsSpace) != v.Prefix:
+		// Verify trims each signature before it looks for the prefix.
+		return invalidSource(hmacName, "Prefix %q starts with a space", v.Prefix)
 	}
 	return nil
 }

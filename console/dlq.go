@@ -62,7 +62,7 @@ func (c *Console) dlqList(w http.ResponseWriter, r *http.Request) {
 	}
 	if next != nil {
 		nv := maps.Clone(links)
-		nv.Set("after", formatCursor(next))
+		nv.Set("after", next.String())
 		page.Next = base + "?" + nv.Encode()
 	}
 	if c.cfg.AllowActions && total > 0 && (f.Status == "" || f.Status == dlq.StatusDead) {

@@ -107,7 +107,7 @@ func TestDLQListFilters(t *testing.T) {
 		"limit=0":                           `limit &#34;0&#34; is not a number from 1 to 1000`,
 		"limit=1001":                        `limit &#34;1001&#34; is not a number from 1 to 1000`,
 		"after=garbage":                     `after &#34;garbage&#34; is not a page cursor`,
-		"after=12:x":                        `after &#34;12:x&#34; is not a page cursor`,
+		"after=12-x":                        `after &#34;12-x&#34; is not a page cursor`,
 	} {
 		pg := get(t, e.srv, "/dlq?"+query)
 		require.Equal(t, http.StatusBadRequest, pg.Status, query)

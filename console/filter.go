@@ -85,7 +85,8 @@ func (ff filterForm) Empty() bool {
 }
 
 // readPage reads the page size ("limit", 1 to dlq.MaxListLimit, default
-// dlq.DefaultListLimit) and the keyset cursor ("after") of q.
+// dlq.DefaultListLimit) and the keyset cursor ("after", dlq.Cursor's
+// String) of q.
 func readPage(q url.Values) (dlq.Page, error) {
 	p := dlq.Page{Limit: dlq.DefaultListLimit}
 	if s := q.Get("limit"); s != "" {
@@ -96,29 +97,13 @@ func readPage(q url.Values) (dlq.Page, error) {
 		p.Limit = n
 	}
 	if s := q.Get("after"); s != "" {
-		c, err := parseCursor(s)
+		c, err := dlq.ParseCursor(s)
 		if err != nil {
-			return p, err
+			return p, &badRequest{fmt.Sprintf("after %q is not a page cursor; follow the Next link instead", s)}
 		}
 		p.After = c
 	}
 	return p, nil
-}
-
-// formatCursor writes a cursor as "<dead_at in unix microseconds>:<id>",
-// exact at the database's precision.
-func formatCursor(c *dlq.Cursor) string {
-	return strconv.FormatInt(c.DeadAt.UnixMicro(), 10) + ":" + strconv.FormatInt(c.ID, 10)
-}
-
-func parseCursor(s string) (*dlq.Cursor, error) {
-	at, id, ok := strings.Cut(s, ":")
-	micros, err1 := strconv.ParseInt(at, 10, 64)
-	n, err2 := strconv.ParseInt(id, 10, 64)
-	if !ok || err1 != nil || err2 != nil {
-		return nil, &badRequest{fmt.Sprintf("after %q is not a page cursor; follow the Next link instead", s)}
-	}
-	return &dlq.Cursor{DeadAt: time.UnixMicro(micros), ID: n}, nil
 }
 
 // Values is values, for templates (hidden fields).

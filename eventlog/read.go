@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -168,6 +169,22 @@ func Load[S any](ctx context.Context, l *Log, stream string, initial S, apply fu
 // database; TailLag measures it.
 func (l *Log) ReadAll(ctx context.Context, after Cursor, limit int) ([]Event, Cursor, error) {
 	return l.readAll(ctx, l.pool, "", after, limit)
+}
+
+// Head returns the cursor of the last event ReadAll can return now, or the
+// zero Cursor for an empty log: a reader that starts from it sees only the
+// events that become readable from now on, without reading the log before
+// them (a tail that starts "from now").
+func (l *Log) Head(ctx context.Context) (Cursor, error) {
+	var c Cursor
+	err := l.pool.QueryRow(ctx, l.sql.head).Scan(&c.TxID, &c.Position)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Cursor{}, nil
+	}
+	if err != nil {
+		return Cursor{}, fmt.Errorf("eventlog: head: %w", err)
+	}
+	return c, nil
 }
 
 // ReadCategory is ReadAll restricted to streams whose name starts with

@@ -451,3 +451,42 @@ INSERT INTO wharf.event_log (stream, version, event_type, data, metadata) VALUES
 	require.Equal(t, map[string]string{eventlog.UnparsedMetadataKey: `[1, 2]`}, events[1].Metadata.Extra)
 	require.Equal(t, eventlog.Metadata{Actor: "ok", Extra: map[string]string{"k": "v"}}, events[2].Metadata)
 }
+
+// Head is where a tail "from now" starts: after every event readable now,
+// and before an event a still-open transaction commits later, although
+// that event drew a lower position than events read before it.
+func TestHead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l, pool := newLog(t, 4, eventlog.Config{})
+
+	head, err := l.Head(ctx)
+	require.NoError(t, err)
+	require.True(t, head.IsZero(), "an empty log's head is its start")
+
+	_, err = l.Append(ctx, "before", eventlog.NoStream, ev("a", 1), ev("a", 2))
+	require.NoError(t, err)
+	held := begin(t, pool)
+	_, err = l.AppendTx(ctx, held, "late", eventlog.NoStream, ev("late", 1))
+	require.NoError(t, err)
+	all := readAllUntil(t, l, 2)
+	head, err = l.Head(ctx)
+	require.NoError(t, err)
+	require.Equal(t, all[len(all)-1].Cursor(), head)
+
+	require.NoError(t, held.Commit(ctx))
+	_, err = l.Append(ctx, "after", eventlog.NoStream, ev("b", 1))
+	require.NoError(t, err)
+	var streams []string
+	cursor := head
+	eventually(t, 30*time.Second, "the events after the head", func() bool {
+		events, next, err := l.ReadAll(ctx, cursor, 0)
+		require.NoError(t, err)
+		for _, e := range events {
+			streams = append(streams, e.Stream)
+		}
+		cursor = next
+		return len(streams) >= 2
+	})
+	require.ElementsMatch(t, []string{"late", "after"}, streams)
+}

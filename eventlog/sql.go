@@ -159,6 +159,18 @@ WHERE (tx_id, position) > ($1::xid8, $2::bigint)
 ORDER BY tx_id, position
 LIMIT $3`
 
+// headSQL is the cursor of the last event ReadAll can return now: the
+// greatest (tx_id, position) below the horizon, one backward step of
+// event_log_tx_position_idx. Every event committed later sorts after it:
+// below the horizon, every transaction had ended when the snapshot was
+// taken, so its events are all in the snapshot.
+const headSQL = `
+SELECT tx_id, position
+FROM {schema}.event_log
+WHERE tx_id < ` + horizonSQL + `
+ORDER BY tx_id DESC, position DESC
+LIMIT 1`
+
 // categoryFilter restricts a read to streams whose name starts with a
 // prefix: $4 is the prefix with LIKE's metacharacters escaped, then '%'.
 // The planner scans the (tx_id, position) index and filters, or, for a
@@ -269,7 +281,7 @@ type statements struct {
 	append, appendOne [2][3]string
 	// readAll, count and pending are indexed by [category used].
 	readAll, count, pending [2]string
-	streamVersion, readStream, load, tailLag,
+	streamVersion, readStream, load, tailLag, head,
 	ensureCheckpoint, lockCheckpoint, lockCheckpointWait, saveCheckpoint, resetCheckpoint, readCheckpoint string
 }
 
@@ -301,6 +313,7 @@ func render(schema string) statements {
 	s.readStream = r(readStreamSQL)
 	s.load = r(loadSQL)
 	s.tailLag = r(tailLagSQL)
+	s.head = r(headSQL)
 	s.ensureCheckpoint = r(ensureCheckpointSQL)
 	s.lockCheckpoint = r(lockCheckpointSQL)
 	s.lockCheckpointWait = r(lockCheckpointWaitSQL)

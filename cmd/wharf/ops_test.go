@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/dlq"
+	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
+)
+
+// opsRun runs a command line in-process against the database at url
+// (given as $DATABASE_URL), with stdin, and returns its exit code, stdout
+// and stderr.
+func opsRun(ctx context.Context, url, stdin string, args ...string) (int, string, string) {
+	var stdout, stderr syncBuffer
+	getenv := func(k string) string {
+		if k == "DATABASE_URL" {
+			return url
+		}
+		return ""
+	}
+	code := run(ctx, args, &env{stdout: &stdout, stderr: &stderr, stdin: strings.NewReader(stdin), getenv: getenv})
+	return code, stdout.String(), stderr.String()
+}
+
+// mustRun is opsRun that requires exit code 0 and returns stdout.
+func mustRun(t *testing.T, url, stdin string, args ...string) string {
+	t.Helper()
+	code, stdout, stderr := opsRun(context.Background(), url, stdin, args...)
+	require.Equal(t, exitOK, code, "%q: %s", args, stderr)
+	return stdout
+}
+
+// fixture is a migrated database with a real Pipeline behind an HTTP
+// server: stripe's invoice.paid always fails (one attempt, so it is
+// dead-lettered at once), every other registered type succeeds, and
+// stripe's customer.created has no handler.
+type fixture struct {
+	url  string
+	pool *pgxpool.Pool
+	p    *wharf.Pipeline
+	srv  *httptest.Server
+}
+
+const (
+	stripeSecret = "whsec_stripe_test"
+	swSecret     = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+)
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{url: dbtest.Database(t, dbtest.Options{})}
+	var err error
+	f.pool, err = pgxpool.New(context.Background(), f.url)
+	require.NoError(t, err)
+	t.Cleanup(f.pool.Close)
+	f.p, err = wharf.New(f.pool, wharf.Config{MaxAttempts: 1, Audit: true, PollInterval: 50 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(f.p.Close)
+	mux := http.NewServeMux()
+	for name, v := range map[string]wharf.Verifier{
+		"stripe": wharf.Stripe(stripeSecret), "standard-webhooks": wharf.StandardWebhooks(swSecret),
+		"github": wharf.GitHub("gh"), "shopify": wharf.Shopify("shop"), "slack": wharf.Slack("sl"),
+	} {
+		require.NoError(t, f.p.Source(name, v))
+		mux.Handle("POST /"+name, f.p.Handler(name))
+	}
+	ok := func(context.Context, pgx.Tx, wharf.Event) error { return nil }
+	require.NoError(t, f.p.Handle("stripe", "invoice.paid", func(context.Context, pgx.Tx, wharf.Event) error {
+		return errors.New("billing api: connection refused")
+	}))
+	require.NoError(t, f.p.Handle("github", "push", ok))
+	f.srv = httptest.NewServer(mux)
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+// send sends a stripe event with wharf send and requires a 202.
+func (f *fixture) send(t *testing.T, eventType, id string) {
+	t.Helper()
+	out := mustRun(t, f.url, "", "send", "--provider", "stripe", "--secret", stripeSecret, "--type", eventType, "--id", id, f.srv.URL+"/stripe")
+	require.Contains(t, out, "202 Accepted", id)
+}
+
+// deadLetter runs the pipeline until n entries are dead, then stops it,
+// so that replayed events stay in the queue for the test to see.
+func (f *fixture) deadLetter(t *testing.T, n int64) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.p.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		count, err := f.p.DLQ().Count(context.Background(), dlq.Filter{})
+		require.NoError(t, err)
+		if count >= n {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "%d of %d entries dead after 20s", count, n)
+		time.Sleep(20 * time.Millisecond) // polling the database with a deadline
+	}
+	cancel()
+	require.NoError(t, <-done)
+}
+
+func TestMigrateStatusAndUp(t *testing.T) {
+	t.Parallel()
+	url := dbtest.Database(t, dbtest.Options{Empty: true})
+
+	out := mustRun(t, url, "", "migrate", "status")
+	require.Contains(t, out, `schema "wharf" is not migrated: run wharf migrate up`)
+	require.Regexp(t, `1\s+queue\s+pending`, out)
+
+	code, _, stderr := opsRun(context.Background(), url, "", "queue", "stats")
+	require.Equal(t, exitFailure, code)
+	require.Contains(t, stderr, `schema "wharf" is not migrated: run wharf migrate up`)
+
+	require.Contains(t, mustRun(t, url, "", "migrate", "up"), `schema "wharf": applied migration(s) [1 2 3`)
+	require.Contains(t, mustRun(t, url, "", "migrate", "up"), `schema "wharf" is up to date`)
+	out = mustRun(t, url, "", "migrate", "status")
+	require.Contains(t, out, `schema "wharf" is up to date (version `)
+	require.NotContains(t, out, "pending")
+
+	var st wharf.MigrationStatus
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, url, "", "migrate", "status", "--json")), &st))
+	require.Equal(t, st.Latest, st.Current)
+	require.Len(t, st.Applied, st.Latest)
+	require.Empty(t, st.Pending)
+
+	// Another schema of the same database is still empty.
+	require.Contains(t, mustRun(t, url, "", "migrate", "status", "--schema", "webhooks"), `schema "webhooks" is not migrated`)
+}
+
+func TestQueueStatsListAndPause(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.send(t, "invoice.paid", "evt_1")
+	f.send(t, "invoice.paid", "evt_2")
+	f.send(t, "customer.created", "evt_3") // no handler
+
+	var st statsOutput
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, f.url, "", "queue", "stats", "--json")), &st))
+	require.Equal(t, int64(3), st.Due)
+	require.Equal(t, counts{Due: 3}, st.BySource["stripe"])
+	require.Equal(t, []kindCounts{
+		{Source: "stripe", Type: "customer.created", counts: counts{Due: 1}},
+		{Source: "stripe", Type: "invoice.paid", counts: counts{Due: 2}},
+	}, st.ByKind)
+	require.Equal(t, []unhandledKind{{Source: "stripe", Type: "customer.created", Waiting: 1}}, st.Unhandled)
+	require.Empty(t, st.Paused)
+	require.Positive(t, st.OldestDueAgeSeconds)
+
+	out := mustRun(t, f.url, "", "queue", "stats")
+	require.Contains(t, out, "due 3, scheduled 0, running 0, exhausted 0")
+	require.Regexp(t, `stripe\s+invoice\.paid\s+2\s+0\s+0\s+0`, out)
+	require.Contains(t, out, "UNHANDLED")
+
+	var events []queuedEvent
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, f.url, "", "queue", "ls", "--json", "--type", "invoice.paid")), &events))
+	require.Len(t, events, 2)
+	require.Equal(t, "evt_1", events[0].EventID)
+	require.Equal(t, "stripe/invoice.paid", events[0].Handler)
+	require.Equal(t, "due", events[0].State)
+	require.Positive(t, events[0].BodyBytes)
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, f.url, "", "queue", "ls", "--json", "--limit", "1", "--after", strconv.FormatInt(events[0].ID, 10))), &events))
+	require.Len(t, events, 1)
+	require.Equal(t, "evt_2", events[0].EventID)
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, f.url, "", "queue", "ls", "--json", "--state", "scheduled")), &events))
+	require.Empty(t, events)
+	out = mustRun(t, f.url, "", "queue", "ls", "--handler", "stripe/invoice.paid")
+	require.Contains(t, out, "evt_2")
+	require.NotContains(t, out, "evt_3")
+
+	require.Contains(t, mustRun(t, f.url, "", "pause", "--handler", "stripe/invoice.paid", "--reason", "incident 42"), `paused handler "stripe/invoice.paid"`)
+	require.Contains(t, mustRun(t, f.url, "", "pause", "--source", "github"), `paused source "github"`)
+	pauses, err := f.p.Queue().Pauses(context.Background())
+	require.NoError(t, err)
+	require.Len(t, pauses, 2)
+	require.Equal(t, queue.PauseTarget{Handler: "stripe/invoice.paid"}, pauses[0].PauseTarget)
+	require.Equal(t, "incident 42", pauses[0].Reason)
+	require.Regexp(t, `handler "stripe/invoice.paid"\s+\S+ \S+\s+incident 42`, mustRun(t, f.url, "", "queue", "stats"))
+
+	require.Contains(t, mustRun(t, f.url, "", "resume", "--handler", "stripe/invoice.paid"), `resumed handler "stripe/invoice.paid"`)
+	require.Contains(t, mustRun(t, f.url, "", "resume", "--handler", "stripe/invoice.paid"), "was not paused")
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, f.url, "", "queue", "stats", "--json")), &st))
+	require.Len(t, st.Paused, 1)
+	require.Equal(t, "github", st.Paused[0].Source)
+	require.True(t, pauses[1].PausedAt.Equal(st.Paused[0].PausedAt))
+}

@@ -28,8 +28,9 @@ func TestDuplicateStorm(t *testing.T) {
 	evs := newEvents("dup", "fi.effect", pick(300, 3000))
 	start := time.Now()
 	var (
-		mu  sync.Mutex
-		log []delivery
+		mu            sync.Mutex
+		log           []delivery
+		unackedCopies int
 	)
 	deliver := func(copies int) {
 		work := make(chan event)
@@ -40,9 +41,12 @@ func TestDuplicateStorm(t *testing.T) {
 					var copiesWG sync.WaitGroup
 					for range copies {
 						copiesWG.Go(func() {
-							d := post(ingest.url, ev)
+							ds := postUntilAcked(ingest.url, ev, 100*time.Millisecond, time.Now().Add(time.Minute))
 							mu.Lock()
-							log = append(log, d)
+							log = append(log, ds...)
+							if !ds[len(ds)-1].acked() {
+								unackedCopies++
+							}
 							mu.Unlock()
 						})
 					}
@@ -61,7 +65,12 @@ func TestDuplicateStorm(t *testing.T) {
 	drain := w.drained(60*time.Second, ids(evs))
 	deliver(later)
 
+	// A copy may get a 503 when its store outlives the ack deadline under
+	// load; it is then retried, as a provider would. Such an event may have
+	// been stored all the same, and its 202 never sent: a later copy then
+	// gets 200. Any other answer is wrong.
 	accepted := map[string]int{}
+	unavailable := map[string]bool{}
 	var refused []string
 	laterNotDuplicate := 0
 	for i, d := range log {
@@ -72,28 +81,35 @@ func TestDuplicateStorm(t *testing.T) {
 				laterNotDuplicate++
 			}
 		case d.status == http.StatusOK && d.body == "duplicate\n":
+		case d.status == http.StatusServiceUnavailable:
+			unavailable[d.id] = true
 		default:
 			refused = append(refused, fmt.Sprintf("%s: %d %q %v", d.id, d.status, d.body, d.err))
 		}
 	}
-	c := w.census()
-	lost, doubled := c.lostAndDoubled(ids(evs))
-	storedTwice := 0
-	for _, n := range accepted {
-		if n > 1 {
-			storedTwice++
+	var storedTwice, neverAccepted []string
+	for _, ev := range evs {
+		switch n := accepted[ev.ID]; {
+		case n > 1:
+			storedTwice = append(storedTwice, ev.ID)
+		case n == 0 && !unavailable[ev.ID]:
+			neverAccepted = append(neverAccepted, ev.ID)
 		}
 	}
+	c := w.census()
+	lost, doubled := c.lostAndDoubled(ids(evs))
 	report(t, row{
 		scenario: "4. duplicate storm",
 		events:   len(evs), acked: len(ackedIDs(log)),
-		faults: fmt.Sprintf("%d deliveries (%d per event: %d at once, %d after processing)", len(log), concurrent+later, concurrent, later),
-		lost:   lost, doubled: doubled, dlq: len(c.dead),
+		faults: fmt.Sprintf("%d deliveries (%d per event: %d at once, %d after processing; %d answered 503 and retried)",
+			len(log), concurrent+later, concurrent, later, len(log)-(concurrent+later)*len(evs)),
+		lost: lost, doubled: doubled, dlq: len(c.dead),
 		recovery: fmt.Sprintf("drained %s after the first wave; total %s", ms(drain), ms(time.Since(start))),
 	})
-	require.Empty(t, refused, "every delivery of a valid event is acknowledged")
-	require.Len(t, accepted, len(evs), "each event got one 202")
-	require.Zero(t, storedTwice, "no event was stored (202) twice")
+	require.Empty(t, refused, "answers other than 202, 200 duplicate and 503")
+	require.Zero(t, unackedCopies, "copies never acknowledged")
+	require.Empty(t, storedTwice, "events stored (202) twice")
+	require.Empty(t, neverAccepted, "events with no 202 though no copy got a 503")
 	require.Zero(t, laterNotDuplicate, "deliveries after processing are answered 200 duplicate")
 	require.Zero(t, lost, "lost events")
 	require.Zero(t, doubled, "events with more than one effect")

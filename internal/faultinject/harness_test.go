@@ -235,6 +235,23 @@ func post(url string, ev event) delivery {
 	return d
 }
 
+// postUntilAcked posts ev to url until it is acknowledged (2xx) or stop
+// passes, pausing retryAfter between tries as a provider's retry schedule
+// does, and returns every delivery made, the last one last. A 503 is an
+// answer the library may give under load (the event was not stored in
+// time), so callers judge the deliveries, not the first answer.
+func postUntilAcked(url string, ev event, retryAfter time.Duration, stop time.Time) []delivery {
+	var ds []delivery
+	for {
+		d := post(url, ev)
+		ds = append(ds, d)
+		if d.acked() || time.Now().After(stop) {
+			return ds
+		}
+		time.Sleep(retryAfter) // the provider's schedule, not a wait for async work
+	}
+}
+
 // sender delivers events the way a provider does: each until it is
 // acknowledged (2xx), retrying failures after a short pause, with a
 // bounded number of requests in flight and, optionally, a paced rate.
@@ -265,20 +282,13 @@ func (s *sender) send(evs []event) ([]delivery, error) {
 	for range s.concurrency {
 		wg.Go(func() {
 			for ev := range work {
-				for {
-					d := post(s.url, ev)
-					s.mu.Lock()
-					s.log = append(s.log, d)
-					s.mu.Unlock()
-					if d.acked() {
-						break
-					}
-					if time.Now().After(stop) {
-						unacked.Add(1)
-						break
-					}
-					time.Sleep(s.retryAfter) // a provider's retry schedule, not a wait for async work
+				ds := postUntilAcked(s.url, ev, s.retryAfter, stop)
+				if !ds[len(ds)-1].acked() {
+					unacked.Add(1)
 				}
+				s.mu.Lock()
+				s.log = append(s.log, ds...)
+				s.mu.Unlock()
 			}
 		})
 	}

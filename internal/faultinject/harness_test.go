@@ -263,7 +263,7 @@ type sender struct {
 	every time.Duration
 	// retryAfter is the pause before a failed delivery is retried.
 	retryAfter time.Duration
-	// deadline bounds the whole send.
+	// deadline bounds the retries of each event, from its first delivery.
 	deadline time.Duration
 
 	mu   sync.Mutex
@@ -272,17 +272,16 @@ type sender struct {
 }
 
 // send delivers every event until acknowledged and returns every delivery
-// made, or an error if some event was still not acknowledged at the
-// deadline.
+// made, or an error if some event was still not acknowledged when its
+// retries ran out (deadline).
 func (s *sender) send(evs []event) ([]delivery, error) {
-	stop := time.Now().Add(s.deadline)
 	work := make(chan event)
 	var wg sync.WaitGroup
 	var unacked atomic.Int64
 	for range s.concurrency {
 		wg.Go(func() {
 			for ev := range work {
-				ds := postUntilAcked(s.url, ev, s.retryAfter, stop)
+				ds := postUntilAcked(s.url, ev, s.retryAfter, time.Now().Add(s.deadline))
 				if !ds[len(ds)-1].acked() {
 					unacked.Add(1)
 				}
@@ -306,7 +305,7 @@ func (s *sender) send(evs []event) ([]delivery, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n := unacked.Load(); n > 0 {
-		return s.log, fmt.Errorf("%d of %d events not acknowledged within %s", n, len(evs), s.deadline)
+		return s.log, fmt.Errorf("%d of %d events not acknowledged within %s of retries", n, len(evs), s.deadline)
 	}
 	return s.log, nil
 }

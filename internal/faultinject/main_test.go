@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"sync"
 	"testing"
-	"time"
 )
 
 // longFlag selects the full sizes; WHARF_FAULT_LONG=1 does the same for
@@ -67,13 +66,11 @@ func nodeBinary(t *testing.T) string {
 			args = append(args, "-race")
 		}
 		cmd := exec.Command(goTool, append(args, "./node")...)
-		start := time.Now()
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build ./node: %v\n%s", err, out)
 			return
 		}
-		fmt.Fprintf(os.Stderr, "faultinject: built the node in %s\n", time.Since(start).Round(time.Millisecond))
 	})
 	if buildErr != nil {
 		t.Fatalf("faultinject: %v", buildErr)

@@ -35,7 +35,7 @@ func TestPostgresCrash(t *testing.T) {
 	flow := pick(6*time.Second, 40*time.Second)
 	outage := pick(1500*time.Millisecond, 10*time.Second)
 	s := &sender{url: ingest.url, concurrency: 8, every: flow / time.Duration(len(evs)),
-		retryAfter: 200 * time.Millisecond, deadline: flow + outage + time.Minute}
+		retryAfter: 200 * time.Millisecond, deadline: outage + time.Minute}
 	type result struct {
 		log []delivery
 		err error

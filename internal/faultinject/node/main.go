@@ -57,7 +57,7 @@ type options struct {
 	lease, backoff         time.Duration
 	timeout, openTimeout   time.Duration
 	downstream, hangURL    string
-	fixed, audit           bool
+	fixed                  bool
 }
 
 func main() {
@@ -75,7 +75,6 @@ func main() {
 	flag.StringVar(&o.downstream, "downstream", "", "URL fi.downstream calls")
 	flag.StringVar(&o.hangURL, "hang-url", "", "URL fi.hang waits on (a server that never answers)")
 	flag.BoolVar(&o.fixed, "fixed", false, "poison events no longer fail (the fix is deployed)")
-	flag.BoolVar(&o.audit, "audit", true, "Config.Audit")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "node:", err)
@@ -131,7 +130,7 @@ func setup(pool *pgxpool.Pool, o options) (*wharf.Pipeline, error) {
 		LeaseDuration: o.lease,
 		Backoff:       queue.Backoff{Initial: o.backoff, Max: 4 * o.backoff},
 		PollInterval:  200 * time.Millisecond,
-		Audit:         o.audit,
+		Audit:         true, // the suite reads failed attempts in the audit trail
 		Breakers: breaker.Config{Breakers: map[string]breaker.Settings{"downstream": {
 			Trip:                breaker.TripOnConsecutiveFailures,
 			ConsecutiveFailures: 3,

@@ -112,7 +112,15 @@ func TestObserverAttempts(t *testing.T) {
 		return wharf.Permanent(errors.New("cannot parse"))
 	}))
 
+	require.NoError(t, h.p.Handle("acme", "order.panics", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if ev.Attempt == 1 {
+			panic("boom")
+		}
+		return nil
+	}))
+
 	require.Equal(t, http.StatusAccepted, h.send("evt_flaky", "order.flaky"))
+	require.Equal(t, http.StatusAccepted, h.send("evt_panics", "order.panics"))
 	require.Equal(t, http.StatusAccepted, h.send("evt_poison", "order.poison"))
 	h.run()
 	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
@@ -140,6 +148,12 @@ func TestObserverAttempts(t *testing.T) {
 	}
 	got, _ := contexts.Load("evt_flaky")
 	require.Equal(t, "attempt:evt_flaky", got, "the handler runs in the observer's context")
+
+	panics := rec.attemptsOf("evt_panics")
+	require.Len(t, panics, 2, "a panic ends its attempt too, and the queue still retries it")
+	require.Equal(t, wharf.AttemptRetried, panics[0].Outcome)
+	require.EqualError(t, panics[0].Err, "panic: boom")
+	require.Equal(t, wharf.AttemptProcessed, panics[1].Outcome)
 
 	poison := rec.attemptsOf("evt_poison")
 	require.Len(t, poison, 1, "a Permanent error ends the event at its first attempt")

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/dlq"
+)
+
+// dlqPage is the JSON of dlq ls.
+type dlqPage struct {
+	Entries []entryOutput `json:"entries"`
+	Next    *string       `json:"next"`
+}
+
+func listDLQ(t *testing.T, url string, args ...string) dlqPage {
+	t.Helper()
+	var page dlqPage
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, url, "", append([]string{"dlq", "ls", "--json"}, args...)...)), &page))
+	return page
+}
+
+func TestDLQ(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	for _, id := range []string{"evt_1", "evt_2", "evt_3", "evt_4", "evt_5"} {
+		f.send(t, "invoice.paid", id)
+	}
+	f.deadLetter(t, 5)
+
+	// ls: filters and pages.
+	require.Len(t, listDLQ(t, f.url).Entries, 5)
+	require.Len(t, listDLQ(t, f.url, "--error", "CONNECTION refused", "--handler", "stripe/invoice.paid", "--since", "1h").Entries, 5)
+	require.Empty(t, listDLQ(t, f.url, "--error", "timeout").Entries)
+	require.Empty(t, listDLQ(t, f.url, "--source", "github").Entries)
+	require.Empty(t, listDLQ(t, f.url, "--until", "1h").Entries)
+	require.Empty(t, listDLQ(t, f.url, "--status", "replayed").Entries)
+	first := listDLQ(t, f.url, "--limit", "3")
+	require.Len(t, first.Entries, 3)
+	require.NotNil(t, first.Next)
+	rest := listDLQ(t, f.url, "--limit", "3", "--after", *first.Next)
+	require.Len(t, rest.Entries, 2)
+	require.Nil(t, rest.Next)
+	require.Equal(t, "evt_1", rest.Entries[1].EventID, "newest first")
+	require.Equal(t, []string{masked}, first.Entries[0].Headers["Stripe-Signature"])
+	code, out, stderr := opsRun(ctx, f.url, "", "dlq", "ls", "--limit", "3")
+	require.Equal(t, exitOK, code, stderr)
+	require.Regexp(t, `stripe\s+invoice\.paid\s+evt_5\s+stripe/invoice\.paid\s+1\s+dead\s+billing api: connection refused`, out)
+	require.Contains(t, stderr, "more entries: add --after "+*first.Next)
+
+	ids := map[string]int64{}
+	for _, en := range append(first.Entries, rest.Entries...) {
+		ids[en.EventID] = en.ID
+	}
+	id := func(event string) string { return strconv.FormatInt(ids[event], 10) }
+
+	// show: secrets masked, JSON indented.
+	en, err := f.p.DLQ().Get(ctx, ids["evt_1"])
+	require.NoError(t, err)
+	signature := en.Headers.Get("Stripe-Signature")
+	require.NotEmpty(t, signature)
+	out = mustRun(t, f.url, "", "dlq", "show", id("evt_1"))
+	require.Contains(t, out, "Stripe-Signature: [masked]")
+	require.NotContains(t, out, signature)
+	require.Contains(t, out, "Content-Type: application/json")
+	require.Contains(t, out, "\n  \"id\": \"evt_1\",\n")
+	require.Regexp(t, `1\s+\S+ \S+\s+\S+\s+billing api: connection refused`, out)
+	var shown struct {
+		entryOutput
+		Body string `json:"body"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, f.url, "", "dlq", "show", "--json", id("evt_1"))), &shown))
+	require.Equal(t, string(en.Body), shown.Body, "the body as stored")
+	require.Equal(t, []string{masked}, shown.Headers["Stripe-Signature"])
+	code, _, stderr = opsRun(ctx, f.url, "", "dlq", "show", "999999")
+	require.Equal(t, exitFailure, code)
+	require.Contains(t, stderr, "dead-letter entry 999999 not found")
+
+	// replay by id: back in the queue, marked replayed, recorded in the
+	// delivery's audit trail.
+	require.Contains(t, mustRun(t, f.url, "", "dlq", "replay", id("evt_1")), "replayed 1\n")
+	var queued int
+	require.NoError(t, f.pool.QueryRow(ctx, `SELECT count(*) FROM wharf.queue WHERE source = 'stripe' AND event_id = 'evt_1' AND attempt = 0`).Scan(&queued))
+	require.Equal(t, 1, queued)
+	en, err = f.p.DLQ().Get(ctx, ids["evt_1"])
+	require.NoError(t, err)
+	require.Equal(t, dlq.StatusReplayed, en.Status)
+	trail, err := f.p.AuditLog().ReadStream(ctx, wharf.DeliveryStream("stripe", "evt_1"), 0, 0)
+	require.NoError(t, err)
+	last := trail[len(trail)-1]
+	require.Equal(t, wharf.AuditReplayed, last.Type)
+	require.Equal(t, "wharf dlq replay", last.Metadata.Extra["via"])
+	require.Contains(t, mustRun(t, f.url, "", "dlq", "replay", id("evt_1")), "replayed 0, skipped 1")
+	code, _, stderr = opsRun(ctx, f.url, "", "dlq", "replay", "999999")
+	require.Equal(t, exitFailure, code)
+	require.Contains(t, stderr, "dead-letter entry 999999 not found")
+
+	// discard.
+	require.Contains(t, mustRun(t, f.url, "", "dlq", "discard", id("evt_2")), "discarded 1\n")
+	en, err = f.p.DLQ().Get(ctx, ids["evt_2"])
+	require.NoError(t, err)
+	require.Equal(t, dlq.StatusDiscarded, en.Status)
+
+	// bulk replay: above --confirm-above it needs a yes.
+	code, out, stderr = opsRun(ctx, f.url, "", "dlq", "replay", "--confirm-above", "2", "--source", "stripe")
+	require.Equal(t, exitFailure, code, out)
+	require.Contains(t, stderr, "replay 3 dead-letter entries into the queue? [y/N]")
+	require.Contains(t, stderr, "not confirmed; nothing replayed")
+	code, _, stderr = opsRun(ctx, f.url, "n\n", "dlq", "replay", "--confirm-above", "2", "--source", "stripe")
+	require.Equal(t, exitFailure, code)
+	require.Len(t, listDLQ(t, f.url).Entries, 3, "nothing replayed: %s", stderr)
+	code, out, stderr = opsRun(ctx, f.url, "y\n", "dlq", "replay", "--confirm-above", "2", "--source", "stripe", "--batch", "2", "--rate", "1000")
+	require.Equal(t, exitOK, code, stderr)
+	require.Contains(t, out, "replayed 3\n")
+	require.Contains(t, stderr, "replayed 2 of 3\nreplayed 3 of 3\n")
+	require.Empty(t, listDLQ(t, f.url).Entries)
+	require.NoError(t, f.pool.QueryRow(ctx, `SELECT count(*) FROM wharf.queue WHERE event_id IN ('evt_3', 'evt_4', 'evt_5')`).Scan(&queued))
+	require.Equal(t, 3, queued)
+	require.Contains(t, mustRun(t, f.url, "", "dlq", "replay", "--all", "--yes"), "no dead entries match")
+
+	// purge: replayed and discarded entries older than the duration.
+	require.Contains(t, mustRun(t, f.url, "", "dlq", "purge", "--older-than", "720h"), "purged 0 ")
+	require.Contains(t, mustRun(t, f.url, "", "dlq", "purge", "--older-than", "1ns"), "purged 5 ")
+	require.Empty(t, listDLQ(t, f.url, "--status", "replayed").Entries)
+	require.Empty(t, listDLQ(t, f.url, "--status", "discarded").Entries)
+}
+
+// TestOpsUsageErrors: bad command lines exit 2 and change nothing.
+func TestOpsUsageErrors(t *testing.T) {
+	t.Parallel()
+	url := "postgres://postgres@127.0.0.1:1/none" // never reached
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"dlq", "replay"}, "wharf dlq replay: give entry ids, filter flags, or --all"},
+		{[]string{"dlq", "replay", "--source", "stripe", "7"}, "wharf dlq replay: give entry ids or filter flags (or --all), not both"},
+		{[]string{"dlq", "replay", "seven"}, `wharf dlq replay: "seven" is not an entry id`},
+		{[]string{"dlq", "replay", "--all", "--rate", "-1"}, "wharf dlq replay: -rate -1: want 0 (no cap) or more"},
+		{[]string{"dlq", "ls", "--status", "gone"}, `wharf dlq ls: invalid value "gone" for flag -status: want dead, replayed or discarded`},
+		{[]string{"dlq", "ls", "--since", "yesterday"}, `wharf dlq ls: invalid value "yesterday" for flag -since`},
+		{[]string{"dlq", "ls", "--after", "x"}, `wharf dlq ls: invalid value "x" for flag -after`},
+		{[]string{"dlq", "ls", "--limit", "0"}, "wharf dlq ls: -limit 0: want 1 to 1000"},
+		{[]string{"dlq", "show"}, "wharf dlq show: want one entry id"},
+		{[]string{"dlq", "discard"}, "wharf dlq discard: want at least one entry id"},
+		{[]string{"dlq", "purge"}, "wharf dlq purge: -older-than 0s: want a positive duration"},
+		{[]string{"queue", "ls", "--state", "asleep"}, `wharf queue ls: invalid value "asleep" for flag -state`},
+		{[]string{"queue", "stats", "--schema", "Wharf"}, `wharf queue stats: invalid value "Wharf" for flag -schema`},
+		{[]string{"pause"}, "wharf pause: want exactly one of --source and --handler"},
+		{[]string{"resume", "--source", "a", "--handler", "b"}, "wharf resume: want exactly one of --source and --handler"},
+		{[]string{"log", "stream"}, "wharf log stream: want one stream name"},
+		{[]string{"send", "--secret", "s", "--type", "t", "http://x"}, "wharf send: -provider is required"},
+		{[]string{"send", "--provider", "paypal"}, `wharf send: invalid value "paypal" for flag -provider`},
+		{[]string{"send", "--provider", "stripe", "--secret", "s", "http://x"}, "wharf send: -type is required without -body"},
+		{[]string{"send", "--provider", "stripe", "--secret", "s", "--type", "t"}, "wharf send: want the endpoint's URL"},
+	} {
+		code, stdout, stderr := opsRun(context.Background(), url, "", tc.args...)
+		require.Equal(t, exitUsage, code, "%q: %s", tc.args, stderr)
+		require.Contains(t, stderr, tc.want, "%q", tc.args)
+		require.Empty(t, stdout, "%q", tc.args)
+	}
+}
+
+// TestOpsNoServer: an unreachable database is a failure (exit 1) with a
+// hint, for every command that needs one.
+func TestOpsNoServer(t *testing.T) {
+	t.Parallel()
+	url := "postgres://postgres@127.0.0.1:1/postgres?connect_timeout=5"
+	for _, args := range [][]string{{"migrate", "status"}, {"queue", "stats"}, {"dlq", "ls"}, {"pause", "--source", "s"}, {"log", "stream", "s"}} {
+		code, stdout, stderr := opsRun(context.Background(), url, "", args...)
+		require.Equal(t, exitFailure, code, "%q: %s", args, stderr)
+		require.Contains(t, stderr, "(is PostgreSQL running at 127.0.0.1:1? set --database-url or $DATABASE_URL)", "%q", args)
+		require.Empty(t, stdout)
+	}
+	code, _, stderr := opsRun(context.Background(), "", "", "queue", "stats", "--database-url", url)
+	require.Equal(t, exitFailure, code)
+	require.Contains(t, stderr, "is PostgreSQL running at 127.0.0.1:1?")
+}

@@ -93,8 +93,7 @@ func run(o options) error {
 		return err
 	}
 	// The worker role needs Workers + 2 (queue.ConnsNeeded) and the
-	// fi.hang handler's own call; ingest needs its committers and the
-	// notifier (3).
+	// ingest role its committers and the notifier (3); two to spare.
 	cfg.MaxConns = int32(queue.ConnsNeeded(o.workers) + 2)
 	ctx := context.Background()
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

@@ -6,10 +6,12 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf"
 	"github.com/wharfhq/wharf/dlq"
+	"github.com/wharfhq/wharf/idempotency"
 )
 
 // dlqPage is the JSON of dlq ls.
@@ -181,4 +183,27 @@ func TestOpsNoServer(t *testing.T) {
 	code, _, stderr := opsRun(context.Background(), "", "", "queue", "stats", "--database-url", url)
 	require.Equal(t, exitFailure, code)
 	require.Contains(t, stderr, "is PostgreSQL running at 127.0.0.1:1?")
+}
+
+// A CLI replay of an event that its handler processed since it died (a
+// redelivery that raced the dead-lettering) queues nothing: the same
+// duplicate check as the service's own enqueues.
+func TestDLQReplayOfAProcessedEventQueuesNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	f.send(t, "invoice.paid", "evt_done")
+	f.deadLetter(t, 1)
+	entries, _, err := f.p.DLQ().List(ctx, dlq.Filter{}, dlq.Page{Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	require.NoError(t, pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+		_, err := f.p.Idempotency().Claim(ctx, tx, "stripe/invoice.paid", idempotency.Key("stripe", "evt_done"))
+		return err
+	}))
+
+	mustRun(t, f.url, "", "dlq", "replay", strconv.FormatInt(entries[0].ID, 10))
+	var queued int
+	require.NoError(t, f.pool.QueryRow(ctx, `SELECT count(*) FROM wharf.queue WHERE event_id = 'evt_done'`).Scan(&queued))
+	require.Zero(t, queued, "a processed event is not queued again")
 }

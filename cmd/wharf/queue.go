@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wharfhq/wharf"
 	"github.com/wharfhq/wharf/internal/sqlschema"
 	"github.com/wharfhq/wharf/queue"
 )
@@ -57,15 +58,18 @@ Examples:
 	},
 }
 
-// withQueue runs fn with a queue on the pool of a migrated schema.
+// withQueue runs fn with a queue on the pool of a migrated schema: a
+// Pipeline's, so that what the CLI queues (a replay) is checked for
+// duplicates as the service's own enqueues are: an event processed since it
+// died is not queued again.
 func (o *dbOptions) withQueue(ctx context.Context, fn func(pool *pgxpool.Pool, q *queue.Queue) error) error {
 	return o.withPool(ctx, func(pool *pgxpool.Pool) error {
-		q, err := queue.New(pool, queue.Config{Schema: o.schema})
+		p, err := wharf.New(pool, wharf.Config{Schema: o.schema})
 		if err != nil {
 			return err
 		}
-		defer q.Close()
-		return fn(pool, q)
+		defer p.Close()
+		return fn(pool, p.Queue())
 	})
 }
 

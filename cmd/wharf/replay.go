@@ -30,15 +30,10 @@ that queues it, so a replay run twice, or concurrently, queues an event once;
 entries no longer dead are skipped. Above --confirm-above entries it asks for
 confirmation on stdin, unless --yes.
 
-It does what Pipeline.Replay does, with two differences, since no Pipeline
-(and no Config) of the service is at hand:
-  - the "replayed" audit record goes into a delivery's audit trail only when
-    that trail exists (the service runs with Config.Audit on and recorded
-    the event's dead-lettering); --no-audit writes none;
-  - the events are queued without the Pipeline's duplicate check against
-    processed events: one processed since it died (a rare race) is queued
-    anyway, and the Pipeline's worker completes it as a duplicate, without
-    running the handler again.
+It does what Pipeline.Replay does, with one difference, since the service's
+Config is not at hand: the "replayed" audit record goes into a delivery's
+audit trail only when that trail exists (the service runs with Config.Audit
+on and recorded the event's dead-lettering); --no-audit writes none.
 
 Examples:
   wharf dlq replay 42 43

@@ -14,12 +14,12 @@ import (
 	"github.com/wharfhq/wharf/dlq"
 )
 
-// actions enables replay and discard.
+// actions enables replay, discard, pause and resume.
 func actions(c *console.Config) { c.AllowActions = true }
 
-// Read-only (the default): no button, no token, and every POST is refused
-// with 403 before it is read, even one with a token from a console that
-// allows actions.
+// Read-only (the default): no button or form, no token, and every POST is
+// refused with 403 before it is read, even one with a token from a console
+// that allows actions.
 func TestReadOnlyRefusesEveryAction(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
@@ -36,8 +36,9 @@ func TestReadOnlyRefusesEveryAction(t *testing.T) {
 	other, err := console.New(console.Config{Pipeline: e.p, AllowActions: true, CSRFKey: key})
 	require.NoError(t, err)
 	tok := token(t, get(t, serve(t, other), "/dlq/"+id))
-	for _, path := range []string{"/dlq/" + id + "/replay", "/dlq/" + id + "/discard", "/dlq/replay"} {
-		res := post(t, e.srv, path, form("csrf", tok))
+	require.NotContains(t, get(t, e.srv, "/").Body, `id="pause-form"`)
+	for _, path := range []string{"/dlq/" + id + "/replay", "/dlq/" + id + "/discard", "/dlq/replay", "/pauses", "/pauses/resume"} {
+		res := post(t, e.srv, path, form("csrf", tok, "kind", "source", "name", "stripe"))
 		require.Equal(t, http.StatusForbidden, res.Status, path)
 		require.Contains(t, res.Body, "this console is read-only", path)
 	}
@@ -46,6 +47,7 @@ func TestReadOnlyRefusesEveryAction(t *testing.T) {
 	for _, inv := range invoices {
 		require.Equal(t, "dead", e.status(inv))
 	}
+	require.Empty(t, e.pauses(), "nothing paused")
 }
 
 func TestCSRFRefusesForgedPosts(t *testing.T) {

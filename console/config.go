@@ -58,8 +58,9 @@ type Config struct {
 	// DLQ serves the dead-letter pages and actions. Without it the
 	// dead-letter pages answer 404. Defaults to nil.
 	DLQ *dlq.DLQ
-	// Queue gives the overview its depth figures, and is where replays
-	// send entries back to (required with DLQ when AllowActions is set).
+	// Queue gives the overview its depth figures, pauses and unhandled
+	// types, is what pause and resume act on, and is where replays send
+	// entries back to (required with DLQ when AllowActions is set).
 	// Defaults to nil.
 	Queue *queue.Queue
 	// Breakers gives the overview the breakers' states. Defaults to nil.
@@ -73,7 +74,8 @@ type Config struct {
 	// Defaults to nil.
 	Idempotency *idempotency.Store
 
-	// AllowActions enables replay and discard. When false the console is
+	// AllowActions enables replay and discard of dead letters, and pause
+	// and resume of sources and handlers. When false the console is
 	// read-only: no button is rendered and every POST gets 403. Defaults
 	// to false.
 	AllowActions bool

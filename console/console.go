@@ -17,7 +17,7 @@ var staticFS embed.FS
 
 // Console is the web console: an http.Handler serving the overview, the
 // dead-letter pages and the audit lookup, and, when Config.AllowActions is
-// set, replay and discard. It is safe for concurrent use.
+// set, replay, discard, pause and resume. It is safe for concurrent use.
 type Console struct {
 	cfg   Config
 	parts parts
@@ -71,6 +71,8 @@ func (c *Console) routes() *http.ServeMux {
 	mux.HandleFunc("POST /dlq/replay", c.needDLQ(c.action(c.bulkReplay)))
 	mux.HandleFunc("POST /dlq/{id}/replay", c.needDLQ(c.action(c.replayOne)))
 	mux.HandleFunc("POST /dlq/{id}/discard", c.needDLQ(c.action(c.discardOne)))
+	mux.HandleFunc("POST /pauses", c.needQueue(c.action(c.pause)))
+	mux.HandleFunc("POST /pauses/resume", c.needQueue(c.action(c.resume)))
 	mux.HandleFunc("GET /events", c.events)
 	static, _ := fs.Sub(staticFS, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
@@ -111,12 +113,24 @@ func basePath(r *http.Request) string {
 // needDLQ answers 404 for the dead-letter pages of a console without a
 // dead letter queue.
 func (c *Console) needDLQ(next http.HandlerFunc) http.HandlerFunc {
+	return c.need(c.parts.dlq != nil, "this console has no dead letter queue", next)
+}
+
+// needQueue answers 404 for the pause actions of a console without a
+// queue.
+func (c *Console) needQueue(next http.HandlerFunc) http.HandlerFunc {
+	return c.need(c.parts.queue != nil, "this console has no queue", next)
+}
+
+// need is next when the console has the piece next serves (have), and
+// otherwise a 404 saying msg. The pieces are fixed by New, so the choice
+// is made once, when the routes are mapped.
+func (c *Console) need(have bool, msg string, next http.HandlerFunc) http.HandlerFunc {
+	if have {
+		return next
+	}
 	return func(w http.ResponseWriter, r *http.Request) {
-		if c.parts.dlq == nil {
-			c.fail(w, r, http.StatusNotFound, "this console has no dead letter queue")
-			return
-		}
-		next(w, r)
+		c.fail(w, r, http.StatusNotFound, msg)
 	}
 }
 

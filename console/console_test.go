@@ -109,6 +109,7 @@ func TestPiecesWithoutAPipeline(t *testing.T) {
 	e := newEnv(t, nil)
 	e.send("evt_inv_1", "invoice.paid", nil)
 	e.h.Drain()
+	e.h.Stop() // the replayed entry must wait in the queue, not fail again
 	entry := e.deadID("evt_inv_1")
 
 	d, err := dlq.New(e.pool, dlq.Config{})
@@ -142,5 +143,6 @@ func TestPiecesWithoutAPipeline(t *testing.T) {
 	require.NoError(t, err)
 	only := serve(t, c)
 	require.Equal(t, http.StatusNotFound, get(t, only, "/dlq").Status)
+	require.Equal(t, http.StatusNotFound, post(t, only, "/pauses", form("kind", "source", "name", "stripe")).Status, "no queue to pause")
 	require.False(t, strings.Contains(get(t, only, "/").Body, `href="/wharf/dlq"`), "no link to pages that are not there")
 }

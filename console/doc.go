@@ -13,9 +13,10 @@
 //
 // # Pages
 //
-//	GET  /                     overview: queue depth by state and source, the oldest
-//	                           due event's wait, dead letters by status, breaker
-//	                           states, events processed per minute
+//	GET  /                     overview: queue depth by state, source and type, the
+//	                           oldest due event's wait, paused sources and handlers,
+//	                           types waiting without a handler, dead letters by
+//	                           status, breaker states, events processed per minute
 //	GET  /dlq                  dead letters, newest first, filtered by source, type,
 //	                           handler, error text, status and time of death
 //	                           (since/until, UTC), one keyset page at a time
@@ -26,6 +27,9 @@
 //	POST /dlq/replay           replay them
 //	POST /dlq/{id}/replay      replay one
 //	POST /dlq/{id}/discard     discard one
+//	POST /pauses               pause a source or a handler (kind, name, reason):
+//	                           every replica's workers leave its events queued
+//	POST /pauses/resume        resume one (kind, name)
 //	GET  /events?source=&id=   the audit trail of one delivery (wharf.DeliveryStream)
 //	GET  /static/console.css   the one stylesheet
 //
@@ -54,5 +58,7 @@
 // Config.MaskHeaders are masked before they reach the template. Every
 // answer forbids framing, caching and scripts (Content-Security-Policy).
 // A malformed entry id, or one that names no entry, is 404; a filter the
-// console cannot read is 400 with a message saying which field and why.
+// console cannot read is 400 with a message saying which field and why,
+// and so is a pause or resume whose target or reason the queue refuses
+// (queue.ErrInvalidPause).
 package console

@@ -12,7 +12,7 @@ import (
 func requireOperator(next http.Handler) http.Handler { return next }
 
 // The console mounted at /wharf/ behind the service's authentication,
-// with replay and discard enabled.
+// with replay, discard, pause and resume enabled.
 func ExampleNew() {
 	var p *wharf.Pipeline // the service's pipeline, sources and handlers registered
 	c, err := console.New(console.Config{Pipeline: p, AllowActions: true})

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -21,18 +22,34 @@ type overviewPage struct {
 	DLQ        *dlqSection
 	Breakers   *breakerSection
 	Throughput *throughputSection
-	Refresh    int // seconds between automatic reloads; 0 for none
+	Refresh    int     // seconds between automatic reloads; 0 for none
+	Notice     *notice // what a pause or resume just did; nil for none
 }
 
+// queueSection is the queue's depth by source and by type, what is
+// paused, and the types waiting without a handler.
 type queueSection struct {
-	Err     string
-	Stats   queue.Stats
-	Sources []sourceRow
+	Err       string
+	Stats     queue.Stats
+	Sources   []sourceRow
+	Kinds     []kindRow
+	Unhandled []unhandledRow
 }
 
 type sourceRow struct {
 	Source string
+	Paused bool // the source itself is paused (not one of its handlers)
 	queue.SourceStats
+}
+
+type kindRow struct {
+	queue.Kind
+	queue.SourceStats
+}
+
+type unhandledRow struct {
+	queue.Kind
+	Count int64
 }
 
 type dlqSection struct {
@@ -90,6 +107,9 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		}
 		page.Refresh = n
 	}
+	if n, ok := pauseNotices[r.URL.Query().Get("done")]; ok {
+		page.Notice = &n
+	}
 	if q := c.parts.queue; q != nil {
 		page.Queue = c.queueSection(ctx, q)
 	}
@@ -111,10 +131,29 @@ func (c *Console) queueSection(ctx context.Context, q *queue.Queue) *queueSectio
 		return &queueSection{Err: c.sectionErr(ctx, "queue stats", err)}
 	}
 	s := &queueSection{Stats: st}
+	paused := map[string]bool{}
+	for _, p := range st.Paused {
+		if p.Source != "" {
+			paused[p.Source] = true
+		}
+	}
 	for _, src := range slices.Sorted(maps.Keys(st.BySource)) {
-		s.Sources = append(s.Sources, sourceRow{src, st.BySource[src]})
+		s.Sources = append(s.Sources, sourceRow{src, paused[src], st.BySource[src]})
+	}
+	for _, k := range sortedKinds(st.ByKind) {
+		s.Kinds = append(s.Kinds, kindRow{k, st.ByKind[k]})
+	}
+	for _, k := range sortedKinds(st.Unhandled) {
+		s.Unhandled = append(s.Unhandled, unhandledRow{k, st.Unhandled[k]})
 	}
 	return s
+}
+
+// sortedKinds returns m's kinds by source, then type.
+func sortedKinds[V any](m map[queue.Kind]V) []queue.Kind {
+	return slices.SortedFunc(maps.Keys(m), func(a, b queue.Kind) int {
+		return cmp.Or(cmp.Compare(a.Source, b.Source), cmp.Compare(a.Type, b.Type))
+	})
 }
 
 func (c *Console) dlqSection(ctx context.Context, d *dlq.DLQ) *dlqSection {

@@ -43,7 +43,7 @@ func parsePages() (*pages, error) {
 type layout struct {
 	Title   string
 	Base    string // the mount prefix, for links
-	Actions bool   // replay and discard enabled
+	Actions bool   // replay, discard, pause and resume enabled
 	CSRF    string // the token for forms; "" when actions are disabled
 	Audit   bool   // the audit lookup is available
 	DLQ     bool   // the dead-letter pages are available

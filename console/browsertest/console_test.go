@@ -94,9 +94,10 @@ func text(t *testing.T, ctx context.Context, sel string) string {
 	return s
 }
 
-// An operator's night: the overview shows dead letters, the list is
-// filtered down to one type, an entry is opened and replayed, and after
-// the fix the page shows it processed.
+// An operator's night: the overview shows dead letters and a handler is
+// paused from it, the list is filtered down to one type, an entry is
+// opened and replayed, after the fix the page shows it processed, and the
+// handler is resumed.
 func TestOperatorFiltersOpensAndReplaysADeadLetter(t *testing.T) {
 	t.Parallel()
 	pool := dbtest.Pool(t)
@@ -152,6 +153,24 @@ func TestOperatorFiltersOpensAndReplaysADeadLetter(t *testing.T) {
 	require.Equal(t, "1", text(t, ctx, "#queue-due"))
 	require.Equal(t, "12", text(t, ctx, "#throughput-total"))
 	require.Contains(t, text(t, ctx, "#breakers"), "billing-api")
+	require.Contains(t, text(t, ctx, "#unhandled"), "refund.created")
+
+	// The crm is being migrated: pause its handler from the overview.
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.SetValue(chromedp.CSS(`#pause-form select[name="kind"]`), "handler"),
+		chromedp.SendKeys(chromedp.CSS(`#pause-form input[name="name"]`), "stripe/customer.created"),
+		chromedp.SendKeys(chromedp.CSS(`#pause-form input[name="reason"]`), "crm migration, until 04:00 UTC"),
+		chromedp.Click(chromedp.CSS(`#pause-form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#notice")),
+	))
+	require.Contains(t, text(t, ctx, "#notice"), "Paused")
+	pauses := text(t, ctx, "#pauses")
+	require.Contains(t, pauses, "handler stripe/customer.created")
+	require.Contains(t, pauses, "crm migration, until 04:00 UTC")
+	paused, err := p.Queue().Pauses(context.Background())
+	require.NoError(t, err)
+	require.Len(t, paused, 1)
+	require.Equal(t, queue.PauseTarget{Handler: "stripe/customer.created"}, paused[0].PauseTarget)
 	screenshot(t, ctx, "overview")
 
 	// The list, filtered by type through the form.
@@ -207,4 +226,15 @@ func TestOperatorFiltersOpensAndReplaysADeadLetter(t *testing.T) {
 	require.NoError(t, chromedp.Do(ctx, chromedp.Navigate(srv.URL+"/wharf/"), chromedp.WaitVisible(chromedp.CSS("#dlq"))))
 	require.Equal(t, "4", text(t, ctx, "#dlq-dead"))
 	require.Equal(t, "1", text(t, ctx, "#dlq-replayed"))
+
+	// The migration is over: resume the crm's handler.
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS("#pauses button.resume")),
+		chromedp.WaitVisible(chromedp.CSS("#notice")),
+	))
+	require.Contains(t, text(t, ctx, "#notice"), "Resumed")
+	require.Equal(t, "Nothing is paused.", text(t, ctx, "#no-pauses"))
+	paused, err = p.Queue().Pauses(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, paused)
 }

@@ -60,6 +60,9 @@ func (o workerOptions) args() []string {
 }
 
 func benchWorker(ctx context.Context, e *env, o *workerOptions) error {
+	if o.database == "" || o.databaseURL == "" {
+		return &usageError{"wharf bench worker", errors.New("-database-url and -database are required (bench drain -procs starts this command)")}
+	}
 	cfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
 		return fmt.Errorf("database url: %w", err)
@@ -124,6 +127,9 @@ func benchWorker(ctx context.Context, e *env, o *workerOptions) error {
 				return fmt.Errorf("worker: unexpected %q on stdin", cmd)
 			}
 		case err := <-done:
+			if ctx.Err() != nil { // interrupted: Ctrl-C reaches the whole process group
+				return ctx.Err()
+			}
 			return fmt.Errorf("worker: Run returned: %v", err)
 		case <-tick.C:
 			if r != nil {

@@ -29,6 +29,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"bench", "ingest", "-d", "soon"}, `wharf bench ingest: invalid value "soon" for flag -d`, "wharf bench ingest"},
 		{[]string{"bench", "ingest", "-d", "0s"}, "wharf bench ingest: -d 0s: want a positive duration", "wharf bench ingest"},
 		{[]string{"bench", "e2e", "-handler", "x"}, `wharf bench e2e: -handler "x": want insert or noop`, "wharf bench e2e"},
+		{[]string{"bench", "worker"}, "wharf bench worker: -database-url and -database are required", "wharf bench worker"},
 		{[]string{"bench", "e2e", "-sample", "0s"}, "wharf bench e2e: -sample 0s: want a positive duration", "wharf bench e2e"},
 	} {
 		code, stdout, stderr := wharfRun(context.Background(), tc.args...)

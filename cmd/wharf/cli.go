@@ -50,8 +50,7 @@ type usageError struct {
 func (e *usageError) Error() string { return e.path + ": " + e.err.Error() }
 func (e *usageError) Unwrap() error { return e.err }
 
-// root is the wharf command tree; migrate, queue, dlq, log and send join
-// bench here.
+// root is the wharf command tree.
 var root = &command{
 	name: "wharf",
 	help: `wharf is the operators' tool for wharf, the PostgreSQL-backed webhook pipeline.

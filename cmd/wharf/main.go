@@ -5,9 +5,9 @@
 //
 //	go install github.com/wharfhq/wharf/cmd/wharf@latest
 //
-// Today it has one command, bench, which measures wharf against raw-SQL
-// baselines on your own PostgreSQL server, in a scratch database it
-// creates and drops:
+// It has the operators' commands (migrate, queue, pause, resume, dlq, log,
+// send) and bench, which measures wharf against raw-SQL baselines on your
+// own PostgreSQL server, in a scratch database it creates and drops:
 //
 //	wharf bench ingest -c 32 -d 10s     # signed webhooks over HTTP into Pipeline.Handler
 //	wharf bench drain -n 100000         # workers empty a preloaded backlog

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -41,10 +40,6 @@ While it runs, a progress line goes to stderr; the summary goes to stdout
 	subcommands: []*command{ingestCommand, drainCommand, e2eCommand, workerCommand},
 }
 
-// defaultDatabaseURL is the server when neither --database-url nor
-// $DATABASE_URL is given.
-const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres"
-
 // benchOptions are the flags every bench mode takes.
 type benchOptions struct {
 	databaseURL string
@@ -54,10 +49,7 @@ type benchOptions struct {
 	getenv      func(string) string
 }
 
-// server returns the server's URL: the flag, $DATABASE_URL or the default.
-func (o *benchOptions) server() string {
-	return cmp.Or(o.databaseURL, o.getenv("DATABASE_URL"), defaultDatabaseURL)
-}
+func (o *benchOptions) server() string { return serverURL(o.databaseURL, o.getenv) }
 
 func (o *benchOptions) register(fs *flag.FlagSet, e *env) {
 	o.getenv = e.getenv

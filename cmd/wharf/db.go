@@ -17,6 +17,16 @@ import (
 	"github.com/wharfhq/wharf/internal/sqlschema"
 )
 
+// defaultDatabaseURL is the server when neither --database-url nor
+// $DATABASE_URL is given.
+const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres"
+
+// serverURL is the server a command talks to: its --database-url flag,
+// else $DATABASE_URL, else the default.
+func serverURL(flag string, getenv func(string) string) string {
+	return cmp.Or(flag, getenv("DATABASE_URL"), defaultDatabaseURL)
+}
+
 // dbOptions are the flags of every command that works on the wharf schema
 // of one database (all but bench, which works in a scratch database).
 type dbOptions struct {
@@ -39,7 +49,7 @@ func (o *dbOptions) register(fs *flag.FlagSet, e *env) {
 // so that an unreachable server is reported once, with a hint, instead of
 // as the failure of the command's first query.
 func (o *dbOptions) connect(ctx context.Context) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(cmp.Or(o.databaseURL, o.getenv("DATABASE_URL"), defaultDatabaseURL))
+	cfg, err := pgxpool.ParseConfig(serverURL(o.databaseURL, o.getenv))
 	if err != nil {
 		return nil, fmt.Errorf("database url: %w", err)
 	}

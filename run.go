@@ -29,6 +29,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	consumer, err := queue.NewConsumer(p.queue, queue.ConsumerConfig{
 		Handler:         work,
+		Prepare:         p.claimAll,
+		Unprepare:       p.unclaim,
 		Workers:         p.cfg.Workers,
 		TxBatch:         p.cfg.TxBatch,
 		Only:            only,

@@ -18,8 +18,8 @@ import (
 var errUnhandled = errors.New("no handler takes this event type")
 
 // work processes one event inside the consumer's transaction, under its
-// savepoint: idempotency claim, the user's handler (through its breaker),
-// the audit record. The consumer then completes the event in the same
+// savepoint: idempotency claim (made for the whole transaction by
+// claimAll), the user's handler (through its breaker), the audit record. The consumer then completes the event in the same
 // transaction, or rolls the savepoint back and retries, defers or
 // dead-letters it.
 func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error {
@@ -36,7 +36,7 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 			return queue.Defer(time.Now().Add(time.Minute), errUnhandled)
 		}
 	}
-	first, err := p.claims.Claim(ctx, tx, h.name, idempotency.Key(qev.Source, qev.ID))
+	first, err := p.claim(ctx, tx, h, qev)
 	if err != nil {
 		return err
 	}
@@ -55,6 +55,63 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 		return h.retryIn(err, qev.Attempt)
 	}
 	return p.record(ctx, tx, qev, AuditProcessed, map[string]any{"handler": h.name, "attempt": qev.Attempt})
+}
+
+// claim is the event's idempotency claim for handler h: the one claimAll
+// made for its transaction, or, for an event that came without (a
+// consumer without Prepare), one of its own.
+func (p *Pipeline) claim(ctx context.Context, tx pgx.Tx, h *handler, qev *queue.Event) (first bool, err error) {
+	if c, ok := qev.Prepared.(*preparedClaim); ok && c.pair.Consumer == h.name {
+		return c.First, c.Err
+	}
+	return p.claims.Claim(ctx, tx, h.name, idempotency.Key(qev.Source, qev.ID))
+}
+
+// preparedClaim is an event's claim, made by claimAll.
+type preparedClaim struct {
+	pair idempotency.Pair
+	idempotency.ClaimResult
+}
+
+// claimAll claims, in one statement at the start of a worker transaction,
+// every event of it that has a handler, so that events cost no claim
+// statement of their own; unclaim then takes back the claims of those the
+// transaction does not complete (their savepoints do not cover the
+// claims). It is the consumer's Prepare.
+func (p *Pipeline) claimAll(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+	pairs := make([]idempotency.Pair, 0, len(evs))
+	claimed := make([]*queue.Event, 0, len(evs))
+	for _, ev := range evs {
+		ev.Prepared = nil
+		if h := p.handlerFor(ev.Source, ev.Type); h != nil {
+			pairs = append(pairs, idempotency.Pair{Consumer: h.name, Key: idempotency.Key(ev.Source, ev.ID)})
+			claimed = append(claimed, ev)
+		}
+	}
+	if len(pairs) == 0 {
+		return nil
+	}
+	results, err := p.claims.ClaimAll(ctx, tx, pairs)
+	if err != nil {
+		return err
+	}
+	for i, ev := range claimed {
+		ev.Prepared = &preparedClaim{pair: pairs[i], ClaimResult: results[i]}
+	}
+	return nil
+}
+
+// unclaim takes back the claims claimAll won for events the transaction
+// does not complete, so that their next attempts run. It is the
+// consumer's Unprepare.
+func (p *Pipeline) unclaim(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+	var won []idempotency.Pair
+	for _, ev := range evs {
+		if c, ok := ev.Prepared.(*preparedClaim); ok && c.First {
+			won = append(won, c.pair)
+		}
+	}
+	return p.claims.Unclaim(ctx, tx, won)
 }
 
 // run calls the handler, within its timeout and through its breaker, and

@@ -24,6 +24,27 @@ ON CONFLICT (consumer, key) DO NOTHING`
 // next statement of a read-committed transaction can.
 const modeSQL = `SELECT mode FROM {schema}.processed_events WHERE consumer = $1 AND key = $2`
 
+// claimAllSQL is claimSQL for many pairs ($1 consumers, $2 keys, sorted by
+// the caller so that overlapping batches lock keys in one order); it
+// returns the pairs it inserted, which are the first claims.
+const claimAllSQL = `
+INSERT INTO {schema}.processed_events (consumer, key, mode)
+SELECT c, k, 'tx' FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(c, k, n)
+ORDER BY n
+ON CONFLICT (consumer, key) DO NOTHING
+RETURNING consumer, key`
+
+// modesSQL is modeSQL for many pairs, after a ClaimAll.
+const modesSQL = `
+SELECT p.consumer, p.key, p.mode
+FROM {schema}.processed_events p JOIN unnest($1::text[], $2::text[]) AS t(c, k) ON p.consumer = t.c AND p.key = t.k`
+
+// unclaimSQL removes tx-mode claims, for work that failed after them.
+const unclaimSQL = `
+DELETE FROM {schema}.processed_events p
+USING unnest($1::text[], $2::text[]) AS t(c, k)
+WHERE p.consumer = t.c AND p.key = t.k AND p.mode = 'tx'`
+
 // syncCommitSQL makes the commit of Begin and Finish wait for the WAL
 // flush even when the server or role runs with synchronous_commit off: a
 // lost "finished" would let a retry repeat the side effect. It is sent in
@@ -129,7 +150,7 @@ GROUP BY 1`
 
 // statements holds the SQL rendered for one schema.
 type statements struct {
-	claim, mode, begin, read, finish, finishedBy, extend, release, prune, perMinute string
+	claim, mode, claimAll, modes, unclaim, begin, read, finish, finishedBy, extend, release, prune, perMinute string
 }
 
 func render(schema string) statements {
@@ -137,6 +158,9 @@ func render(schema string) statements {
 	return statements{
 		claim:      r(claimSQL),
 		mode:       r(modeSQL),
+		claimAll:   r(claimAllSQL),
+		modes:      r(modesSQL),
+		unclaim:    r(unclaimSQL),
 		begin:      r(beginSQL),
 		read:       r(readSQL),
 		finish:     r(finishSQL),

@@ -95,6 +95,23 @@ type ConsumerConfig struct {
 	// given back. Defaults to 30s.
 	ShutdownTimeout time.Duration
 
+	// Prepare, when set, runs at the start of each worker transaction with
+	// the events the transaction will try, before their handlers and
+	// outside their savepoints, and may leave each event something in
+	// Event.Prepared. It lets per-event bookkeeping (the Pipeline's
+	// idempotency claims) be one statement per transaction instead of one
+	// per event. Its writes commit with the transaction, so Unprepare must
+	// undo those of the events the transaction does not complete. When it
+	// fails, the transaction is rolled back and its events are released
+	// unrun, attempts given back.
+	Prepare func(ctx context.Context, tx pgx.Tx, evs []*Event) error
+
+	// Unprepare runs just before the commit of a transaction whose Prepare
+	// ran, with the events it does not complete: failed, deferred, or left
+	// for the next transaction (MaxTxDuration, shutdown). Required with
+	// Prepare.
+	Unprepare func(ctx context.Context, tx pgx.Tx, evs []*Event) error
+
 	// Name identifies this consumer as the lease holder in the queue table
 	// and in error histories. Defaults to "hostname:pid:random".
 	Name string
@@ -148,6 +165,9 @@ func (c ConsumerConfig) validate(q *Queue) error {
 	case c.HeartbeatInterval <= 0 || c.HeartbeatInterval >= q.cfg.LeaseDuration:
 		return fmt.Errorf("%w: HeartbeatInterval %s must be positive and shorter than LeaseDuration %s",
 			ErrInvalidConfig, c.HeartbeatInterval, q.cfg.LeaseDuration)
+	}
+	if (c.Prepare == nil) != (c.Unprepare == nil) {
+		return fmt.Errorf("%w: set both Prepare and Unprepare, or neither", ErrInvalidConfig)
 	}
 	for _, k := range c.Only {
 		if k.Source == "" || k.Type == "" {
@@ -495,6 +515,14 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 		c.release(evs)
 		return nil
 	}
+	if c.cfg.Prepare != nil {
+		if err := c.cfg.Prepare(handlerCtx, tx, evs); err != nil {
+			_ = tx.Rollback(context.WithoutCancel(handlerCtx))
+			c.log.Warn("queue: cannot prepare a transaction; releasing its events", "events", len(evs), "error", err)
+			c.release(evs)
+			return nil
+		}
+	}
 	var out outcomes
 	var broken error
 	for i, ev := range evs {
@@ -510,7 +538,7 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if broken == nil {
-		broken = c.finish(fctx, tx, &out)
+		broken = c.finish(fctx, tx, &out, rest)
 	}
 	if broken != nil {
 		_ = tx.Rollback(fctx)
@@ -595,8 +623,17 @@ func (c *Consumer) call(ctx context.Context, tx *handlerTx, ev *Event) (err erro
 }
 
 // finish completes, retries and defers the transaction's events in it, then
-// commits: the handlers' writes and the queue changes land together.
-func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes) error {
+// commits: the handlers' writes and the queue changes land together. rest
+// are the events the transaction did not reach, for Unprepare.
+func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes, rest []*Event) error {
+	if c.cfg.Unprepare != nil {
+		undone := append(out.ran()[len(out.done):], rest...)
+		if len(undone) > 0 {
+			if err := c.cfg.Unprepare(ctx, tx, undone); err != nil {
+				return fmt.Errorf("unprepare: %w", err)
+			}
+		}
+	}
 	if len(out.done) > 0 {
 		// The handlers are done, so the plan setting reaches only the
 		// queue's own statements from here to the commit.

@@ -104,6 +104,9 @@ type Event struct {
 	// Errors holds every earlier failed attempt, oldest first.
 	Errors []AttemptError
 	Lease  Lease
+	// Prepared holds what ConsumerConfig.Prepare left for the Handler;
+	// nil without a Prepare.
+	Prepared any
 }
 
 // maxErrorLen caps each stored error message, so a huge panic stack cannot

@@ -110,7 +110,8 @@ func Downstream(name string) HandleOption {
 }
 
 // MaxAttempts sets how many times the handler's events run before they are
-// dead-lettered. Defaults to Config.MaxAttempts.
+// dead-lettered; like Config.MaxAttempts, it is stored with each event when
+// it arrives. Defaults to Config.MaxAttempts.
 func MaxAttempts(n int) HandleOption {
 	return func(h *handler) error {
 		if n < 1 || n > queue.MaxMaxAttempts {

@@ -92,7 +92,9 @@ type Config struct {
 	// heartbeat. Defaults to 30s.
 	LeaseDuration time.Duration
 	// MaxAttempts is how many times an event runs before it is
-	// dead-lettered, unless its handler says otherwise. Defaults to 8.
+	// dead-lettered, unless its handler says otherwise. It is stored with
+	// each event when it arrives, so the setting of the process that
+	// stored it applies, not the worker's. Defaults to 8.
 	MaxAttempts int
 	// Backoff schedules retries. Defaults to 1s doubling to 1h, with 20%
 	// jitter.

@@ -7,6 +7,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/wharfhq/wharf/internal/pgnotify"
 )
 
 // Log appends events to streams and reads them back: by stream, for the
@@ -16,7 +18,7 @@ type Log struct {
 	pool   *pgxpool.Pool
 	cfg    Config
 	sql    statements
-	notify *notifier
+	notify *pgnotify.Notifier
 	listen *listener
 }
 
@@ -31,8 +33,8 @@ func New(pool *pgxpool.Pool, cfg Config) (*Log, error) {
 		return nil, err
 	}
 	l := &Log{pool: pool, cfg: c, sql: render(c.Schema)}
-	l.notify = newNotifier(pool, channelName(c.Schema), c.Logger)
-	l.listen = newListener(pool.Config().ConnConfig, channelName(c.Schema), c.Logger, l.notify.wakeLocal)
+	l.notify = pgnotify.New(pool, channelName(c.Schema), c.Logger)
+	l.listen = newListener(pool.Config().ConnConfig, channelName(c.Schema), c.Logger, l.notify.WakeLocal)
 	return l, nil
 }
 
@@ -40,7 +42,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Log, error) {
 // reads keep working, but projections in other processes are no longer
 // woken by this Log's appends (they still poll).
 func (l *Log) Close() {
-	l.notify.close()
+	l.notify.Close()
 }
 
 // Schema is the schema the event log's tables live in.
@@ -51,7 +53,7 @@ func (l *Log) Schema() string { return l.cfg.Schema }
 // it after committing a transaction in which you called AppendTx; Append
 // calls it itself. Without it, projections find the events within their
 // PollInterval.
-func (l *Log) Notify() { l.notify.signal() }
+func (l *Log) Notify() { l.notify.Signal() }
 
 // querier is what a pool, a connection and a transaction can all do.
 type querier interface {

@@ -139,7 +139,7 @@ func (p *Projection) Run(ctx context.Context) error {
 		timerMu.Unlock()
 	}()
 
-	unsubscribe := p.log.notify.subscribe(p.wake)
+	unsubscribe := p.log.notify.Subscribe(p.wake)
 	defer unsubscribe()
 	if !p.log.cfg.PollOnly {
 		release := p.log.listen.acquire()

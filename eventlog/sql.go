@@ -272,8 +272,6 @@ const (
 	rebuildUnlockSQL = `SELECT pg_advisory_unlock($1)`
 )
 
-const notifySQL = `SELECT pg_notify($1, '')`
-
 // statements holds the SQL rendered for one schema.
 type statements struct {
 	// append and appendOne are indexed by [own transaction][head], head

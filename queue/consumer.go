@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/wharfhq/wharf/internal/pgnotify"
 )
 
 // Defaults for ConsumerConfig.
@@ -249,10 +251,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if !c.cfg.PollOnly {
 		connConfig := c.q.pool.Config().ConnConfig
 		background.Go(func() {
-			listen(bgCtx, connConfig, channelName(c.q.cfg.Schema), c.log, func() { poke(c.wake) })
+			pgnotify.Listen(bgCtx, connConfig, pgnotify.Channel(c.q.cfg.Schema, "queue"), c.log, func() { pgnotify.Poke(c.wake) })
 		})
 	}
-	unsubscribe := c.q.notify.subscribe(c.wake)
+	unsubscribe := c.q.notify.Subscribe(c.wake)
 
 	var workers sync.WaitGroup
 	for range c.cfg.Workers {
@@ -395,7 +397,7 @@ func (c *Consumer) fire() {
 	c.mu.Lock()
 	c.wakeTime = time.Time{}
 	c.mu.Unlock()
-	poke(c.wake)
+	pgnotify.Poke(c.wake)
 }
 
 func (c *Consumer) track(evs []*Event) {

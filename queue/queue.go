@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/wharfhq/wharf/internal/pgnotify"
 )
 
 // Queue stores events and hands them out under leases. It is safe for
@@ -22,7 +24,7 @@ type Queue struct {
 	cfg       Config
 	sql       statements
 	worker    string // default leased_by and error-history worker name
-	notify    *notifier
+	notify    *pgnotify.Notifier
 	committer *committer
 }
 
@@ -37,7 +39,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Queue, error) {
 		return nil, err
 	}
 	q := &Queue{pool: pool, cfg: c, sql: render(c.Schema, c.DuplicateIf), worker: defaultWorkerName()}
-	q.notify = newNotifier(pool, c.Schema, c.Logger)
+	q.notify = pgnotify.New(pool, pgnotify.Channel(c.Schema, "queue"), c.Logger)
 	q.committer = newCommitter(q)
 	return q, nil
 }
@@ -47,7 +49,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Queue, error) {
 // else keeps working.
 func (q *Queue) Close() {
 	q.committer.close()
-	q.notify.close()
+	q.notify.Close()
 }
 
 // Schema is the schema the queue's tables live in.
@@ -274,7 +276,7 @@ func (q *Queue) notifyIfKeyed(evs []*Event) {
 // others through a coalesced NOTIFY. Enqueue and EnqueueBatch call it
 // themselves; call it after committing a transaction that used EnqueueTx.
 func (q *Queue) Notify() {
-	q.notify.signal()
+	q.notify.Signal()
 }
 
 // FetchParams selects what Fetch claims.

@@ -350,8 +350,6 @@ func kindFilterSQL(match bool, first int) string {
 // selective the filters are, and compiling then costs hundreds of
 // milliseconds for a statement that runs in one.
 
-const notifySQL = `SELECT pg_notify($1, '')`
-
 // statements holds the SQL rendered for one schema.
 type statements struct {
 	// fetch is indexed by kind filters: [Only used][Exclude used].

@@ -71,10 +71,8 @@ func (v *GitHubVerifier) Verify(ctx context.Context, header http.Header, body []
 	if err != nil {
 		return err
 	}
-	for _, s := range secrets {
-		if anyMACMatches(macOf(sha256.New, []byte(s), body), sigs) {
-			return nil
-		}
+	if anySecretMatches(sha256.New, secrets, sigs, body) {
+		return nil
 	}
 	return invalidSignature(p, "no signature matches (%d given, %d secrets tried)", len(sigs), len(secrets))
 }

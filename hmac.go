@@ -129,10 +129,8 @@ func (v *HMACVerifier) Verify(ctx context.Context, header http.Header, body []by
 		return err
 	}
 	content := v.signedContent(ts, header, body)
-	for _, s := range secrets {
-		if anyMACMatches(macOf(newHash, []byte(s), content), sigs) {
-			return nil
-		}
+	if anySecretMatches(newHash, secrets, sigs, content) {
+		return nil
 	}
 	return invalidSignature(p, "no signature in %s matches (%d given, %d secrets tried)", v.Header, len(sigs), len(secrets))
 }

@@ -101,10 +101,8 @@ func (v *SlackVerifier) Verify(ctx context.Context, header http.Header, body []b
 		return err
 	}
 	prefix := []byte("v0:" + ts + ":")
-	for _, s := range secrets {
-		if anyMACMatches(macOf(sha256.New, []byte(s), prefix, body), sigs) {
-			return nil
-		}
+	if anySecretMatches(sha256.New, secrets, sigs, prefix, body) {
+		return nil
 	}
 	return invalidSignature(p, "no v0 signature matches (%d given, %d secrets tried)", len(sigs), len(secrets))
 }

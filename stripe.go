@@ -108,10 +108,8 @@ func (v *StripeVerifier) Verify(ctx context.Context, header http.Header, body []
 		return err
 	}
 	prefix := []byte(t + ".")
-	for _, s := range secrets {
-		if anyMACMatches(macOf(sha256.New, []byte(s), prefix, body), sigs) {
-			return nil
-		}
+	if anySecretMatches(sha256.New, secrets, sigs, prefix, body) {
+		return nil
 	}
 	return invalidSignature(p, "no v1 signature matches (%d given, %d secrets tried)", len(sigs), len(secrets))
 }

@@ -336,6 +336,17 @@ func anyMACMatches(mac []byte, sigs [][]byte) bool {
 	return ok
 }
 
+// anySecretMatches reports whether the HMAC of the concatenated parts
+// under any of secrets is one of sigs.
+func anySecretMatches(newHash func() hash.Hash, secrets []string, sigs [][]byte, parts ...[]byte) bool {
+	for _, s := range secrets {
+		if anyMACMatches(macOf(newHash, []byte(s), parts...), sigs) {
+			return true
+		}
+	}
+	return false
+}
+
 // macOf computes the HMAC of the concatenated parts under key.
 func macOf(newHash func() hash.Hash, key []byte, parts ...[]byte) []byte {
 	m := hmac.New(newHash, key)

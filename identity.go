@@ -735,23 +735,30 @@ func (s *jsonScanner) object(mask uint64, depth int) error {
 			return err
 		}
 		s.record(leaf, start)
-
-		s.skipSpace()
-		if s.pos >= len(s.data) {
-			return s.fail("unexpected end")
-		}
-		switch s.data[s.pos] {
-		case ',':
-			s.pos++
-			s.skipSpace()
-		case '}':
-			s.pos++
-			s.depth--
-			return nil
-		default:
-			return s.fail("expected ',' or '}'")
+		if done, err := s.afterElement('}'); done || err != nil {
+			return err
 		}
 	}
+}
+
+// afterElement consumes what follows an object member or array element:
+// a comma (more follow) or close (done, the container is left).
+func (s *jsonScanner) afterElement(close byte) (done bool, err error) {
+	s.skipSpace()
+	if s.pos >= len(s.data) {
+		return false, s.fail("unexpected end")
+	}
+	switch s.data[s.pos] {
+	case ',':
+		s.pos++
+		s.skipSpace()
+		return false, nil
+	case close:
+		s.pos++
+		s.depth--
+		return true, nil
+	}
+	return false, s.fail("expected ',' or '" + string(close) + "'")
 }
 
 func (s *jsonScanner) array(mask uint64, depth int) error {
@@ -773,21 +780,8 @@ func (s *jsonScanner) array(mask uint64, depth int) error {
 			return err
 		}
 		s.record(leaf, start)
-
-		s.skipSpace()
-		if s.pos >= len(s.data) {
-			return s.fail("unexpected end")
-		}
-		switch s.data[s.pos] {
-		case ',':
-			s.pos++
-			s.skipSpace()
-		case ']':
-			s.pos++
-			s.depth--
-			return nil
-		default:
-			return s.fail("expected ',' or ']'")
+		if done, err := s.afterElement(']'); done || err != nil {
+			return err
 		}
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/internal/benchkit"
 	"github.com/wharfhq/wharf/internal/dbtest"
 )
 
@@ -37,28 +36,8 @@ const benchInsert = `INSERT INTO bench_invoices (invoice, amount) VALUES ($1, $2
 // parallelFor runs fn(i) for i in [0, n) on workers goroutines and returns
 // the elapsed time.
 func parallelFor(b *testing.B, workers, n int, fn func(i int) error) time.Duration {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	start := time.Now()
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				if err := fn(i); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	close(errs)
-	for err := range errs {
+	elapsed, err := benchkit.Parallel(workers, n, fn)
+	if err != nil {
 		b.Fatal(err)
 	}
 	return elapsed

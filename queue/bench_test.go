@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wharfhq/wharf/internal/benchkit"
 	"github.com/wharfhq/wharf/internal/dbtest"
 	"github.com/wharfhq/wharf/queue"
 )
@@ -47,28 +47,8 @@ CREATE TABLE bench_baseline (
 // parallelFor runs fn(i) for i in [0, n) on workers goroutines and returns
 // the elapsed time.
 func parallelFor(b *testing.B, workers, n int, fn func(i int) error) time.Duration {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	start := time.Now()
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				if err := fn(i); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	close(errs)
-	for err := range errs {
+	elapsed, err := benchkit.Parallel(workers, n, fn)
+	if err != nil {
 		b.Fatal(err)
 	}
 	return elapsed

@@ -83,15 +83,16 @@
 // Keys are kept for Config.Retention (7 days), which must outlive the
 // longest retry window of every provider (Stripe retries for up to 3
 // days): a redelivery after its key was pruned runs again. Prune deletes
-// older keys in batches, oldest first, each batch a short transaction, and
+// older keys in batches, each batch a short transaction, and
 // never a key whose external-mode lock is still live. Call it periodically.
 //
 // # Table
 //
 // processed_events (created by wharf.Migrate): consumer, key, mode,
 // processed_at; and for the external mode state, token, locked_until,
-// attempts and result. Primary key (consumer, key), plus an index on
-// processed_at for pruning. Rows are written once in the tx mode and never
-// updated, so the table is insert-and-prune only; see the migration for
-// why it has no fillfactor or autovacuum settings.
+// attempts and result. Primary key (consumer, key), plus a BRIN index on
+// processed_at for pruning, which costs a claim almost nothing. Rows are
+// written once in the tx mode and never updated, so the table is
+// insert-and-prune only; see the migration for why it has no fillfactor or
+// autovacuum settings.
 package idempotency

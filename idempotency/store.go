@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -77,19 +78,63 @@ func (s *Store) Claim(ctx context.Context, tx pgx.Tx, consumer, key string) (fir
 	if tag.RowsAffected() == 1 {
 		return true, nil
 	}
+	return false, s.checkLostClaim(ctx, tx, consumer, key)
+}
+
+// BeginClaim begins a transaction on the Store's pool and claims key for
+// consumer in it, both in one round trip: a transaction that exists to do
+// one event's work pays for the claim with no round trip of its own (Claim
+// costs one). The claim means what Claim's does: when first is true, do the
+// work in tx and commit it; when false, the key was already processed,
+// so roll tx back (or commit it, which changes nothing).
+//
+// The caller owns tx and must end it. On any error no transaction is
+// returned: it has been rolled back. Errors are Claim's.
+func (s *Store) BeginClaim(ctx context.Context, consumer, key string) (tx pgx.Tx, first bool, err error) {
+	if err := validKey(consumer, key); err != nil {
+		return nil, false, err
+	}
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	b.Queue(s.sql.claim, consumer, key)
+	br := s.pool.SendBatch(ctx, b)
+	tx = br.Tx()
+	var tag pgconn.CommandTag
+	if _, err = br.Exec(); err == nil { // BEGIN
+		tag, err = br.Exec()
+	}
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		err = dbError("begin and claim", consumer, key, err)
+	} else if tag.RowsAffected() == 0 {
+		err = s.checkLostClaim(ctx, tx, consumer, key)
+	}
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, false, err
+	}
+	return tx, tag.RowsAffected() == 1, nil
+}
+
+// checkLostClaim runs after a claim of key inserted nothing: the key was
+// taken, which is a plain duplicate unless it was taken in the external
+// mode (ErrModeMismatch).
+func (s *Store) checkLostClaim(ctx context.Context, tx pgx.Tx, consumer, key string) error {
 	var mode Mode
 	switch err := tx.QueryRow(ctx, s.sql.mode, consumer, key).Scan(&mode); {
 	case errors.Is(err, pgx.ErrNoRows):
 		// Pruned between the two statements: it was there, so this
 		// claim was not the first.
-		return false, nil
+		return nil
 	case err != nil:
-		return false, dbError("claim", consumer, key, err)
+		return dbError("claim", consumer, key, err)
 	case mode != ModeTx:
-		return false, &KeyError{Consumer: consumer, Key: key, Err: ErrModeMismatch, Mode: mode,
+		return &KeyError{Consumer: consumer, Key: key, Err: ErrModeMismatch, Mode: mode,
 			Reason: fmt.Sprintf("the key was taken in the %s mode (Begin), not claimable with Claim", mode)}
 	}
-	return false, nil
+	return nil
 }
 
 // Once runs fn at most once per (consumer, key), in a transaction of its
@@ -117,9 +162,12 @@ func (s *Store) Once(ctx context.Context, consumer, key string, fn func(ctx cont
 	if fn == nil {
 		return false, &KeyError{Consumer: consumer, Key: key, Err: ErrInvalidArgument, Reason: "Once needs a function, got nil"}
 	}
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return false, dbError("begin transaction for", consumer, key, err)
+	tx, first, err := s.BeginClaim(ctx, consumer, key)
+	if err != nil || !first {
+		if tx != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+		return false, err
 	}
 	committed := false
 	defer func() {
@@ -129,10 +177,6 @@ func (s *Store) Once(ctx context.Context, consumer, key string, fn func(ctx cont
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
-	first, err := s.Claim(ctx, tx, consumer, key)
-	if err != nil || !first {
-		return false, err
-	}
 	if err := fn(ctx, tx); err != nil {
 		return false, fmt.Errorf("idempotency: consumer %s, key %s: %w", quote(consumer), quote(key), err)
 	}

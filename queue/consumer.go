@@ -639,7 +639,7 @@ func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes, rest []
 	if len(out.done) > 0 {
 		// The handlers are done, so the plan setting reaches only the
 		// queue's own statements from here to the commit.
-		if err := c.q.complete(ctx, tx, customPlansSQL, out.done); err != nil {
+		if err := c.q.complete(ctx, tx, indexPlansSQL, out.done); err != nil {
 			return err
 		}
 	}

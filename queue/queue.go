@@ -442,7 +442,7 @@ func lostError(op string, evs []*Event, changed map[int64]bool) error {
 // wrapping ErrLeaseLost, and changes nothing, if the caller no longer holds
 // ev's lease.
 func (q *Queue) Complete(ctx context.Context, ev *Event) error {
-	err := q.complete(ctx, q.pool, customPlansSQL, []*Event{ev})
+	err := q.complete(ctx, q.pool, indexPlansSQL, []*Event{ev})
 	if err == nil {
 		q.notifyIfKeyed([]*Event{ev})
 	}

@@ -179,18 +179,6 @@ func token(t *testing.T, pg page) string {
 	return m[1]
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			require.FailNow(t, "timed out waiting for "+what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // form builds url.Values from key, value pairs.

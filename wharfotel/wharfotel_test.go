@@ -260,7 +260,7 @@ func pointsBy(points []metricdata.DataPoint[int64], key attribute.Key) map[strin
 	out := map[string]int64{}
 	for _, dp := range points {
 		v, _ := dp.Attributes.Value(key)
-		out[v.Emit()] += dp.Value
+		out[v.String()] += dp.Value
 	}
 	return out
 }
@@ -272,7 +272,7 @@ func histogramCountBy(t *testing.T, rm metricdata.ResourceMetrics, name string, 
 	out := map[string]uint64{}
 	for _, dp := range h.DataPoints {
 		v, _ := dp.Attributes.Value(key)
-		out[v.Emit()] += dp.Count
+		out[v.String()] += dp.Count
 	}
 	return out
 }

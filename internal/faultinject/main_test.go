@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 )
@@ -53,9 +52,11 @@ var (
 func nodeBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		// go test puts its own go first on the test binary's PATH.
 		goTool, err := exec.LookPath("go")
 		if err != nil {
-			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+			buildErr = fmt.Errorf("find the go command to build ./node: %w", err)
+			return
 		}
 		if binDir, buildErr = os.MkdirTemp("", "wharf-faultinject-"); buildErr != nil {
 			return

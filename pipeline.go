@@ -91,6 +91,11 @@ type Config struct {
 	// LeaseDuration is how long a fetched event is held without a
 	// heartbeat. Defaults to 30s.
 	LeaseDuration time.Duration
+	// RescueInterval is how often workers look for events whose lease
+	// expired (their worker died) and put them back, an attempt counted.
+	// A crashed worker's events wait up to LeaseDuration plus this long.
+	// Defaults to 5s.
+	RescueInterval time.Duration
 	// MaxAttempts is how many times an event runs before it is
 	// dead-lettered, unless its handler says otherwise. It is stored with
 	// each event when it arrives, so the setting of the process that

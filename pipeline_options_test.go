@@ -186,3 +186,31 @@ func TestPipelineRateLimitConfig(t *testing.T) {
 	require.NoError(t, err)
 	p.Close()
 }
+
+// Config.RescueInterval reaches the workers: an event whose worker died
+// holding its lease is put back and processed once the lease expires plus
+// at most one rescue interval, well before the 5s default interval would
+// first look, with the dead worker's attempt counted.
+func TestPipelineRescueInterval(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newHarness(t, wharf.Config{LeaseDuration: time.Second, RescueInterval: 50 * time.Millisecond, PollInterval: 50 * time.Millisecond})
+	attempts := make(chan int, 1)
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		attempts <- ev.Attempt
+		return writeEffect(ctx, tx, ev)
+	}))
+	require.Equal(t, http.StatusAccepted, h.send("crashed", "order.paid"))
+	leased, err := h.p.Queue().Fetch(ctx, queue.FetchParams{Limit: 1, Worker: "dead-worker"})
+	require.NoError(t, err)
+	require.Len(t, leased, 1, "the dead worker holds the event's lease")
+
+	h.run()
+	select {
+	case attempt := <-attempts:
+		require.Equal(t, 2, attempt, "the dead worker's attempt counts")
+	case <-time.After(4 * time.Second):
+		t.Fatal("the expired lease was not rescued within 4s: Config.RescueInterval did not reach the workers")
+	}
+	h.eventually("the effect", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+}

@@ -37,6 +37,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Exclude:         func() []queue.Kind { return p.openKinds(downstreams) },
 		PollOnly:        p.cfg.PollOnly,
 		PollInterval:    p.cfg.PollInterval,
+		RescueInterval:  p.cfg.RescueInterval,
 		ShutdownTimeout: p.cfg.ShutdownTimeout,
 		Logger:          p.cfg.Logger,
 	})

@@ -49,7 +49,15 @@
 // run counts as an attempt, so an event that kills its worker every time
 // still ends after MaxAttempts.
 //
-// Attempts are honest: Fetch counts one; Defer and Release give it back.
+// Fetch counts an attempt; Defer and Release give it back. The attempt is
+// counted when the event is fetched, not when its handler starts, so a
+// worker that dies keeps it for every event it held: the one running, and
+// those of its transaction and of the chunks it had fetched ahead (up to
+// two chunks of TxBatch per worker) that never started. An event that
+// kills its worker every time is fetched again with neighbours rescued at
+// the same time, and after MaxAttempts crashes they can be exhausted with
+// it: keep MaxAttempts well above the crashes you expect a healthy event
+// to live through.
 //
 // # Ordering keys
 //

@@ -63,9 +63,7 @@ LEFT JOIN inserted i ON true`
 // state = 'available' lets the planner pick the partial fetch index and
 // scan all of it, which halved ingest throughput. $1 and $2 are the keys
 // insertSQL was given: they guard against a setting left by an earlier
-// statement, and they make this a statement with parameters, which
-// customPlans plans for the table as it is now (Postgres plans a statement
-// without parameters once per connection, maybe while the queue was empty).
+// statement. Like the insert, it runs under indexPlans.
 const recheckSQL = `
 WITH dup AS (
     DELETE FROM {schema}.queue t
@@ -85,31 +83,26 @@ SELECT id FROM dup`
 // a 2xx must not leave before the event is durable.
 const syncCommitSQL = `SELECT set_config('synchronous_commit', 'on', true)`
 
-// customPlans makes the rest of a transaction of the queue's own plan each
-// execution of a prepared statement for the tables as they are now. A
-// generic plan, which Postgres may settle on after a few executions, is
-// made once per connection: one made while the queue was nearly empty (a
-// fresh deployment) keeps scanning whole indexes as the queue grows, until
-// the next ANALYZE, which a burst of events outpaces. It is never applied
-// to a caller's transaction or a handler's statements.
-const customPlans = `set_config('plan_cache_mode', 'force_custom_plan', true)`
-
-// indexPlans is for the fetch and the completion, the statements run for
-// every batch of a drain: planning them per execution cost a third of the
-// drain's database time. Their generic plans are made once per connection
-// and cannot go stale as customPlans warns, because they may only reach
-// rows through indexes (no sequential or bitmap scans): each statement was
-// written for one index path (the fetch index in run_at order, primary
-// keys by id), which is the right plan for a queue of any size, and
-// TestHotStatementPlans holds them to it. Never applied to a handler's
-// statements either.
+// indexPlans is set for the rest of a transaction ahead of the queue's
+// own hot statements: the group-commit insert and its recheck, the fetch,
+// the completion. They run on generic plans, made once per connection:
+// planning them per execution cost a third of the drain's database time
+// and a fifth of ingest's over HTTP. A generic plan is made for the tables
+// as they are when it is made, and one made while the queue was nearly
+// empty (a fresh deployment) would keep scanning whole tables as the
+// queue grows; so these plans may reach rows only through indexes (no
+// sequential or bitmap scans). Each statement was written for one index
+// path (the fetch index in run_at order, primary keys by id, the keys the
+// DuplicateIf condition looks up), which is the right plan for a queue of
+// any size, and TestHotStatementPlans holds them to it. It is never
+// applied to a caller's transaction or a handler's statements.
 const indexPlans = `set_config('plan_cache_mode', 'force_generic_plan', true), ` +
 	`set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)`
 
 // Settings sent ahead of the queue's own statements, in the same round trip.
 const (
 	indexPlansSQL    = `SELECT ` + indexPlans
-	ownEnqueueSQL    = `SELECT set_config('synchronous_commit', 'on', true), ` + customPlans
+	ownEnqueueSQL    = `SELECT set_config('synchronous_commit', 'on', true), ` + indexPlans
 	fetchSettingsSQL = `SELECT set_config('jit', 'off', true), ` + indexPlans
 )
 

@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -102,17 +101,4 @@ func requireState(t testing.TB, r *breaker.Registry, name string, want breaker.S
 	require.NoError(t, err)
 	require.Equal(t, want, st.State, "state of %q", name)
 	return st
-}
-
-// eventually polls cond until it holds or the deadline passes (for tests
-// on real time and real Postgres; synctest tests advance fake time instead).
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }

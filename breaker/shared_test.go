@@ -118,7 +118,7 @@ func TestSharedCloseAfterProbesReopensTheOtherProcess(t *testing.T) {
 	require.Equal(t, []string{"closed>open (shared)"}, recB.transitions())
 
 	// A's timeout passes; its probe succeeds and it closes.
-	eventually(t, 10*time.Second, "A to go half-open", func() bool {
+	dbtest.Eventually(t, 10*time.Second, "A to go half-open", func() bool {
 		st, err := a.State("billing")
 		require.NoError(t, err)
 		return st.State == breaker.StateHalfOpen
@@ -198,7 +198,7 @@ func TestSharedSecondTripAdoptsTheFirstOpen(t *testing.T) {
 	require.Equal(t, "worker-a", by)
 
 	// B adopted generation 1, so its close ends A's open.
-	eventually(t, 10*time.Second, "B to go half-open", func() bool {
+	dbtest.Eventually(t, 10*time.Second, "B to go half-open", func() bool {
 		st, err := b.State("billing")
 		require.NoError(t, err)
 		return st.State == breaker.StateHalfOpen
@@ -228,7 +228,7 @@ func TestSharedStaleCloseDoesNotEndANewerOpen(t *testing.T) {
 	_, err := pool.Exec(ctx, `UPDATE wharf.breakers SET generation = 7, open_until = now() + interval '1 hour', changed_by = 'worker-z' WHERE name = 'billing'`)
 	require.NoError(t, err)
 
-	eventually(t, 10*time.Second, "A to go half-open", func() bool {
+	dbtest.Eventually(t, 10*time.Second, "A to go half-open", func() bool {
 		st, err := a.State("billing")
 		require.NoError(t, err)
 		return st.State == breaker.StateHalfOpen
@@ -263,7 +263,7 @@ func TestSharedAdoptedOpenReopensForAFullTimeoutAfterAFailedProbe(t *testing.T) 
 	st := requireState(t, b, "billing", breaker.StateOpen)
 	require.Less(t, time.Until(st.Until), 3*time.Second, "adopted for the time the open had left, not B's own hour")
 
-	eventually(t, 10*time.Second, "B to go half-open", func() bool {
+	dbtest.Eventually(t, 10*time.Second, "B to go half-open", func() bool {
 		st, err := b.State("billing")
 		require.NoError(t, err)
 		return st.State == breaker.StateHalfOpen
@@ -295,7 +295,7 @@ func TestSharedRefresherPropagatesWithoutSync(t *testing.T) {
 	a, b := newProcess("worker-a"), newProcess("worker-b")
 	require.Error(t, a.Execute(ctx, "billing", func(context.Context) error { return errRefused }))
 	// A publishes on its own at once; B reads within a refresh interval.
-	eventually(t, 10*time.Second, "B to see A's open", func() bool { return len(b.Open()) == 1 })
+	dbtest.Eventually(t, 10*time.Second, "B to see A's open", func() bool { return len(b.Open()) == 1 })
 	called := false
 	requireOpenError(t, b.Execute(ctx, "billing", func(context.Context) error { called = true; return nil }), "billing")
 	require.False(t, called)

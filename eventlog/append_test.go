@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/eventlog"
+	"github.com/wharfhq/wharf/internal/dbtest"
 )
 
 func TestAppendAndReadStream(t *testing.T) {
@@ -116,11 +117,11 @@ func TestExpectedVersion(t *testing.T) {
 	var vc *eventlog.VersionConflictError
 	require.ErrorAs(t, err, &vc)
 	require.Zero(t, vc.Actual)
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.event_streams WHERE stream = 't'`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_streams WHERE stream = 't'`))
 
 	// None of the conflicts wrote an event or drew a position: the next
 	// append takes the position right after the first's.
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.event_log`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_log`))
 	second, err := l.Append(ctx, "s", 1, ev("a", 2))
 	require.NoError(t, err)
 	require.Equal(t, int64(2), second.Version)
@@ -149,7 +150,7 @@ func TestExpectedVersion(t *testing.T) {
 	}
 	require.Equal(t, []int64{1, 2, 3, 4}, versions("s"))
 	require.Equal(t, []int64{1}, versions("u"))
-	require.Equal(t, 4, count(t, pool, `SELECT version FROM wharf.event_streams WHERE stream = 's'`))
+	require.Equal(t, 4, dbtest.Count(t, pool, `SELECT version FROM wharf.event_streams WHERE stream = 's'`))
 }
 
 // Twenty appenders expect the same version at the same moment: exactly one
@@ -209,7 +210,7 @@ func TestConcurrentAppendsOneWinner(t *testing.T) {
 				require.Equal(t, tc.expected, vc.Expected)
 			}
 			require.Equal(t, 1, winners)
-			require.Equal(t, appenders-1, count(t, pool, `SELECT count(*) FROM wharf.event_streams WHERE stream LIKE 'loser-%'`))
+			require.Equal(t, appenders-1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_streams WHERE stream LIKE 'loser-%'`))
 			var versions []int64
 			rows, err := pool.Query(ctx, `SELECT version FROM wharf.event_log WHERE stream = 'hot' ORDER BY version`)
 			require.NoError(t, err)
@@ -241,7 +242,7 @@ func TestAppendTxConflictKeepsTransaction(t *testing.T) {
 	_, err = l.AppendTx(ctx, tx, "s", 5, ev("a", 2))
 	require.ErrorIs(t, err, eventlog.ErrVersionConflict)
 	require.NoError(t, tx.Commit(ctx))
-	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM wharf.event_log`))
+	require.Equal(t, 2, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_log`))
 
 	// Rolled back: nothing, and the stream's version rolls back with it.
 	tx = begin(t, pool)
@@ -307,8 +308,8 @@ func TestBadInputWritesNothing(t *testing.T) {
 		}
 		require.NoError(t, tx.Rollback(ctx))
 	}
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.event_log`))
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.event_streams`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_log`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_streams`))
 
 	// Valid escapes pass: a surrogate pair, an escaped backslash before u0000.
 	res, err := l.Append(ctx, "s", eventlog.NoStream, data(`["\ud83d\ude00", "\\u0000", "\u00e9"]`))

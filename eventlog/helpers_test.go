@@ -33,26 +33,6 @@ func ev(typ string, n int) eventlog.NewEvent {
 	return eventlog.NewEvent{Type: typ, Data: fmt.Appendf(nil, `{"n": %d}`, n)}
 }
 
-// count runs a count(*) query.
-func count(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) int {
-	t.Helper()
-	var n int
-	require.NoError(t, pool.QueryRow(context.Background(), sql, args...).Scan(&n))
-	return n
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // readAllUntil loops ReadAll from the start until it has returned want
 // events, polling: the tail can be held back for a moment by a write
 // transaction that has just ended elsewhere.
@@ -60,7 +40,7 @@ func readAllUntil(t testing.TB, l *eventlog.Log, want int) []eventlog.Event {
 	t.Helper()
 	var all []eventlog.Event
 	var cursor eventlog.Cursor
-	eventually(t, 30*time.Second, fmt.Sprintf("ReadAll to return %d events", want), func() bool {
+	dbtest.Eventually(t, 30*time.Second, fmt.Sprintf("ReadAll to return %d events", want), func() bool {
 		events, next, err := l.ReadAll(context.Background(), cursor, eventlog.MaxReadLimit)
 		require.NoError(t, err)
 		all, cursor = append(all, events...), next

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/eventlog"
+	"github.com/wharfhq/wharf/internal/dbtest"
 )
 
 // projectionTables are a test projection's tables: applied counts how
@@ -98,10 +99,10 @@ func sortedTotals(m map[string]total) []total {
 // once, and, when want is the whole log, that they are the log's events.
 func appliedExactlyOnce(t testing.TB, pool *pgxpool.Pool, want int) {
 	t.Helper()
-	require.Equal(t, want, count(t, pool, `SELECT count(*) FROM applied`))
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM applied WHERE times <> 1`), "an event was applied twice")
-	if count(t, pool, `SELECT count(*) FROM wharf.event_log`) == want {
-		require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.event_log e WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.position = e.position)`))
+	require.Equal(t, want, dbtest.Count(t, pool, `SELECT count(*) FROM applied`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM applied WHERE times <> 1`), "an event was applied twice")
+	if dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_log`) == want {
+		require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_log e WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.position = e.position)`))
 	}
 }
 
@@ -144,14 +145,14 @@ func TestProjectionFollowsTheLog(t *testing.T) {
 	run(t, p)
 	// Appends while it runs wake it (PollInterval is an hour).
 	appendNumbered(t, l, "acct-", 3, 20, expected)
-	eventually(t, 30*time.Second, "the projection to apply 40 events", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 40
+	dbtest.Eventually(t, 30*time.Second, "the projection to apply 40 events", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 40
 	})
 	appliedExactlyOnce(t, pool, 40)
 	require.Equal(t, sortedTotals(expected), totalsIn(t, pool))
 
 	all := readAllUntil(t, l, 40)
-	eventually(t, 10*time.Second, "the checkpoint to reach the last event", func() bool {
+	dbtest.Eventually(t, 10*time.Second, "the checkpoint to reach the last event", func() bool {
 		c, err := p.Checkpoint(ctx)
 		require.NoError(t, err)
 		return c == all[39].Cursor()
@@ -163,8 +164,8 @@ func TestProjectionFollowsTheLog(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, tx.Commit(ctx))
 	l.Notify()
-	eventually(t, 30*time.Second, "the projection to apply the AppendTx event", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 41
+	dbtest.Eventually(t, 30*time.Second, "the projection to apply the AppendTx event", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 41
 	})
 	appliedExactlyOnce(t, pool, 41)
 }
@@ -184,8 +185,8 @@ func TestProjectionWakesOnNotifyFromAnotherLog(t *testing.T) {
 	// once connected anyway, so either way the append is found without a
 	// poll.
 	appendNumbered(t, l, "s-", 1, 3, map[string]total{})
-	eventually(t, 30*time.Second, "the projection to apply 3 events", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 3
+	dbtest.Eventually(t, 30*time.Second, "the projection to apply 3 events", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 3
 	})
 }
 
@@ -211,7 +212,7 @@ func catchUp(t testing.TB, p *eventlog.Projection, want int) (int, error) {
 	t.Helper()
 	applied := 0
 	var err error
-	eventually(t, 30*time.Second, fmt.Sprintf("CatchUp to apply %d events", want), func() bool {
+	dbtest.Eventually(t, 30*time.Second, fmt.Sprintf("CatchUp to apply %d events", want), func() bool {
 		var n int
 		n, err = p.CatchUp(context.Background())
 		applied += n
@@ -310,8 +311,8 @@ func TestProjectionPanicMidBatchIsRetried(t *testing.T) {
 	p, err := l.NewProjection(eventlog.ProjectionConfig{Name: "totals", Handler: handler, BatchSize: 10, RetryDelay: time.Millisecond, Logger: logger})
 	require.NoError(t, err)
 	run(t, p)
-	eventually(t, 30*time.Second, "30 events applied", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 30
+	dbtest.Eventually(t, 30*time.Second, "30 events applied", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 30
 	})
 	appliedExactlyOnce(t, pool, 30)
 	require.Equal(t, sortedTotals(expected), totalsIn(t, pool))
@@ -365,8 +366,8 @@ func TestProjectionReplicasApplyEachEventOnce(t *testing.T) {
 	}
 	expected := map[string]total{}
 	appendNumbered(t, l, "s-", 5, 150, expected)
-	eventually(t, 30*time.Second, "150 events applied", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 150
+	dbtest.Eventually(t, 30*time.Second, "150 events applied", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 150
 	})
 	appliedExactlyOnce(t, pool, 150)
 	require.Equal(t, sortedTotals(expected), totalsIn(t, pool))
@@ -421,8 +422,8 @@ func TestRebuildRestoresLiveState(t *testing.T) {
 	expected := map[string]total{}
 	appendNumbered(t, l, "acct-", 7, 200, expected)
 	run(t, p)
-	eventually(t, 30*time.Second, "the live projection to apply 200 events", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 200
+	dbtest.Eventually(t, 30*time.Second, "the live projection to apply 200 events", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 200
 	})
 	live := totalsIn(t, pool)
 	require.Equal(t, sortedTotals(expected), live)
@@ -440,8 +441,8 @@ func TestRebuildRestoresLiveState(t *testing.T) {
 
 	// The live projection goes on from where the rebuild stopped.
 	appendNumbered(t, l, "acct-", 7, 10, expected)
-	eventually(t, 30*time.Second, "the live projection to apply 10 more", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 210
+	dbtest.Eventually(t, 30*time.Second, "the live projection to apply 10 more", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 210
 	})
 	appliedExactlyOnce(t, pool, 210)
 	require.Equal(t, sortedTotals(expected), totalsIn(t, pool))
@@ -476,8 +477,8 @@ func TestRebuildHoldsOffLiveProjection(t *testing.T) {
 	expected := map[string]total{}
 	appendNumbered(t, l, "acct-", 3, 30, expected)
 	run(t, p)
-	eventually(t, 30*time.Second, "the live projection to apply 30 events", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 30
+	dbtest.Eventually(t, 30*time.Second, "the live projection to apply 30 events", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 30
 	})
 
 	atPause := make(chan struct{})
@@ -498,7 +499,7 @@ func TestRebuildHoldsOffLiveProjection(t *testing.T) {
 	<-atPause
 	checkpoint, err := p.Checkpoint(ctx)
 	require.NoError(t, err)
-	require.Equal(t, 10, count(t, pool, `SELECT count(*) FROM applied`), "the rebuild's first batch")
+	require.Equal(t, 10, dbtest.Count(t, pool, `SELECT count(*) FROM applied`), "the rebuild's first batch")
 
 	appendNumbered(t, l, "acct-", 3, 5, expected) // wakes the live runner
 	for len(heldOff) > 0 {
@@ -514,15 +515,15 @@ func TestRebuildHoldsOffLiveProjection(t *testing.T) {
 		}
 	}
 	require.Zero(t, appliedWhilePaused.Load(), "the live projection ran during the rebuild")
-	require.Equal(t, 10, count(t, pool, `SELECT count(*) FROM applied`))
+	require.Equal(t, 10, dbtest.Count(t, pool, `SELECT count(*) FROM applied`))
 	after, err := p.Checkpoint(ctx)
 	require.NoError(t, err)
 	require.Equal(t, checkpoint, after)
 
 	close(resume)
 	require.NoError(t, <-rebuilt)
-	eventually(t, 30*time.Second, "35 events applied", func() bool {
-		return count(t, pool, `SELECT count(*) FROM applied`) == 35
+	dbtest.Eventually(t, 30*time.Second, "35 events applied", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 35
 	})
 	appliedExactlyOnce(t, pool, 35)
 	require.Equal(t, sortedTotals(expected), totalsIn(t, pool))

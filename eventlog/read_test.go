@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/eventlog"
+	"github.com/wharfhq/wharf/internal/dbtest"
 )
 
 func TestReadAllPagesInCommitSafeOrder(t *testing.T) {
@@ -223,7 +224,7 @@ func TestTailingReaderSeesEveryCommittedEventOnce(t *testing.T) {
 					// Commit only after the naive reader has moved past
 					// this position (other appenders commit meanwhile).
 					forcedLate = res.Positions[0]
-					eventually(t, 20*time.Second, "the naive reader to pass the late position", func() bool {
+					dbtest.Eventually(t, 20*time.Second, "the naive reader to pass the late position", func() bool {
 						return naiveLast.Load() > forcedLate
 					})
 				} else {
@@ -426,7 +427,7 @@ func TestTailLag(t *testing.T) {
 
 	require.NoError(t, holder.Commit(ctx))
 	readAllUntil(t, l, 4)
-	eventually(t, 30*time.Second, "the lag to clear", func() bool {
+	dbtest.Eventually(t, 30*time.Second, "the lag to clear", func() bool {
 		lag, err := l.TailLag(ctx)
 		require.NoError(t, err)
 		return lag.Events == 0
@@ -479,7 +480,7 @@ func TestHead(t *testing.T) {
 	require.NoError(t, err)
 	var streams []string
 	cursor := head
-	eventually(t, 30*time.Second, "the events after the head", func() bool {
+	dbtest.Eventually(t, 30*time.Second, "the events after the head", func() bool {
 		events, next, err := l.ReadAll(ctx, cursor, 0)
 		require.NoError(t, err)
 		for _, e := range events {

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/internal/dbtest"
 )
 
 // BeginClaim opens a transaction holding a first claim; the work done in it
@@ -43,7 +44,7 @@ func TestBeginClaim(t *testing.T) {
 	require.NoError(t, tx.Rollback(ctx))
 	require.True(t, claimIn(t, pool, store, "billing", "k2"), "a rolled-back claim is gone")
 
-	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM invoices`))
+	require.Equal(t, 2, dbtest.Count(t, pool, `SELECT count(*) FROM invoices`))
 	require.Equal(t, 2, rows(t, pool))
 }
 
@@ -79,7 +80,7 @@ func TestBeginClaimConcurrentOneWinner(t *testing.T) {
 	winner := <-results
 	require.NoError(t, winner.err)
 	require.True(t, winner.first)
-	eventually(t, 30*time.Second, "the other claims blocked on the winner", func() bool { return lockWaiters(t, observer) == n-1 })
+	dbtest.Eventually(t, 30*time.Second, "the other claims blocked on the winner", func() bool { return lockWaiters(t, observer) == n-1 })
 	require.Empty(t, results, "no other claim may return while the winner's transaction is open")
 	close(release)
 	for range n - 1 {

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/internal/dbtest"
 )
 
 func TestClaimAll(t *testing.T) {
@@ -56,9 +57,9 @@ func TestClaimAll(t *testing.T) {
 	require.NoError(t, store.Unclaim(ctx, tx, []idempotency.Pair{fresh}))
 	require.NoError(t, tx.Commit(ctx))
 
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE consumer = 'billing' AND key = $1`, fresh.Key), "unclaimed")
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE consumer = 'ledger' AND key = $1`, other.Key))
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE key = $1 AND mode = 'external'`, external.Key), "Unclaim leaves the external mode alone")
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE consumer = 'billing' AND key = $1`, fresh.Key), "unclaimed")
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE consumer = 'ledger' AND key = $1`, other.Key))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE key = $1 AND mode = 'external'`, external.Key), "Unclaim leaves the external mode alone")
 
 	// A rolled-back ClaimAll leaves nothing.
 	require.EqualError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
@@ -69,7 +70,7 @@ func TestClaimAll(t *testing.T) {
 		}
 		return fmt.Errorf("roll back")
 	}), "roll back")
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE consumer = 'billing' AND key = $1`, fresh.Key))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE consumer = 'billing' AND key = $1`, fresh.Key))
 }
 
 // Transactions claiming overlapping sets, given in opposite orders, do not

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/internal/dbtest"
 )
 
 // begin takes (consumer, key) and requires a lock.
@@ -45,7 +46,7 @@ func TestBeginInProgressThenFinished(t *testing.T) {
 	require.True(t, lock.LockedUntil.Equal(*r.LockedUntil))
 	require.True(t, *r.Live)
 	// The deadline is LockDuration from the database's now(), at most.
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE locked_until <= now() + interval '5 minutes'`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.processed_events WHERE locked_until <= now() + interval '5 minutes'`))
 
 	// A duplicate while in progress.
 	dupLock, out, err := store.Begin(ctx, "billing.charge", "6:stripe:evt_1")
@@ -162,7 +163,7 @@ func TestTakeoverRaceExactlyOneWins(t *testing.T) {
 			results <- result{lock, err}
 		}()
 	}
-	eventually(t, 30*time.Second, "every racer waiting on the row", func() bool { return lockWaiters(t, observer) == racers })
+	dbtest.Eventually(t, 30*time.Second, "every racer waiting on the row", func() bool { return lockWaiters(t, observer) == racers })
 	require.NoError(t, holder.Rollback(ctx))
 
 	var winners []*idempotency.Lock
@@ -256,7 +257,7 @@ func TestFinishTxCommitsWithTheCallersWrites(t *testing.T) {
 	r, _ = readRow(t, pool, "billing.charge", "k")
 	require.Equal(t, "finished", *r.State)
 	require.Equal(t, "ch_1", string(r.Result))
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM invoices`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM invoices`))
 }
 
 // Do: runs the function once to a stored outcome; a duplicate gets the
@@ -370,7 +371,7 @@ func TestDoConcurrentRunsOnce(t *testing.T) {
 	}
 	// Wait until every duplicate has been turned away, then let the first
 	// one finish; a late duplicate gets the outcome.
-	eventually(t, 30*time.Second, "every duplicate turned away", func() bool { return inProgress.Load() == n-1 })
+	dbtest.Eventually(t, 30*time.Second, "every duplicate turned away", func() bool { return inProgress.Load() == n-1 })
 	releaseNow()
 	wg.Wait()
 	close(errs)

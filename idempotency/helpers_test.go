@@ -42,37 +42,17 @@ func twoPools(t testing.TB, maxConns int32) (pool, observer *pgxpool.Pool) {
 	return open(maxConns), open(2)
 }
 
-// count runs a count(*) query.
-func count(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) int {
-	t.Helper()
-	var n int
-	require.NoError(t, pool.QueryRow(context.Background(), sql, args...).Scan(&n))
-	return n
-}
-
 // rows counts processed_events rows in the default schema.
 func rows(t testing.TB, pool *pgxpool.Pool) int {
 	t.Helper()
-	return count(t, pool, `SELECT count(*) FROM wharf.processed_events`)
+	return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.processed_events`)
 }
 
 // lockWaiters counts backends of the test's database that wait for a lock
 // (a row, or another transaction to end).
 func lockWaiters(t testing.TB, pool *pgxpool.Pool) int {
 	t.Helper()
-	return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return dbtest.Count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
 }
 
 // row is one processed_events row as stored.

@@ -160,7 +160,7 @@ func TestCustomSchema(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, claimIn(t, pool, store, "c", "k"))
 	require.True(t, begin(t, store, "c", "ext") != nil)
-	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM idem_alt.processed_events`))
+	require.Equal(t, 2, dbtest.Count(t, pool, `SELECT count(*) FROM idem_alt.processed_events`))
 	require.Zero(t, rows(t, pool), "nothing in the default schema")
 
 	exec(t, pool, `UPDATE idem_alt.processed_events SET processed_at = now() - interval '30 days', locked_until = now() - interval '1 day' WHERE key = 'ext'`)

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/internal/dbtest"
 )
 
 // Fifty transactions claim one key at once. The first to insert wins; the
@@ -75,7 +76,7 @@ func TestClaimFiftyConcurrentTransactionsOneWinner(t *testing.T) {
 	winner := <-results
 	require.NoError(t, winner.err)
 	require.True(t, winner.first, "the first claim to return must be the winner")
-	eventually(t, 30*time.Second, "49 claims blocked on the winner", func() bool { return lockWaiters(t, observer) == n-1 })
+	dbtest.Eventually(t, 30*time.Second, "49 claims blocked on the winner", func() bool { return lockWaiters(t, observer) == n-1 })
 	require.Empty(t, results, "no other claim may return while the winner's transaction is open")
 
 	// The winner rolls back: its claim goes with it, and one waiter wins.
@@ -85,7 +86,7 @@ func TestClaimFiftyConcurrentTransactionsOneWinner(t *testing.T) {
 	require.NoError(t, second.err)
 	require.True(t, second.first, "after the winner rolled back, a waiting claim must win")
 	require.NotEqual(t, winner.worker, second.worker)
-	eventually(t, 30*time.Second, "48 claims blocked on the second winner", func() bool { return lockWaiters(t, observer) == n-2 })
+	dbtest.Eventually(t, 30*time.Second, "48 claims blocked on the second winner", func() bool { return lockWaiters(t, observer) == n-2 })
 	require.Empty(t, results, "no other claim may return while the second winner's transaction is open")
 
 	commit[second.worker] <- true
@@ -124,7 +125,7 @@ func TestClaimRolledBackIsClaimableAgain(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, tx.Rollback(ctx))
 	require.Zero(t, rows(t, pool))
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM invoices`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM invoices`))
 
 	// Redelivery: claims again, and this time commits.
 	tx = beginTx(t, pool)
@@ -142,7 +143,7 @@ func TestClaimRolledBackIsClaimableAgain(t *testing.T) {
 	require.False(t, first)
 	require.NoError(t, tx.Commit(ctx))
 	require.Equal(t, 1, rows(t, pool))
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM invoices`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM invoices`))
 }
 
 // Keys are per consumer, and Key keeps sources apart: two providers that
@@ -176,7 +177,7 @@ func TestClaimDuplicateLeavesTransactionUsable(t *testing.T) {
 	_, err = tx.Exec(ctx, `INSERT INTO invoices (id) VALUES ('audit')`)
 	require.NoError(t, err, "the transaction must still be usable after a duplicate claim")
 	require.NoError(t, tx.Commit(ctx))
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM invoices`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM invoices`))
 }
 
 // Under REPEATABLE READ, a claim that conflicts with one committed after
@@ -240,7 +241,7 @@ func TestOnceRunsOnceUnderConcurrency(t *testing.T) {
 	<-running
 	// Every other connection of the pool is now blocked in a claim behind
 	// the running function; the remaining callers wait for a connection.
-	eventually(t, 30*time.Second, "claims blocked behind the running function", func() bool { return lockWaiters(t, observer) == conns-1 })
+	dbtest.Eventually(t, 30*time.Second, "claims blocked behind the running function", func() bool { return lockWaiters(t, observer) == conns-1 })
 	releaseNow()
 
 	ran := 0
@@ -253,7 +254,7 @@ func TestOnceRunsOnceUnderConcurrency(t *testing.T) {
 	}
 	require.Equal(t, 1, ran, "exactly one Once call reports ran")
 	require.EqualValues(t, 1, calls.Load(), "the function ran exactly once")
-	require.Equal(t, 1, count(t, observer, `SELECT count(*) FROM invoices`))
+	require.Equal(t, 1, dbtest.Count(t, observer, `SELECT count(*) FROM invoices`))
 	require.Equal(t, 1, rows(t, observer))
 }
 
@@ -285,7 +286,7 @@ func TestOnceErrorRollsBackClaimAndWork(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 	require.Contains(t, err.Error(), `idempotency: consumer "billing", key "k": downstream said no`)
 	require.Zero(t, rows(t, pool), "the claim must roll back with the failed work")
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM invoices`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM invoices`))
 
 	ran, err = store.Once(ctx, "billing", "k", fn(false))
 	require.NoError(t, err)
@@ -294,7 +295,7 @@ func TestOnceErrorRollsBackClaimAndWork(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, ran)
 	require.Equal(t, 2, calls)
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM invoices`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM invoices`))
 	require.Zero(t, pool.Stat().AcquiredConns(), "Once must give its connections back")
 }
 
@@ -314,7 +315,7 @@ func TestOncePanicRollsBack(t *testing.T) {
 		})
 	})
 	require.Zero(t, rows(t, pool))
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM invoices`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM invoices`))
 	require.Zero(t, pool.Stat().AcquiredConns())
 	ran, err := store.Once(ctx, "billing", "k", func(context.Context, pgx.Tx) error { return nil })
 	require.NoError(t, err)
@@ -363,7 +364,7 @@ func TestOnceWaiterRunsWhenWinnerFails(t *testing.T) {
 		})
 		second <- result{ran, err}
 	}()
-	eventually(t, 30*time.Second, "the second call blocked in its claim", func() bool { return lockWaiters(t, observer) == 1 })
+	dbtest.Eventually(t, 30*time.Second, "the second call blocked in its claim", func() bool { return lockWaiters(t, observer) == 1 })
 	failNow()
 	require.ErrorIs(t, <-first, boom)
 	r2 := <-second

@@ -152,7 +152,7 @@ RETURNING id, source, event_id, event_type, body`)
 		go func() { done <- c.Run(runCtx) }()
 		<-finished
 		// The last transaction commits after its handler returns.
-		for count(b, pool, `SELECT count(*) FROM wharf.queue`) > 0 {
+		for dbtest.Count(b, pool, `SELECT count(*) FROM wharf.queue`) > 0 {
 			time.Sleep(time.Millisecond)
 		}
 		wharf := time.Since(start)

@@ -67,8 +67,8 @@ func TestDuplicateIfRefusesInsideTheInsert(t *testing.T) {
 	res, err = q.Enqueue(ctx, other)
 	require.NoError(t, err)
 	require.False(t, res.Duplicate, "the condition sees the row's handler")
-	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM wharf.queue`))
-	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`), "a refused event leaves no payload")
+	require.Equal(t, 2, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
+	require.Equal(t, 2, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`), "a refused event leaves no payload")
 }
 
 func TestPermanentFailureExhaustsAtOnce(t *testing.T) {
@@ -88,12 +88,12 @@ func TestPermanentFailureExhaustsAtOnce(t *testing.T) {
 		}})
 	require.NoError(t, err)
 	runConsumer(t, c)
-	eventually(t, 10*time.Second, "the event exhausted", func() bool {
-		return count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'exhausted'`) == 1
+	dbtest.Eventually(t, 10*time.Second, "the event exhausted", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'exhausted'`) == 1
 	})
 	require.Equal(t, 1, <-runs)
 	require.Len(t, runs, 0, "no second attempt")
-	require.Equal(t, 1, count(t, pool, `SELECT jsonb_array_length(errors) FROM wharf.queue`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT jsonb_array_length(errors) FROM wharf.queue`))
 	var msg string
 	require.NoError(t, pool.QueryRow(ctx, `SELECT errors->0->>'error' FROM wharf.queue`).Scan(&msg))
 	require.Contains(t, msg, "schema version 0 is not supported")
@@ -113,7 +113,7 @@ func TestRetryWithPermanentExhausts(t *testing.T) {
 	exhausted, err := q.Retry(ctx, evs[0], queue.Permanent(errors.New("never parses")))
 	require.NoError(t, err)
 	require.True(t, exhausted, "four attempts were left")
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'exhausted' AND attempt = 1`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'exhausted' AND attempt = 1`))
 	require.Nil(t, queue.Permanent(nil))
 }
 
@@ -128,9 +128,9 @@ func TestRetryInOverridesTheBackoff(t *testing.T) {
 	require.Len(t, evs, 1)
 	_, err = q.Retry(ctx, evs[0], queue.RetryIn(2*time.Minute, errors.New("come back in two minutes")))
 	require.NoError(t, err)
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue
 		WHERE run_at BETWEEN now() + interval '110 seconds' AND now() + interval '130 seconds'`), "two minutes, not the one-hour backoff")
-	require.Equal(t, 1, count(t, pool, `SELECT attempt FROM wharf.queue`), "the attempt counts")
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT attempt FROM wharf.queue`), "the attempt counts")
 	require.Nil(t, queue.RetryIn(time.Second, nil))
 }
 

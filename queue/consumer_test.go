@@ -62,7 +62,7 @@ func ctEffects(t testing.TB, pool *pgxpool.Pool) map[string]int {
 
 func ctQueueLen(t testing.TB, pool *pgxpool.Pool) int {
 	t.Helper()
-	return count(t, pool, `SELECT count(*) FROM wharf.queue`)
+	return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`)
 }
 
 // ctRow is an event's row in the queue table.
@@ -229,7 +229,7 @@ func TestConsumerExactlyOnceEffects(t *testing.T) {
 	})
 	require.NoError(t, err)
 	stop := runConsumer(t, c)
-	eventually(t, 30*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	dbtest.Eventually(t, 30*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
 	stop()
 
 	effects := ctEffects(t, pool)
@@ -251,7 +251,7 @@ func TestConsumerExactlyOnceEffects(t *testing.T) {
 	}
 	require.Greater(t, largest, 1, "events never shared a transaction")
 	require.LessOrEqual(t, largest, 16, "a transaction ran more than TxBatch events")
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`))
 	noOrphans(t, pool)
 }
 
@@ -315,7 +315,7 @@ func TestConsumerFailureRollsBackOnlyItsEvent(t *testing.T) {
 			})
 			require.NoError(t, err)
 			stop := runConsumer(t, c)
-			eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+			dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
 			stop()
 
 			effects := ctEffects(t, pool)
@@ -385,10 +385,10 @@ func TestConsumerDeferGivesAttemptBack(t *testing.T) {
 	require.NoError(t, err)
 	runConsumer(t, c)
 
-	eventually(t, 20*time.Second, "d1 deferred and d2 done", func() bool {
-		return count(t, pool, `SELECT count(*) FROM wharf.queue
+	dbtest.Eventually(t, 20*time.Second, "d1 deferred and d2 done", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue
 			WHERE event_id = 'd1' AND state = 'available' AND run_at > now() + interval '30 minutes'`) == 1 &&
-			count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id = 'd2'`) == 0
+			dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id = 'd2'`) == 0
 	})
 	row := ctGetRow(t, pool, "d1")
 	require.Equal(t, 0, row.Attempt, "the deferred attempt was not given back")
@@ -400,7 +400,7 @@ func TestConsumerDeferGivesAttemptBack(t *testing.T) {
 	_, err = pool.Exec(context.Background(), `UPDATE wharf.queue SET run_at = now() WHERE event_id = 'd1'`)
 	require.NoError(t, err)
 	q.Notify()
-	eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
 
 	d1 := rec.byID()["d1"]
 	require.Len(t, d1, 2)
@@ -453,8 +453,8 @@ func TestConsumerExhaustsAfterMaxAttempts(t *testing.T) {
 		runConsumer(t, c)
 		enqueueX(t, q)
 
-		eventually(t, 20*time.Second, "x exhausted", func() bool {
-			return count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id = 'x' AND state = 'exhausted'`) == 1
+		dbtest.Eventually(t, 20*time.Second, "x exhausted", func() bool {
+			return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id = 'x' AND state = 'exhausted'`) == 1
 		})
 		row := ctGetRow(t, pool, "x")
 		require.Equal(t, 3, row.Attempt)
@@ -464,8 +464,8 @@ func TestConsumerExhaustsAfterMaxAttempts(t *testing.T) {
 		// A later event runs, so a fetch has passed since: x is not fetched again.
 		_, err = q.Enqueue(context.Background(), event("s", "sentinel"))
 		require.NoError(t, err)
-		eventually(t, 20*time.Second, "sentinel done", func() bool {
-			return count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id = 'sentinel'`) == 0
+		dbtest.Eventually(t, 20*time.Second, "sentinel done", func() bool {
+			return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id = 'sentinel'`) == 0
 		})
 		x := rec.byID()["x"]
 		require.Len(t, x, 3, "handler runs of x")
@@ -473,7 +473,7 @@ func TestConsumerExhaustsAfterMaxAttempts(t *testing.T) {
 			require.Equal(t, i+1, call.Attempt)
 			require.Len(t, call.Errors, i)
 		}
-		require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`), "x keeps its payload")
+		require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`), "x keeps its payload")
 		noOrphans(t, pool)
 	})
 
@@ -492,8 +492,8 @@ func TestConsumerExhaustsAfterMaxAttempts(t *testing.T) {
 		c, err := queue.NewConsumer(q, consumerCfg(failing(&rec)))
 		require.NoError(t, err)
 		runConsumer(t, c)
-		eventually(t, 20*time.Second, "next done", func() bool {
-			return count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id = 'next'`) == 0
+		dbtest.Eventually(t, 20*time.Second, "next done", func() bool {
+			return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id = 'next'`) == 0
 		})
 		row := ctGetRow(t, pool, "x")
 		require.Equal(t, "exhausted", row.State)
@@ -529,15 +529,15 @@ func TestConsumerExhaustsAfterMaxAttempts(t *testing.T) {
 		runConsumer(t, c)
 		enqueueX(t, q)
 
-		eventually(t, 20*time.Second, "x dead-lettered", func() bool {
-			return count(t, pool, `SELECT count(*) FROM dead`) > 0
+		dbtest.Eventually(t, 20*time.Second, "x dead-lettered", func() bool {
+			return dbtest.Count(t, pool, `SELECT count(*) FROM dead`) > 0
 		})
 		_, err = q.Enqueue(context.Background(), event("s", "sentinel"))
 		require.NoError(t, err)
-		eventually(t, 20*time.Second, "sentinel done", func() bool { return ctQueueLen(t, pool) == 0 })
+		dbtest.Eventually(t, 20*time.Second, "sentinel done", func() bool { return ctQueueLen(t, pool) == 0 })
 
-		require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM dead`), "copied once")
-		require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`), "payload left behind")
+		require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM dead`), "copied once")
+		require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`), "payload left behind")
 		var attempt int
 		var errsJSON, body []byte
 		require.NoError(t, pool.QueryRow(context.Background(), `SELECT attempt, errors, body FROM dead WHERE event_id = 'x'`).
@@ -660,7 +660,7 @@ func ctEnqueueOrdered(t *testing.T, q *queue.Queue) map[string][]string {
 var ctOrderingQueueConfig = queue.Config{Backoff: queue.Backoff{Initial: 200 * time.Millisecond, Max: 200 * time.Millisecond}}
 
 func (o *ctOrdering) check(t *testing.T, pool *pgxpool.Pool, want map[string][]string) {
-	eventually(t, 30*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	dbtest.Eventually(t, 30*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	require.Empty(t, o.violations)
@@ -786,7 +786,7 @@ func TestConsumerOrderingKeys(t *testing.T) {
 
 		unblockOnce.Do(func() { close(unblock) })
 		require.Equal(t, "late", ctRecv(t, entered, "late"))
-		eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+		dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
 		mu.Lock()
 		defer mu.Unlock()
 		require.Empty(t, violation)
@@ -826,7 +826,7 @@ func TestConsumerRescuesExpiredLeases(t *testing.T) {
 	})
 	require.NoError(t, err)
 	runConsumer(t, c)
-	eventually(t, 20*time.Second, "rescued events processed", func() bool { return ctQueueLen(t, pool) == 0 })
+	dbtest.Eventually(t, 20*time.Second, "rescued events processed", func() bool { return ctQueueLen(t, pool) == 0 })
 
 	calls := rec.byID()
 	require.Len(t, calls, 5)
@@ -939,13 +939,13 @@ func TestConsumerSIGKILL(t *testing.T) {
 	})
 
 	// Both of the child's workers are inside a handler, in open transactions.
-	eventually(t, 60*time.Second, "the helper process to start handling events", func() bool {
+	dbtest.Eventually(t, 60*time.Second, "the helper process to start handling events", func() bool {
 		select {
 		case <-exited:
 			t.Fatalf("helper process exited early (%v):\n%s", waitErr, out.String())
 		default:
 		}
-		return count(t, pool, `SELECT count(*) FROM started`) >= 2
+		return dbtest.Count(t, pool, `SELECT count(*) FROM started`) >= 2
 	})
 	require.NoError(t, cmd.Process.Kill())
 	<-exited
@@ -970,7 +970,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 	})
 	require.NoError(t, err)
 	stop := runConsumer(t, c)
-	eventually(t, 30*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	dbtest.Eventually(t, 30*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
 	stop()
 
 	effects := ctEffects(t, pool)
@@ -1113,7 +1113,7 @@ func TestConsumerGracefulShutdown(t *testing.T) {
 		})
 		require.NoError(t, err)
 		runConsumer(t, c2)
-		eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+		dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
 		calls := rec.byID()["slow"]
 		require.Len(t, calls, 1)
 		require.Equal(t, 2, calls[0].Attempt)
@@ -1168,8 +1168,8 @@ func TestConsumerWakeups(t *testing.T) {
 		t.Cleanup(producerQ.Close)
 
 		handled := newConsumer(t, consumerQ, false)
-		eventually(t, 20*time.Second, "consumer LISTENing", func() bool {
-			return count(t, pool, `SELECT count(*) FROM pg_stat_activity
+		dbtest.Eventually(t, 20*time.Second, "consumer LISTENing", func() bool {
+			return dbtest.Count(t, pool, `SELECT count(*) FROM pg_stat_activity
 				WHERE datname = current_database() AND state = 'idle' AND query LIKE 'LISTEN %'`) == 1
 		})
 		for _, id := range []string{"n1", "n2", "n3"} {
@@ -1234,7 +1234,7 @@ func TestConsumerRunTwice(t *testing.T) {
 	require.Error(t, ctRecv(t, second, "second Run to return"))
 
 	unblockOnce.Do(func() { close(unblock) })
-	eventually(t, 20*time.Second, "first Run completes its event", func() bool { return ctQueueLen(t, pool) == 0 })
+	dbtest.Eventually(t, 20*time.Second, "first Run completes its event", func() bool { return ctQueueLen(t, pool) == 0 })
 	stop()
 }
 
@@ -1266,7 +1266,7 @@ func TestConsumerHandlerCannotEndTx(t *testing.T) {
 	})
 	require.NoError(t, err)
 	runConsumer(t, c)
-	eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
 
 	require.NotNil(t, commitErr.Load())
 	require.ErrorIs(t, *commitErr.Load(), queue.ErrTxOwned)
@@ -1327,7 +1327,7 @@ func TestConsumerLeaseLostMidHandler(t *testing.T) {
 
 	// Expire the lease as if the worker's heartbeats had stalled, and rescue
 	// it (again if a heartbeat extended it in between).
-	eventually(t, 20*time.Second, "lease rescued", func() bool {
+	dbtest.Eventually(t, 20*time.Second, "lease rescued", func() bool {
 		uctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		_, err := pool.Exec(uctx, `UPDATE wharf.queue SET lease_expires_at = now() - interval '1 second'
@@ -1339,7 +1339,7 @@ func TestConsumerLeaseLostMidHandler(t *testing.T) {
 	})
 	ctRecv(t, secondIn, "second run")
 	unblockOnce.Do(func() { close(unblock) }) // the stale run returns nil; its completion must fail
-	eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
 
 	require.Equal(t, map[string]int{"race": 1}, ctEffects(t, pool))
 	var winner int

@@ -27,8 +27,8 @@ import (
 // enqRows counts the rows of wharf.queue and wharf.queue_payloads.
 func enqRows(t testing.TB, pool *pgxpool.Pool) (rows, payloads int) {
 	t.Helper()
-	return count(t, pool, `SELECT count(*) FROM wharf.queue`),
-		count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`)
+	return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`),
+		dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`)
 }
 
 // enqRequireEmpty asserts that nothing at all was written.
@@ -97,8 +97,8 @@ func enqCloseGate(t testing.TB, pool *pgxpool.Pool) (open func()) {
 // gate lock.
 func enqWaitGateBlocked(t testing.TB, pool *pgxpool.Pool) {
 	t.Helper()
-	eventually(t, 20*time.Second, "an insert waiting at the gate", func() bool {
-		return count(t, pool, `
+	dbtest.Eventually(t, 20*time.Second, "an insert waiting at the gate", func() bool {
+		return dbtest.Count(t, pool, `
 SELECT count(*) FROM pg_locks
 WHERE locktype = 'advisory' AND NOT granted
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`) == 1
@@ -208,7 +208,7 @@ func TestEnqueueReportsNewAndDuplicate(t *testing.T) {
 	rows, payloads := enqRows(t, pool)
 	require.Equal(t, 1, rows)
 	require.Equal(t, 1, payloads)
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue q JOIN wharf.queue_payloads p ON p.queue_id = q.id
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue q JOIN wharf.queue_payloads p ON p.queue_id = q.id
 		WHERE q.event_type = 'test.event' AND p.body = '{"id":"evt_1"}'::bytea`), "the first event's row must be left as it was")
 
 	// The key is (source, event id): the same id from another source is new.
@@ -278,7 +278,7 @@ func TestEnqueueBatchOrderDuplicatesAndVerbatimPayloads(t *testing.T) {
 	require.NotNil(t, a.Body, "an empty body is not a missing one")
 	require.Empty(t, a.Body)
 	require.Empty(t, a.Headers)
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue_payloads WHERE queue_id = $1 AND body IS NOT NULL AND octet_length(body) = 0`, res[1].QueueID))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads WHERE queue_id = $1 AND body IS NOT NULL AND octet_length(body) = 0`, res[1].QueueID))
 
 	require.Equal(t, []byte(`{"id":"m"}`), byKey["s/m"].Body)
 	require.Equal(t, []byte(`{"id":"a"}`), byKey["t/a"].Body)
@@ -501,7 +501,7 @@ func TestEnqueueRejectsInvalidEvents(t *testing.T) {
 	res, err := q.Enqueue(ctx, atLimit)
 	require.NoError(t, err)
 	require.False(t, res.Duplicate)
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE max_attempts = $1`, queue.MaxMaxAttempts))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE max_attempts = $1`, queue.MaxMaxAttempts))
 }
 
 func TestNewRejectsInvalidConfig(t *testing.T) {
@@ -618,7 +618,7 @@ func TestEnqueueRowRejectedByDatabaseFailsOnlyItsCaller(t *testing.T) {
 	// Submit blocks in a select: the n callers handing over their event and
 	// the gate's caller waiting for its reply (no other can be received
 	// while the only committer is held).
-	eventually(t, 20*time.Second, "all callers waiting to hand over their event", func() bool {
+	dbtest.Eventually(t, 20*time.Second, "all callers waiting to hand over their event", func() bool {
 		return enqGoroutines("select", "(*committer).submit", "TestEnqueueRowRejectedByDatabaseFailsOnlyItsCaller.") == n+1
 	})
 	open()
@@ -648,7 +648,7 @@ func TestEnqueueRowRejectedByDatabaseFailsOnlyItsCaller(t *testing.T) {
 
 	// The poison row was tried twice: once in the shared batch that failed,
 	// once alone when the committer fell back to row-by-row.
-	require.Equal(t, 2, count(t, pool, `SELECT last_value FROM public.poison_seen`),
+	require.Equal(t, 2, dbtest.Count(t, pool, `SELECT last_value FROM public.poison_seen`),
 		"the poison row must have shared a batch that failed and been retried alone")
 }
 
@@ -781,18 +781,18 @@ func TestCloseAnswersWaitingEnqueues(t *testing.T) {
 	const me = "TestCloseAnswersWaitingEnqueues."
 	// As in TestEnqueueRowRejectedByDatabaseFailsOnlyItsCaller: n callers
 	// handing over their event, and the gate's caller waiting for its reply.
-	eventually(t, 20*time.Second, "all callers waiting", func() bool {
+	dbtest.Eventually(t, 20*time.Second, "all callers waiting", func() bool {
 		return enqGoroutines("select", "(*committer).submit", me) == n+1
 	})
 	var closeWG sync.WaitGroup
 	closeWG.Go(func() { q.Close() })
-	eventually(t, 20*time.Second, "Close waiting for the callers", func() bool {
+	dbtest.Eventually(t, 20*time.Second, "Close waiting for the callers", func() bool {
 		return enqGoroutines("", "(*committer).close", me) == 1
 	})
 	open()
 	enqWaitAll(t, &closeWG, "Close")
 	// Close returned: every write it waited for is committed.
-	require.Equal(t, n+1, count(t, pool, `SELECT count(*) FROM wharf.queue`))
+	require.Equal(t, n+1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
 	enqWaitAll(t, &wg, "Enqueue")
 	require.NoError(t, gateErr)
 	for i := range n {
@@ -877,7 +877,7 @@ func TestEnqueueWithCancelledContext(t *testing.T) {
 	// over before it notices the cancellation (select picks at random), or
 	// not: repeat so both paths run. Neither may store the event.
 	me := enqGoroutineID()
-	eventually(t, 20*time.Second, "both committers idle", func() bool {
+	dbtest.Eventually(t, 20*time.Second, "both committers idle", func() bool {
 		return enqGoroutines("chan receive", "(*committer).run", "in goroutine "+me+"\n") == queue.DefaultCommitters
 	})
 	for i := range 100 {
@@ -895,7 +895,7 @@ func TestEnqueueWithCancelledContext(t *testing.T) {
 	rows, payloads := enqRows(t, pool)
 	require.Equal(t, 2, rows)
 	require.Equal(t, 2, payloads)
-	require.Equal(t, 2, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id IN ('live-1', 'live-2')`))
+	require.Equal(t, 2, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id IN ('live-1', 'live-2')`))
 }
 
 func TestStats(t *testing.T) {

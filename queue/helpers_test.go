@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
@@ -33,26 +32,6 @@ func event(source, id string) queue.NewEvent {
 	}
 }
 
-// count runs a count(*) query.
-func count(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) int {
-	t.Helper()
-	var n int
-	require.NoError(t, pool.QueryRow(context.Background(), sql, args...).Scan(&n))
-	return n
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // runConsumer starts c in the background and stops it at cleanup (or when
 // the returned stop is called), failing the test if Run errs.
 func runConsumer(t testing.TB, c *queue.Consumer) (stop func()) {
@@ -76,6 +55,6 @@ func runConsumer(t testing.TB, c *queue.Consumer) (stop func()) {
 // noOrphans asserts that every payload and ordering lock belongs to a row.
 func noOrphans(t testing.TB, pool *pgxpool.Pool) {
 	t.Helper()
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue_payloads p WHERE NOT EXISTS (SELECT 1 FROM wharf.queue q WHERE q.id = p.queue_id)`), "orphan payloads")
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks l WHERE NOT EXISTS (SELECT 1 FROM wharf.queue q WHERE q.id = l.queue_id AND q.state = 'running')`), "stale ordering locks")
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads p WHERE NOT EXISTS (SELECT 1 FROM wharf.queue q WHERE q.id = p.queue_id)`), "orphan payloads")
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks l WHERE NOT EXISTS (SELECT 1 FROM wharf.queue q WHERE q.id = l.queue_id AND q.state = 'running')`), "stale ordering locks")
 }

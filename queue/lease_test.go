@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wharfhq/wharf/internal/dbtest"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -200,8 +201,8 @@ func TestLeaseConcurrentFetchersNeverShare(t *testing.T) {
 	}
 	t.Logf("%d of %d fetchers got events", busy, fetchers)
 
-	require.Equal(t, total, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'running' AND attempt = 1 AND lease_token IS NOT NULL`))
-	require.Equal(t, total, count(t, pool, `SELECT count(*) FROM wharf.queue`))
+	require.Equal(t, total, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'running' AND attempt = 1 AND lease_token IS NOT NULL`))
+	require.Equal(t, total, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
 	require.Empty(t, leaseFetch(t, q, queue.FetchParams{}), "leased events must not be fetched again")
 }
 
@@ -270,7 +271,7 @@ func TestLeaseKindFilters(t *testing.T) {
 	}
 
 	// Released events got their attempts back; nothing is running.
-	require.Equal(t, 4, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'available' AND attempt = 0`))
+	require.Equal(t, 4, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'available' AND attempt = 0`))
 
 	// What matches no Only kind is left alone.
 	evs := leaseFetch(t, q, queue.FetchParams{Only: []queue.Kind{{Source: "s1", Type: queue.AnyType}, {Source: "s2", Type: "t1"}}})
@@ -375,7 +376,7 @@ func TestLeaseFencing(t *testing.T) {
 	require.NoError(t, q.Complete(ctx, evB))
 	_, ok := leaseRowOf(t, pool, id)
 	require.False(t, ok)
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue_payloads WHERE queue_id = $1`, id))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads WHERE queue_id = $1`, id))
 	noOrphans(t, pool)
 
 	// Completing twice: the second finds no lease.
@@ -640,7 +641,7 @@ func TestLeaseExhaustedWithoutHook(t *testing.T) {
 	res2, err := q.EnqueueBatch(ctx, []queue.NewEvent{event("s", "doomed")})
 	require.NoError(t, err)
 	require.True(t, res2[0].Duplicate)
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
 
 	st, err := q.Stats(ctx)
 	require.NoError(t, err)
@@ -747,7 +748,7 @@ func TestLeaseExhaustedWithHook(t *testing.T) {
 	require.True(t, r.Payload)
 	_, n := deadOf("last")
 	require.Zero(t, n)
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks WHERE queue_id = $1`, id),
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks WHERE queue_id = $1`, id),
 		"the key stays locked while the event runs")
 
 	// The hook works again: the same lease exhausts it.
@@ -757,14 +758,14 @@ func TestLeaseExhaustedWithHook(t *testing.T) {
 	require.True(t, exhausted)
 	_, ok := leaseRowOf(t, pool, id)
 	require.False(t, ok, "the queue row is gone")
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue_payloads WHERE queue_id = $1`, id), "the payload is gone")
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads WHERE queue_id = $1`, id), "the payload is gone")
 	d, n := deadOf("last")
 	require.Equal(t, 1, n)
 	require.Equal(t, body, d.Body, "the body is handed over verbatim")
 	require.Equal(t, 3, d.Errors, "every attempt's error is handed over")
 	require.Equal(t, []string{"boom 1", "boom 2", "boom 3"}, d.Messages)
 	noOrphans(t, pool)
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks`))
 	require.ErrorIs(t, q.Complete(ctx, last), queue.ErrLeaseLost)
 	_, err = q.Retry(ctx, last, errors.New("again"))
 	require.ErrorIs(t, err, queue.ErrLeaseLost)
@@ -913,11 +914,11 @@ func TestLeaseOrderingKey(t *testing.T) {
 
 	require.NoError(t, q.Complete(ctx, evB))
 	evA := leaseFetchOne(t, q, "a")
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks WHERE source = 's' AND ordering_key = 'k' AND queue_id = $1`, evA.QueueID))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks WHERE source = 's' AND ordering_key = 'k' AND queue_id = $1`, evA.QueueID))
 	require.NoError(t, q.Complete(ctx, evA))
 	require.NoError(t, q.Complete(ctx, evs[0]))
 	noOrphans(t, pool)
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks`))
 
 	// Strict per-key order under concurrent fetchers.
 	xids := leaseEnqueue(t, q, leaseKeyed("s", "x1", "k2"), leaseKeyed("s", "x2", "k2"), leaseKeyed("s", "x3", "k2"))
@@ -980,13 +981,13 @@ func TestLeaseOrderingKey(t *testing.T) {
 	require.NoError(t, q.Complete(ctx, evY2))
 	require.Empty(t, leaseFetch(t, q, queue.FetchParams{}))
 	noOrphans(t, pool)
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_ordering_locks`))
 }
 
 // leaseLockWaiters counts this database's backends waiting on a lock.
 func leaseLockWaiters(t testing.TB, pool *pgxpool.Pool) int {
 	t.Helper()
-	return count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
+	return dbtest.Count(t, pool, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
 }
 
 // 10b. The race the fetch's key lock exists for: a fetch that has claimed
@@ -1029,13 +1030,13 @@ func TestLeaseOrderingKeyConcurrentLateCommit(t *testing.T) {
 		return ch
 	}
 	first := fetch()
-	eventually(t, 10*time.Second, "fetch 1 to wait on key kz", func() bool { return leaseLockWaiters(t, pool) == 1 })
+	dbtest.Eventually(t, 10*time.Second, "fetch 1 to wait on key kz", func() bool { return leaseLockWaiters(t, pool) == 1 })
 
 	// "a" commits: fetch 2 sees it as the head of "k", and fetch 1's lock
 	// on "k" is not committed yet.
 	require.NoError(t, txA.Commit(ctx))
 	second := fetch()
-	eventually(t, 10*time.Second, "fetch 2 to wait on fetch 1's key lock", func() bool { return leaseLockWaiters(t, pool) == 2 })
+	dbtest.Eventually(t, 10*time.Second, "fetch 2 to wait on fetch 1's key lock", func() bool { return leaseLockWaiters(t, pool) == 2 })
 
 	require.NoError(t, txZ.Rollback(ctx))
 	r1 := <-first
@@ -1044,7 +1045,7 @@ func TestLeaseOrderingKeyConcurrentLateCommit(t *testing.T) {
 	require.NoError(t, r2.err)
 	require.Equal(t, []string{"b", "z"}, leaseIDs(r1.evs))
 	require.Empty(t, leaseIDs(r2.evs), `"a" must not run while "b" of its key runs`)
-	require.Equal(t, 1, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE ordering_key = 'k' AND state = 'running'`))
+	require.Equal(t, 1, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE ordering_key = 'k' AND state = 'running'`))
 	ra := mustLeaseRow(t, pool, resA.QueueID)
 	require.Equal(t, "available", ra.State)
 	require.Zero(t, ra.Attempt)
@@ -1102,12 +1103,12 @@ func TestLeaseFencingRacesRescue(t *testing.T) {
 				n, err := q.Rescue(ctx, 100)
 				rescued <- result{n, err}
 			}()
-			eventually(t, 10*time.Second, "Rescue to wait on the key-lock row", func() bool { return leaseLockWaiters(t, pool) == 1 })
+			dbtest.Eventually(t, 10*time.Second, "Rescue to wait on the key-lock row", func() bool { return leaseLockWaiters(t, pool) == 1 })
 
 			// The stale holder acts now: its snapshot still shows lease A.
 			staleErr := make(chan error, 1)
 			go func() { staleErr <- op(ctx, q, stale) }()
-			eventually(t, 10*time.Second, name+" to wait on Rescue's row lock", func() bool { return leaseLockWaiters(t, pool) == 2 })
+			dbtest.Eventually(t, 10*time.Second, name+" to wait on Rescue's row lock", func() bool { return leaseLockWaiters(t, pool) == 2 })
 
 			require.NoError(t, hold.Rollback(ctx))
 			r := <-rescued

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wharfhq/wharf/internal/dbtest"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -48,7 +49,7 @@ func TestPauseHoldsBackSourceAndHandler(t *testing.T) {
 	require.Equal(t, queue.PauseTarget{Source: "stripe"}, st.Paused[0].PauseTarget)
 	require.Equal(t, "stripe incident", st.Paused[0].Reason)
 	require.Equal(t, queue.PauseTarget{Handler: "deploys"}, st.Paused[1].PauseTarget)
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE attempt > 0 AND state = 'available'`), "no attempt spent on paused events")
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE attempt > 0 AND state = 'available'`), "no attempt spent on paused events")
 
 	resumed, err := operator.Resume(ctx, queue.PauseTarget{Source: "stripe"})
 	require.NoError(t, err)

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wharfhq/wharf/internal/dbtest"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -81,7 +82,7 @@ func TestPrepareAndUnprepare(t *testing.T) {
 	for range ids {
 		<-handled
 	}
-	eventually(t, 10*time.Second, "the transaction to commit", func() bool {
+	dbtest.Eventually(t, 10*time.Second, "the transaction to commit", func() bool {
 		st, err := q.Stats(ctx)
 		require.NoError(t, err)
 		return st.Scheduled == 2
@@ -135,7 +136,7 @@ func TestFailingPrepareReleasesEvents(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the released event was not run again")
 	}
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE errors <> '[]'::jsonb`), "no failure recorded")
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE errors <> '[]'::jsonb`), "no failure recorded")
 }
 
 func TestPrepareNeedsUnprepare(t *testing.T) {
@@ -202,9 +203,9 @@ func TestUnprepareEventsLeftForTheNextTransaction(t *testing.T) {
 			t.Fatal("events left for a later transaction were not run")
 		}
 	}
-	eventually(t, 10*time.Second, "the last commit", func() bool {
-		return count(t, pool, `SELECT count(*) FROM wharf.queue`) == 0
+	dbtest.Eventually(t, 10*time.Second, "the last commit", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`) == 0
 	})
-	require.Equal(t, n, count(t, pool, `SELECT count(*) FROM prepared`))
-	require.Zero(t, count(t, pool, `SELECT count(*) FROM wharf.queue WHERE errors <> '[]'::jsonb`))
+	require.Equal(t, n, dbtest.Count(t, pool, `SELECT count(*) FROM prepared`))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE errors <> '[]'::jsonb`))
 }

@@ -163,10 +163,7 @@ func (s *Store) Once(ctx context.Context, consumer, key string, fn func(ctx cont
 		return false, &KeyError{Consumer: consumer, Key: key, Err: ErrInvalidArgument, Reason: "Once needs a function, got nil"}
 	}
 	tx, first, err := s.BeginClaim(ctx, consumer, key)
-	if err != nil || !first {
-		if tx != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-		}
+	if err != nil {
 		return false, err
 	}
 	committed := false
@@ -177,6 +174,9 @@ func (s *Store) Once(ctx context.Context, consumer, key string, fn func(ctx cont
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
+	if !first {
+		return false, nil // processed already; the deferred rollback ends tx
+	}
 	if err := fn(ctx, tx); err != nil {
 		return false, fmt.Errorf("idempotency: consumer %s, key %s: %w", quote(consumer), quote(key), err)
 	}

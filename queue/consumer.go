@@ -327,8 +327,8 @@ func (c *Consumer) fetchLoop(ctx context.Context) {
 			c.chunks <- chunk
 			free--
 		}
-		if err == nil && len(evs) == limit {
-			continue // there may be more
+		if err == nil && (len(evs) == limit || len(evs) == 1 && evs[0].Rescued) {
+			continue // there may be more: a rescued event comes alone
 		}
 		poll.Reset(c.cfg.PollInterval)
 		select {

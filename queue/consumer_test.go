@@ -844,6 +844,60 @@ func TestConsumerRescuesExpiredLeases(t *testing.T) {
 	noOrphans(t, pool)
 }
 
+// A consumer runs each rescued event in a transaction of its own, and
+// fetches again at once after a fetch that brought one alone: no poll (an
+// hour here) between them.
+func TestConsumerRunsRescuedEventsAlone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, pool := newQueue(t, queue.Config{})
+	ids := ctIDs("r", 6)
+	ctEnqueueAll(t, q, ids)
+	claimed, err := q.Fetch(ctx, queue.FetchParams{Limit: 10, Worker: "dead-worker"})
+	require.NoError(t, err)
+	require.Len(t, claimed, 6)
+	_, err = pool.Exec(ctx, `UPDATE wharf.queue SET lease_expires_at = now() - interval '1 second'`)
+	require.NoError(t, err)
+	n, err := q.Rescue(ctx, 100)
+	require.NoError(t, err)
+	require.Equal(t, 6, n)
+	_, err = pool.Exec(ctx, `UPDATE wharf.queue SET run_at = now() - interval '1 second'`)
+	require.NoError(t, err)
+
+	var rec ctRecorder
+	var mu sync.Mutex
+	rescued := map[string]bool{}
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:      2,
+		PollInterval: time.Hour,
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			txID, err := ctTxID(ctx, tx)
+			if err != nil {
+				return err
+			}
+			rec.add(ev, txID)
+			mu.Lock()
+			rescued[ev.ID] = ev.Rescued
+			mu.Unlock()
+			return nil
+		},
+	})
+	require.NoError(t, err)
+	runConsumer(t, c)
+	dbtest.Eventually(t, 20*time.Second, "rescued events processed", func() bool { return ctQueueLen(t, pool) == 0 })
+
+	calls := rec.byID()
+	txs := map[int64]string{}
+	for _, id := range ids {
+		require.Len(t, calls[id], 1, "runs of %s", id)
+		require.Equal(t, 2, calls[id][0].Attempt, id)
+		require.True(t, rescued[id], "%s is marked rescued", id)
+		other, shared := txs[calls[id][0].TxID]
+		require.False(t, shared, "%s ran in the transaction of %s", id, other)
+		txs[calls[id][0].TxID] = id
+	}
+}
+
 // ctHelperEnv carries the database of TestHelperConsumerProcess.
 const ctHelperEnv = "WHARF_HELPER_DB"
 

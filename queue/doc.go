@@ -51,13 +51,16 @@
 //
 // Fetch counts an attempt; Defer and Release give it back. The attempt is
 // counted when the event is fetched, not when its handler starts, so a
-// worker that dies keeps it for every event it held: the one running, and
+// worker that dies charges it to every event it held: the one running, and
 // those of its transaction and of the chunks it had fetched ahead (up to
-// two chunks of TxBatch per worker) that never started. An event that
-// kills its worker every time is fetched again with neighbours rescued at
-// the same time, and after MaxAttempts crashes they can be exhausted with
-// it: keep MaxAttempts well above the crashes you expect a healthy event
-// to live through.
+// two chunks of TxBatch per worker) that never started. The rescuer marks
+// the events it returns as rescued (Event.Rescued), and Fetch returns a
+// rescued event alone, so each runs in a transaction of its own until it
+// has an outcome. An event that kills its worker every time therefore
+// charges its neighbours once, on the first crash, and then only itself;
+// after a crash the rescued events drain one per fetch, which is slower
+// than batches but brief. A worker's Retry clears the mark; Defer and
+// Release keep it.
 //
 // # Ordering keys
 //

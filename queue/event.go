@@ -103,7 +103,13 @@ type Event struct {
 	MaxAttempts int
 	// Errors holds every earlier failed attempt, oldest first.
 	Errors []AttemptError
-	Lease  Lease
+	// Rescued says the previous attempt's lease expired unfinished: its
+	// worker died or hung, perhaps because of this very event. Fetch
+	// returns a rescued event alone and the Consumer runs it in a
+	// transaction of its own, so an event that kills its worker every time
+	// spends only its own attempts, not those of events leased with it.
+	Rescued bool
+	Lease   Lease
 	// Prepared holds what ConsumerConfig.Prepare left for the Handler;
 	// nil without a Prepare.
 	Prepared any

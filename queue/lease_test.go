@@ -676,6 +676,79 @@ func TestLeaseExhaustedWithoutHook(t *testing.T) {
 	noOrphans(t, pool)
 }
 
+// 7b. An event that kills its worker every time spends only its own
+// attempts. The first crash charges every event leased with it; from then
+// on each of them is fetched alone, so the crash loop charges only the
+// event that causes it. A worker's ordinary retry clears the mark.
+func TestLeaseCrashLoopSpendsOnlyItsOwnAttempts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, pool := newQueue(t, queue.Config{MaxAttempts: 3})
+	var evs []queue.NewEvent
+	for i := range 32 {
+		evs = append(evs, event("s", fmt.Sprintf("e%02d", i)))
+	}
+	const poison, retried = "e07", "e20"
+	leaseEnqueue(t, q, evs...)
+	makeAllDue := func() {
+		_, err := pool.Exec(ctx, `UPDATE wharf.queue SET run_at = now() - interval '1 second' WHERE state = 'available'`)
+		require.NoError(t, err)
+	}
+
+	// A worker fetches up to 32 at a time. Holding the poison event, it
+	// dies with every lease it has, and the rescuer returns them.
+	crashes := 0
+	for range 100 {
+		batch := leaseFetch(t, q, queue.FetchParams{Limit: 32})
+		if len(batch) == 0 {
+			break
+		}
+		if crashes == 0 {
+			require.Len(t, batch, 32, "before any crash, one fetch takes them all")
+		} else {
+			require.Len(t, batch, 1, "a rescued event comes alone")
+			require.True(t, batch[0].Rescued)
+		}
+		if batch[0].ID == poison || crashes == 0 {
+			crashes++
+			for _, ev := range batch {
+				leaseExpire(t, pool, ev.QueueID)
+			}
+			n, err := q.Rescue(ctx, 100)
+			require.NoError(t, err)
+			require.Equal(t, len(batch), n)
+			makeAllDue()
+			continue
+		}
+		for _, ev := range batch {
+			if ev.ID == retried && ev.Rescued {
+				_, err := q.Retry(ctx, ev, errors.New("a business error"))
+				require.NoError(t, err)
+				continue
+			}
+			require.NoError(t, q.Complete(ctx, ev))
+		}
+	}
+	require.Equal(t, 3, crashes)
+
+	// Only the poison event used its attempts up; every other event ran
+	// after one charged crash and completed. The retried one is back in
+	// ordinary batches.
+	rows, err := pool.Query(ctx, `SELECT event_id || ':' || state || ':' || attempt FROM wharf.queue ORDER BY id`)
+	require.NoError(t, err)
+	left, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{poison + ":exhausted:3", retried + ":available:2"}, left)
+
+	leaseEnqueue(t, q, event("s", "late"))
+	makeAllDue()
+	batch := leaseFetch(t, q, queue.FetchParams{Limit: 32})
+	require.Equal(t, []string{retried, "late"}, leaseIDs(batch))
+	for _, ev := range batch {
+		require.False(t, ev.Rescued)
+	}
+}
+
 // 8. With OnExhausted, the last failure moves the event to the hook's table
 // in the same transaction: it is in exactly one place.
 func TestLeaseExhaustedWithHook(t *testing.T) {

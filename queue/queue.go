@@ -297,7 +297,8 @@ type FetchParams struct {
 // event), marks them running under a new lease of Config.LeaseDuration and
 // counts the attempt. Events scheduled for later are never returned. Of
 // events sharing an ordering key only the oldest, and only when no other
-// event of its key is running, is returned.
+// event of its key is running, is returned. A rescued event (Event.Rescued)
+// is returned alone, whatever the limit.
 func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 	if p.Limit < 1 || p.Limit > 1000 {
 		return nil, fmt.Errorf("%w: FetchParams.Limit %d is outside 1..1000", ErrInvalidConfig, p.Limit)
@@ -334,7 +335,7 @@ func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 		ev := &Event{Lease: Lease{Token: token}}
 		var errorsJSON, headersJSON []byte
 		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.ReceivedAt,
-			&ev.Attempt, &ev.MaxAttempts, &errorsJSON, &ev.Lease.ExpiresAt, &ev.Body, &headersJSON)
+			&ev.Attempt, &ev.MaxAttempts, &errorsJSON, &ev.Lease.ExpiresAt, &ev.Rescued, &ev.Body, &headersJSON)
 		if err != nil {
 			return nil, err
 		}
@@ -499,6 +500,7 @@ type failure struct {
 	msg       string
 	permanent bool           // exhaust now, whatever attempts are left
 	after     *time.Duration // retry after this instead of the backoff
+	rescued   bool           // its lease expired unfinished: fetched alone next time
 }
 
 // failureOf describes a handler's error as a failure of ev.
@@ -525,6 +527,7 @@ func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) (soones
 	var retry, exhaust []*Event
 	var retryDelays []int64
 	var retryMsgs, exhaustMsgs []string
+	var retryRescued []bool
 	for _, f := range failures {
 		msg := truncateError(f.msg)
 		if f.permanent || f.ev.Attempt >= f.ev.MaxAttempts {
@@ -542,10 +545,11 @@ func (q *Queue) fail(ctx context.Context, tx pgx.Tx, failures []failure) (soones
 			soonest = max(delay, time.Millisecond)
 		}
 		retryMsgs = append(retryMsgs, msg)
+		retryRescued = append(retryRescued, f.rescued)
 	}
 	if len(retry) > 0 {
 		ids, tokens := leaseArrays(retry)
-		changed, err := collectIDs(ctx, tx, "", q.sql.retry, ids, tokens, retryDelays, retryMsgs)
+		changed, err := collectIDs(ctx, tx, "", q.sql.retry, ids, tokens, retryDelays, retryMsgs, retryRescued)
 		if err != nil {
 			return 0, fmt.Errorf("queue: retry: %w", err)
 		}
@@ -693,7 +697,7 @@ func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 		var leasedBy string
 		_, err = pgx.ForEachRow(rows, []any{&id, &token, &attempt, &maxAttempts, &leasedBy}, func() error {
 			ev := &Event{QueueID: id, Attempt: attempt, MaxAttempts: maxAttempts, Lease: Lease{QueueID: id, Token: token}}
-			failures = append(failures, failure{ev: ev, msg: fmt.Sprintf("lease expired: worker %s stopped heart-beating", leasedBy)})
+			failures = append(failures, failure{ev: ev, msg: fmt.Sprintf("lease expired: worker %s stopped heart-beating", leasedBy), rescued: true})
 			return nil
 		})
 		if err != nil {

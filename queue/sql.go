@@ -124,9 +124,14 @@ const (
 // inserted but not yet committed, and waits for them. Keys are inserted in
 // sorted order, so two fetchers cannot deadlock. Only candidates whose key
 // lock was won are claimed; the rest stay available.
+//
+// A rescued candidate (its last lease expired unfinished) is chosen alone:
+// when there is one, the fetch claims only the first rescued candidate and
+// leaves the others available, so an event that kills its worker is never
+// leased together with events it would make spend an attempt.
 const fetchSQL = `
 WITH candidates AS (
-    SELECT q.id, q.source, q.ordering_key
+    SELECT q.id, q.source, q.ordering_key, q.rescued, q.run_at
     FROM {schema}.queue q
     WHERE q.state = 'available'
       AND q.run_at <= now()
@@ -145,9 +150,15 @@ WITH candidates AS (
     LIMIT $1
     FOR UPDATE OF q SKIP LOCKED
 ),
+chosen AS (
+    SELECT id, source, ordering_key FROM candidates
+    WHERE NOT EXISTS (SELECT 1 FROM candidates WHERE rescued)
+    UNION ALL
+    (SELECT id, source, ordering_key FROM candidates WHERE rescued ORDER BY run_at, id LIMIT 1)
+),
 key_locks AS (
     INSERT INTO {schema}.queue_ordering_locks (source, ordering_key, queue_id)
-    SELECT source, ordering_key, id FROM candidates
+    SELECT source, ordering_key, id FROM chosen
     WHERE ordering_key IS NOT NULL
     ORDER BY source, ordering_key
     ON CONFLICT DO NOTHING
@@ -162,14 +173,14 @@ claimed AS (
         lease_expires_at = now() + $3 * interval '1 millisecond',
         leased_by = $4
     WHERE q.id = ANY (ARRAY(
-        SELECT id FROM candidates WHERE ordering_key IS NULL
+        SELECT id FROM chosen WHERE ordering_key IS NULL
         UNION ALL
         SELECT queue_id FROM key_locks))
     RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.handler, q.received_at,
-              q.attempt, q.max_attempts, q.errors, q.lease_expires_at
+              q.attempt, q.max_attempts, q.errors, q.lease_expires_at, q.rescued
 )
 SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), coalesce(c.handler, ''), c.received_at,
-       c.attempt, c.max_attempts, c.errors, c.lease_expires_at, p.body, p.headers
+       c.attempt, c.max_attempts, c.errors, c.lease_expires_at, c.rescued, p.body, p.headers
 FROM claimed c JOIN {schema}.queue_payloads p ON p.queue_id = c.id
 ORDER BY c.id`
 
@@ -226,12 +237,14 @@ func errorEntrySQL(param string) string {
 }
 
 // retrySQL puts held events back, due after $3 milliseconds each, with
-// error $4 appended to their history; the attempt they ran stays counted.
+// error $4 appended to their history and marked rescued or not by $5 (by
+// the rescuer, or by a worker); the attempt they ran stays counted.
 var retrySQL = `
 WITH changed AS (
     UPDATE {schema}.queue q
     SET state = 'available',
         run_at = now() + ` + at("3::bigint[]") + ` * interval '1 millisecond',
+        rescued = ` + at("5::boolean[]") + `,
         lease_token = NULL, lease_expires_at = NULL, leased_by = NULL,
         errors = q.errors || ` + errorEntrySQL("4::text[]") + `
     WHERE ` + heldSQL + `

@@ -21,10 +21,13 @@ import (
 // others were duplicates. {duplicate_if} is Config.DuplicateIf, or false.
 // The ids inserted are also left in wharf.inserted, for recheckSQL; the
 // one-row join makes sure the setting is made even when nothing was
-// inserted (then the statement returns one row of NULLs).
+// inserted (then the statement returns one row of NULLs). queue_id_seq is
+// the sequence of queue.id's identity, named by Postgres's rule in
+// migration 0001; naming it as a regclass constant resolves it once per
+// plan, where pg_get_serial_sequence looked it up in the catalog per row.
 const insertSQL = `
 WITH input AS (
-    SELECT t.*, nextval(pg_get_serial_sequence('{schema}.queue', 'id')) AS id
+    SELECT t.*, nextval('{schema}.queue_id_seq'::regclass) AS id
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::bytea[], $8::jsonb[], $9::text[])
         WITH ORDINALITY AS t(source, event_id, event_type, ordering_key, max_attempts, run_at, body, headers, handler, ord)
     ORDER BY t.ord

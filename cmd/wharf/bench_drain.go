@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -25,7 +26,10 @@ nothing (-handler noop; the claim is still made).
 The baseline preloads the same events into a plain table and empties it with
 the hand-written loop on as many connections as wharf has workers in all:
 per batch of 100, DELETE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED
-LIMIT 100) RETURNING, the same claims and the same business INSERT, COMMIT.
+LIMIT 100) RETURNING, the same claims and the same business rows, COMMIT.
+It writes the business rows with one INSERT for the batch (-baseline-insert
+batch), or with one INSERT per event, a round trip each, as a handler does
+(-baseline-insert per-event).
 -n is split into -rounds, alternating which side goes first; -warmup events
 are drained by both first, untimed.
 
@@ -45,6 +49,7 @@ Examples:
 		o.register(fs, e)
 		fs.IntVar(&o.events, "n", 100_000, "events to drain, per side")
 		fs.StringVar(&o.handler, "handler", "insert", "what the handler does: insert (one INSERT into a business table) or noop")
+		fs.StringVar(&o.baselineInsert, "baseline-insert", "batch", "how the baseline writes its business rows: batch (one INSERT per batch) or per-event")
 		fs.IntVar(&o.workers, "workers", wharf.DefaultWorkers, "wharf workers per process; the baseline gets -workers × max(1, -procs) connections")
 		fs.IntVar(&o.procs, "procs", 0, "worker processes; 0 runs the workers in this process")
 		fs.IntVar(&o.rounds, "rounds", 2, "rounds -n is split into, alternating which side goes first")
@@ -56,7 +61,7 @@ Examples:
 type drainOptions struct {
 	benchOptions
 	events, workers, procs, rounds, warmup int
-	handler                                string
+	handler, baselineInsert                string
 }
 
 func (o *drainOptions) validate() error {
@@ -65,6 +70,8 @@ func (o *drainOptions) validate() error {
 		return fmt.Errorf("-n %d: want at least 1 event", o.events)
 	case o.handler != "insert" && o.handler != "noop":
 		return fmt.Errorf("-handler %q: want insert or noop", o.handler)
+	case o.baselineInsert != "batch" && o.baselineInsert != "per-event":
+		return fmt.Errorf("-baseline-insert %q: want batch or per-event", o.baselineInsert)
 	case o.workers < 1:
 		return fmt.Errorf("-workers %d: want at least 1", o.workers)
 	case o.procs < 0 || o.procs > 64:
@@ -99,18 +106,20 @@ type drainChecks struct {
 }
 
 type drainResult struct {
-	Mode     string      `json:"mode"`
-	Database string      `json:"database"` // the scratch database, dropped unless -keep
-	Handler  string      `json:"handler"`
-	Workers  int         `json:"workers"` // per process
-	Procs    int         `json:"procs"`   // 0: in this process
-	Conns    int         `json:"baseline_conns"`
-	Rounds   int         `json:"rounds"`
-	Wharf    drainSide   `json:"wharf"`
-	Baseline drainSide   `json:"baseline"`
-	Ratio    float64     `json:"ratio"` // wharf ÷ baseline events/s
-	Checks   drainChecks `json:"checks"`
-	Memory   memory      `json:"memory"`
+	Mode     string `json:"mode"`
+	Database string `json:"database"` // the scratch database, dropped unless -keep
+	Handler  string `json:"handler"`
+	// BaselineInsert is how the baseline wrote its business rows: batch or per-event.
+	BaselineInsert string      `json:"baseline_insert"`
+	Workers        int         `json:"workers"` // per process
+	Procs          int         `json:"procs"`   // 0: in this process
+	Conns          int         `json:"baseline_conns"`
+	Rounds         int         `json:"rounds"`
+	Wharf          drainSide   `json:"wharf"`
+	Baseline       drainSide   `json:"baseline"`
+	Ratio          float64     `json:"ratio"` // wharf ÷ baseline events/s
+	Checks         drainChecks `json:"checks"`
+	Memory         memory      `json:"memory"`
 }
 
 // drainer runs wharf's side of one round: until handled events reach the
@@ -160,7 +169,7 @@ func benchDrain(ctx context.Context, e *env, o *drainOptions) error {
 			var err error
 			for i := range 2 {
 				if (i+r)%2 == 0 {
-					b := &benchkit.BaselineDrain{Pool: s.pool, Conns: conns, Noop: noop}
+					b := &benchkit.BaselineDrain{Pool: s.pool, Conns: conns, Noop: noop, InsertPerEvent: o.baselineInsert == "per-event"}
 					stop := prog.start(ctx, "drain/baseline", b.Processed, backlogOf(s, "bench_events"))
 					tb, err = b.Run(ctx)
 					stop()
@@ -199,7 +208,7 @@ func benchDrain(ctx context.Context, e *env, o *drainOptions) error {
 		}
 
 		res := drainResult{
-			Mode: "drain", Database: s.name, Handler: o.handler, Workers: o.workers, Procs: o.procs, Conns: conns, Rounds: o.rounds,
+			Mode: "drain", Database: s.name, Handler: o.handler, BaselineInsert: o.baselineInsert, Workers: o.workers, Procs: o.procs, Conns: conns, Rounds: o.rounds,
 			Wharf:    drainSide{Events: int64(o.events), Seconds: ours.Seconds(), PerSecond: float64(o.events) / ours.Seconds()},
 			Baseline: drainSide{Events: int64(o.events), Seconds: theirs.Seconds(), PerSecond: float64(o.events) / theirs.Seconds()},
 		}
@@ -263,8 +272,8 @@ func (r drainResult) table(w io.Writer) {
 	if r.Procs > 0 {
 		where = fmt.Sprintf("in %d worker processes", r.Procs)
 	}
-	fmt.Fprintf(w, "wharf bench drain: %d events of 1 KB, handler %s, %d workers %s, %d rounds\n\n",
-		r.Wharf.Events, r.Handler, r.Workers, where, r.Rounds)
+	fmt.Fprintf(w, "wharf bench drain: %d events of 1 KB, handler %s, %d workers %s, %d rounds, baseline business INSERT per %s\n\n",
+		r.Wharf.Events, r.Handler, r.Workers, where, r.Rounds, strings.TrimPrefix(r.BaselineInsert, "per-"))
 	writeTable(w, "\tevents\ttime to empty\tevents/s",
 		fmt.Sprintf("wharf\t%d\t%.2fs\t%.0f", r.Wharf.Events, r.Wharf.Seconds, r.Wharf.PerSecond),
 		fmt.Sprintf("baseline (DELETE … SKIP LOCKED, %d conns)\t%d\t%.2fs\t%.0f", r.Conns, r.Baseline.Events, r.Baseline.Seconds, r.Baseline.PerSecond))

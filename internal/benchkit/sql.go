@@ -161,7 +161,8 @@ const (
 // UPDATE SKIP LOCKED ... RETURNING from bench_events, the claims (one
 // INSERT ... ON CONFLICT DO NOTHING for the batch into
 // bench_processed_events), the business INSERT into bench_orders_baseline
-// for the claimed events (unless Noop), COMMIT. It keeps no lease and no
+// for the claimed events (unless Noop; one for the batch unless
+// InsertPerEvent), COMMIT. It keeps no lease and no
 // attempt count: a crash mid-batch just rolls the batch back.
 type BaselineDrain struct {
 	Pool *pgxpool.Pool
@@ -171,6 +172,9 @@ type BaselineDrain struct {
 	Batch int
 	// Noop leaves out the business INSERT.
 	Noop bool
+	// InsertPerEvent sends the business INSERT once per event, a round
+	// trip each, as a handler does, instead of once for the batch.
+	InsertPerEvent bool
 	// Follow keeps each loop polling an empty table every PollInterval
 	// until the context ends, for sustained runs; without it Run returns
 	// once the table is empty.
@@ -264,6 +268,16 @@ RETURNING key`, Handler, keys)
 			return fmt.Errorf("benchkit: baseline: %d of %d claims won, every key is new", len(won), n)
 		}
 		if d.Noop {
+			return nil
+		}
+		if d.InsertPerEvent {
+			for i := range ids {
+				_, err := tx.Exec(ctx, `INSERT INTO bench_orders_baseline (source, event_id, event_type, size) VALUES ($1, $2, $3, $4)`,
+					sources[i], ids[i], types[i], sizes[i])
+				if err != nil {
+					return err
+				}
+			}
 			return nil
 		}
 		_, err = tx.Exec(ctx, `

@@ -74,18 +74,18 @@ func (m *Migrator) Migrate(ctx context.Context) ([]int, error) {
 
 // MigrationStatus describes a schema relative to this code.
 type MigrationStatus struct {
-	Schema  string
-	Current int // highest applied version; 0 for a schema never migrated
-	Latest  int // highest version this code knows
-	Applied []AppliedMigration
-	Pending []string // names of migrations not yet applied, as NNNN_name
+	Schema  string             `json:"schema"`
+	Current int                `json:"current"` // highest applied version; 0 for a schema never migrated
+	Latest  int                `json:"latest"`  // highest version this code knows
+	Applied []AppliedMigration `json:"applied"`
+	Pending []string           `json:"pending"` // names of migrations not yet applied, as NNNN_name
 }
 
 // AppliedMigration is one applied migration.
 type AppliedMigration struct {
-	Version   int
-	Name      string
-	AppliedAt time.Time
+	Version   int       `json:"version"`
+	Name      string    `json:"name"`
+	AppliedAt time.Time `json:"applied_at"`
 }
 
 // Status reports the applied and pending migrations without changing

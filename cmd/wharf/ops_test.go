@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -134,8 +136,13 @@ func TestMigrateStatusAndUp(t *testing.T) {
 	require.Contains(t, out, `schema "wharf" is up to date (version `)
 	require.NotContains(t, out, "pending")
 
+	statusJSON := mustRun(t, url, "", "migrate", "status", "--json")
+	var keys map[string]any
+	require.NoError(t, json.Unmarshal([]byte(statusJSON), &keys))
+	require.ElementsMatch(t, []string{"schema", "current", "latest", "applied", "pending"}, slices.Collect(maps.Keys(keys)),
+		"the JSON names its fields like the CLI's other --json output")
 	var st wharf.MigrationStatus
-	require.NoError(t, json.Unmarshal([]byte(mustRun(t, url, "", "migrate", "status", "--json")), &st))
+	require.NoError(t, json.Unmarshal([]byte(statusJSON), &st))
 	require.Equal(t, st.Latest, st.Current)
 	require.Len(t, st.Applied, st.Latest)
 	require.Empty(t, st.Pending)

@@ -56,11 +56,12 @@
 // two chunks of TxBatch per worker) that never started. The rescuer marks
 // the events it returns as rescued (Event.Rescued), and Fetch returns a
 // rescued event alone, so each runs in a transaction of its own until it
-// has an outcome. An event that kills its worker every time therefore
-// charges its neighbours once, on the first crash, and then only itself;
-// after a crash the rescued events drain one per fetch, which is slower
-// than batches but brief. A worker's Retry clears the mark; Defer and
-// Release keep it.
+// has an outcome. An event that kills its worker every time is therefore
+// leased with other events only until its first crash: from then on a
+// crash charges it and what the process's other workers held at that
+// moment, never the same batch again and again. After a crash the rescued
+// events drain one per fetch, slower than batches but brief. A worker's
+// Retry clears the mark; Defer and Release keep it.
 //
 // # Ordering keys
 //

@@ -323,12 +323,18 @@ func (c *Consumer) fetchLoop(ctx context.Context) {
 		if err != nil {
 			c.log.Warn("queue: fetch failed; retrying after the poll interval", "error", err)
 		}
+		if len(evs) == 1 && evs[0].Rescued {
+			if !c.isolate(ctx, evs[0], &free) {
+				return
+			}
+			continue // there may be more: a rescued event comes alone
+		}
 		for _, chunk := range split(evs, free, c.cfg.TxBatch) {
 			c.chunks <- chunk
 			free--
 		}
-		if err == nil && (len(evs) == limit || len(evs) == 1 && evs[0].Rescued) {
-			continue // there may be more: a rescued event comes alone
+		if err == nil && len(evs) == limit {
+			continue // there may be more
 		}
 		poll.Reset(c.cfg.PollInterval)
 		select {
@@ -338,6 +344,46 @@ func (c *Consumer) fetchLoop(ctx context.Context) {
 		case <-poll.C:
 		}
 	}
+}
+
+// isolationWait bounds each of isolate's two waits. A slow or hung
+// handler elsewhere in the process, or a rescued event that runs long,
+// then holds the process's fetching back by at most this much; past it
+// the rescued event merely runs beside the others.
+const isolationWait = time.Second
+
+// isolate runs a rescued event with nothing else in flight in this
+// process: it may be what killed the last worker that held it, and if it
+// kills this one too, no other event should lose an attempt with it. It
+// waits for the chunks already handed out to finish, hands the event to a
+// worker, and waits for it to finish before fetching resumes. It returns
+// false if ctx ended first (releasing the event if it had not started).
+func (c *Consumer) isolate(ctx context.Context, ev *Event, free *int) bool {
+	if !c.awaitIdle(ctx, free) {
+		c.release([]*Event{ev})
+		return false
+	}
+	c.chunks <- []*Event{ev}
+	*free--
+	return c.awaitIdle(ctx, free)
+}
+
+// awaitIdle counts finished chunks into free until every slot is free or
+// isolationWait has passed. It returns false if ctx ended first.
+func (c *Consumer) awaitIdle(ctx context.Context, free *int) bool {
+	timeout := time.NewTimer(isolationWait)
+	defer timeout.Stop()
+	for *free < prefetchFactor*c.cfg.Workers {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-c.freed:
+			*free++
+		case <-timeout.C:
+			return true
+		}
+	}
+	return true
 }
 
 // fetch claims events and starts heart-beating them. The statement runs to

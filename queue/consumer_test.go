@@ -844,9 +844,11 @@ func TestConsumerRescuesExpiredLeases(t *testing.T) {
 	noOrphans(t, pool)
 }
 
-// A consumer runs each rescued event in a transaction of its own, and
-// fetches again at once after a fetch that brought one alone: no poll (an
-// hour here) between them.
+// A consumer runs each rescued event alone: in a transaction of its own,
+// with no other handler of the process running meanwhile, so that if the
+// event kills the process again it takes no other event's attempt with
+// it. After a fetch that brought one it fetches again at once: no poll
+// (an hour here) between them. Fresh events run in parallel as usual.
 func TestConsumerRunsRescuedEventsAlone(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -863,28 +865,41 @@ func TestConsumerRunsRescuedEventsAlone(t *testing.T) {
 	require.Equal(t, 6, n)
 	_, err = pool.Exec(ctx, `UPDATE wharf.queue SET run_at = now() - interval '1 second'`)
 	require.NoError(t, err)
+	fresh := ctIDs("f", 40)
+	ctEnqueueAll(t, q, fresh)
 
 	var rec ctRecorder
+	var running atomic.Int32
 	var mu sync.Mutex
 	rescued := map[string]bool{}
+	var overlaps []string
 	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
 		Workers:      2,
 		PollInterval: time.Hour,
 		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			others := running.Add(1) - 1
+			defer running.Add(-1)
 			txID, err := ctTxID(ctx, tx)
 			if err != nil {
 				return err
 			}
 			rec.add(ev, txID)
+			if ev.Rescued {
+				time.Sleep(20 * time.Millisecond) // a window another handler would show up in
+				others += running.Load() - 1
+			}
 			mu.Lock()
+			defer mu.Unlock()
 			rescued[ev.ID] = ev.Rescued
-			mu.Unlock()
+			if ev.Rescued && others > 0 {
+				overlaps = append(overlaps, ev.ID)
+			}
 			return nil
 		},
 	})
 	require.NoError(t, err)
 	runConsumer(t, c)
-	dbtest.Eventually(t, 20*time.Second, "rescued events processed", func() bool { return ctQueueLen(t, pool) == 0 })
+	dbtest.Eventually(t, 20*time.Second, "every event processed", func() bool { return ctQueueLen(t, pool) == 0 })
 
 	calls := rec.byID()
 	txs := map[int64]string{}
@@ -896,6 +911,11 @@ func TestConsumerRunsRescuedEventsAlone(t *testing.T) {
 		require.False(t, shared, "%s ran in the transaction of %s", id, other)
 		txs[calls[id][0].TxID] = id
 	}
+	for _, id := range fresh {
+		require.Len(t, calls[id], 1, "runs of %s", id)
+		require.False(t, rescued[id], id)
+	}
+	require.Empty(t, overlaps, "rescued events that ran beside another handler")
 }
 
 // ctHelperEnv carries the database of TestHelperConsumerProcess.

@@ -54,14 +54,19 @@
 // worker that dies charges it to every event it held: the one running, and
 // those of its transaction and of the chunks it had fetched ahead (up to
 // two chunks of TxBatch per worker) that never started. The rescuer marks
-// the events it returns as rescued (Event.Rescued), and Fetch returns a
-// rescued event alone, so each runs in a transaction of its own until it
-// has an outcome. An event that kills its worker every time is therefore
-// leased with other events only until its first crash: from then on a
-// crash charges it and what the process's other workers held at that
-// moment, never the same batch again and again. After a crash the rescued
-// events drain one per fetch, slower than batches but brief. A worker's
-// Retry clears the mark; Defer and Release keep it.
+// the events it returns as rescued (Event.Rescued). Fetch returns a
+// rescued event alone, and a Consumer runs it with nothing else in flight
+// in its process: it waits for its other transactions to finish, runs the
+// rescued event in a transaction of its own, and only then fetches again.
+// Each wait lasts a second at most, so a slow or hung handler holds the
+// process back by no more than that; the rescued event then runs beside
+// it.
+// An event that kills its worker every time therefore charges the events
+// held beside it on its first crash only; its later crashes charge it
+// alone, and it reaches MaxAttempts without taking other events with it.
+// After a crash the rescued events run one at a time per process, slower
+// than batches but brief. A worker's Retry clears the mark; Defer and
+// Release keep it.
 //
 // # Ordering keys
 //

@@ -105,9 +105,10 @@ type Event struct {
 	Errors []AttemptError
 	// Rescued says the previous attempt's lease expired unfinished: its
 	// worker died or hung, perhaps because of this very event. Fetch
-	// returns a rescued event alone and the Consumer runs it in a
-	// transaction of its own, so an event that kills its worker every time
-	// spends only its own attempts, not those of events leased with it.
+	// returns a rescued event alone, and the Consumer runs it with nothing
+	// else in flight in its process (waiting up to a second for that), so
+	// an event that kills its worker every time spends only its own
+	// attempts, not those of events leased beside it.
 	Rescued bool
 	Lease   Lease
 	// Prepared holds what ConsumerConfig.Prepare left for the Handler;

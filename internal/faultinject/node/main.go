@@ -26,6 +26,8 @@
 //	fi.downstream  calls -downstream through the breaker "downstream"
 //	               (3 failures in a row open it for -open-timeout), then
 //	               writes
+//	fi.crash       kills its own process with SIGKILL, as the OOM killer
+//	               would, on every attempt
 package main
 
 import (
@@ -38,6 +40,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -55,6 +58,7 @@ type options struct {
 	db, role, addr, secret string
 	workers, maxAttempts   int
 	lease, backoff         time.Duration
+	rescueInterval         time.Duration
 	timeout, openTimeout   time.Duration
 	downstream, hangURL    string
 	fixed                  bool
@@ -70,6 +74,7 @@ func main() {
 	flag.IntVar(&o.maxAttempts, "max-attempts", 8, "Config.MaxAttempts")
 	flag.DurationVar(&o.lease, "lease", 2*time.Second, "Config.LeaseDuration")
 	flag.DurationVar(&o.backoff, "backoff", 50*time.Millisecond, "initial retry backoff (max 4x)")
+	flag.DurationVar(&o.rescueInterval, "rescue-interval", 0, "Config.RescueInterval; 0 for its default")
 	flag.DurationVar(&o.timeout, "timeout", time.Second, "Timeout option of fi.hang")
 	flag.DurationVar(&o.openTimeout, "open-timeout", 500*time.Millisecond, "OpenTimeout of the breaker \"downstream\"")
 	flag.StringVar(&o.downstream, "downstream", "", "URL fi.downstream calls")
@@ -124,12 +129,13 @@ func run(o options) error {
 // setup builds the Pipeline both roles share: the source and every handler.
 func setup(pool *pgxpool.Pool, o options) (*wharf.Pipeline, error) {
 	p, err := wharf.New(pool, wharf.Config{
-		Workers:       o.workers,
-		MaxAttempts:   o.maxAttempts,
-		LeaseDuration: o.lease,
-		Backoff:       queue.Backoff{Initial: o.backoff, Max: 4 * o.backoff},
-		PollInterval:  200 * time.Millisecond,
-		Audit:         true, // the suite reads failed attempts in the audit trail
+		Workers:        o.workers,
+		MaxAttempts:    o.maxAttempts,
+		LeaseDuration:  o.lease,
+		RescueInterval: o.rescueInterval,
+		Backoff:        queue.Backoff{Initial: o.backoff, Max: 4 * o.backoff},
+		PollInterval:   200 * time.Millisecond,
+		Audit:          true, // the suite reads failed attempts in the audit trail
 		Breakers: breaker.Config{Breakers: map[string]breaker.Settings{"downstream": {
 			Trip:                breaker.TripOnConsecutiveFailures,
 			ConsecutiveFailures: 3,
@@ -171,6 +177,10 @@ func setup(pool *pgxpool.Pool, o options) (*wharf.Pipeline, error) {
 			}
 			return effect(ctx, tx, ev)
 		}, wharf.Downstream("downstream")),
+		p.Handle(Source, "fi.crash", func(context.Context, pgx.Tx, wharf.Event) error {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL) // the fault: this event kills its process
+			select {}                                      // the signal is on its way
+		}),
 	)
 	if err != nil {
 		p.Close()

@@ -266,7 +266,9 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 			return nil, err
 		}
 	}
-	if p.breakers, err = breaker.New(c.Breakers); err != nil {
+	breakers := c.Breakers
+	breakers.OnStateChange = p.onBreakerChange(c.Breakers.OnStateChange)
+	if p.breakers, err = breaker.New(breakers); err != nil {
 		return nil, err
 	}
 	p.queue, err = queue.New(pool, queue.Config{
@@ -282,6 +284,22 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// onBreakerChange returns the breakers' OnStateChange: a breaker that
+// closes wakes this process's workers, whose events it held back in the
+// queue may be fetched now rather than at the next poll; then the user's
+// own hook, if any, is called. Breakers change only on calls, which start
+// after New has set p.queue.
+func (p *Pipeline) onBreakerChange(user func(breaker.StateChange)) func(breaker.StateChange) {
+	return func(c breaker.StateChange) {
+		if c.To == breaker.StateClosed {
+			p.queue.WakeLocal()
+		}
+		if user != nil {
+			user(c)
+		}
+	}
 }
 
 // defaultWorkers is DefaultWorkers, or as many as a pool of maxConns can

@@ -304,6 +304,78 @@ func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {
 	}
 }
 
+// While a half-open breaker's only probe is in flight, its backlog stays in
+// the queue untouched: fetching it would only defer it again (before the
+// fix, every backlog row was fetched and deferred, over and over, for as
+// long as the probe ran). When the probe succeeds, the breaker's closing
+// wakes the workers: with an hour's poll interval nothing else would.
+func TestPipelineProbingBreakerLeavesItsBacklogAlone(t *testing.T) {
+	t.Parallel()
+	const backlog = 60
+	const workers, txBatch = 2, 1
+	const fetchLimit = 2 * workers * txBatch // the Consumer fetches for two chunks per worker
+	h := newHarness(t, wharf.Config{
+		Workers: workers, TxBatch: txBatch, PollInterval: time.Hour,
+		Breakers: breaker.Config{Default: breaker.Settings{
+			Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
+			OpenTimeout: 50 * time.Millisecond, HalfOpenProbes: 1, HalfOpenWait: 20 * time.Millisecond,
+		}},
+	})
+	var calls atomic.Int32
+	probing := make(chan struct{})
+	release := make(chan struct{})
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		switch calls.Add(1) {
+		case 1:
+			return breaker.MarkFailure(errors.New("ledger refused the connection"))
+		case 2:
+			close(probing)
+			<-release
+		}
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Downstream("ledger")))
+	require.NoError(t, h.p.Handle("acme", "ping", writeEffect))
+
+	for i := range backlog {
+		require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("o%d", i), "order.paid"))
+	}
+	rows, err := h.pool.Query(context.Background(), `SELECT ARRAY[event_id, xmin::text] FROM wharf.queue`)
+	require.NoError(t, err)
+	versions, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
+	require.NoError(t, err)
+	require.Len(t, versions, backlog)
+
+	h.run()
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the workers' shutdown, if the test fails first
+	<-probing
+	st, err := h.p.Breakers().State("ledger")
+	require.NoError(t, err)
+	require.True(t, st.Probing, "the only probe is in flight")
+
+	// The ping is fetched after the backlog (it is younger), so once it has
+	// run, every fetch since the probe started has passed the backlog by.
+	require.Equal(t, http.StatusAccepted, h.send("ping", "ping"))
+	h.eventually("the ping to run", func() bool { return h.count(`SELECT count(*) FROM effects WHERE event_id = 'ping'`) == 1 })
+	rewritten := 0
+	for _, v := range versions {
+		if h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = $1 AND xmin::text = $2`, v[0], v[1]) == 0 {
+			rewritten++
+		}
+	}
+	// The fetch that opened the breaker and the one that started the probe
+	// may each have taken a full batch; nothing since.
+	require.LessOrEqual(t, rewritten, 2*fetchLimit, "backlog rows rewritten while the breaker turned calls away")
+
+	unblock()
+	h.eventually("the backlog to drain after the probe closed the breaker", func() bool {
+		return h.count(`SELECT count(*) FROM effects WHERE event_id <> 'ping'`) == backlog
+	})
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`), "each event's effect once")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+}
+
 func TestPipelineStoreDownAnswers503(t *testing.T) {
 	t.Parallel()
 	pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/postgres?connect_timeout=1")

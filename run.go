@@ -12,8 +12,9 @@ import (
 // (attempts returned), and lets running handlers finish within
 // Config.ShutdownTimeout; their contexts are not cancelled by ctx itself.
 // Workers fetch only the (source, type) pairs with a handler, and leave
-// out those whose downstream breaker is open. Run may run in a process of
-// its own, apart from the ones serving Handler.
+// out those whose downstream breaker turns calls away (open, or half-open
+// with its probes in flight). Run may run in a process of its own, apart
+// from the ones serving Handler.
 func (p *Pipeline) Run(ctx context.Context) error {
 	if !p.running.CompareAndSwap(false, true) {
 		return fmt.Errorf("wharf: Run called twice: %w", ErrRunning)
@@ -34,7 +35,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Workers:         p.cfg.Workers,
 		TxBatch:         p.cfg.TxBatch,
 		Only:            only,
-		Exclude:         func() []queue.Kind { return p.openKinds(downstreams) },
+		Exclude:         func() []queue.Kind { return p.blockedKinds(downstreams) },
 		PollOnly:        p.cfg.PollOnly,
 		PollInterval:    p.cfg.PollInterval,
 		RescueInterval:  p.cfg.RescueInterval,
@@ -71,10 +72,13 @@ func (p *Pipeline) kinds() (only []queue.Kind, downstreams map[string][]queue.Ki
 	return only, downstreams
 }
 
-// openKinds returns the kinds whose downstream breaker is open now.
-func (p *Pipeline) openKinds(downstreams map[string][]queue.Kind) []queue.Kind {
+// blockedKinds returns the kinds whose downstream breaker turns every call
+// away now: open, or half-open with all its probes in flight. Fetching
+// them would only defer them again, rewriting the whole backlog while a
+// slow probe runs.
+func (p *Pipeline) blockedKinds(downstreams map[string][]queue.Kind) []queue.Kind {
 	var exclude []queue.Kind
-	for _, st := range p.breakers.Open() {
+	for _, st := range p.breakers.Blocking() {
 		exclude = append(exclude, downstreams[st.Name]...)
 	}
 	return exclude

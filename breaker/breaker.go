@@ -170,6 +170,11 @@ func (b *Breaker) Status() Status {
 	inst := b.cur.Load()
 	st := Status{Name: b.name, State: fromGobreaker(inst.cb.State())}
 	st.Counts = fromGobreakerCounts(inst.cb.Counts())
+	// gobreaker lets a half-open breaker take calls while the calls it let
+	// through this generation, excluded ones aside, are fewer than its
+	// probes; finished probes count until it closes or opens again.
+	st.Probing = st.State == StateHalfOpen &&
+		st.Counts.Requests-min(st.Counts.Excluded, st.Counts.Requests) >= uint32(b.settings.HalfOpenProbes)
 	if st.State == StateOpen {
 		if u := inst.until.Load(); u != nil {
 			st.Until = *u

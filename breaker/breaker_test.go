@@ -199,6 +199,75 @@ func TestHalfOpenTurnsAwayCallsBeyondItsProbes(t *testing.T) {
 	})
 }
 
+// A half-open breaker blocks (Status.Probing, Registry.Blocking) exactly
+// while every probe it lets through is in flight: with two probes, one in
+// flight still admits a call; two do not; an excluded probe frees its place;
+// once they finish it is closed and blocks nothing. An open breaker blocks
+// too, and Open still lists only open ones.
+func TestBlockingWhileEveryProbeIsInFlight(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r := newRegistry(t, breaker.Settings{
+			Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
+			OpenTimeout: time.Second, HalfOpenProbes: 2,
+		}, nil)
+		require.Empty(t, r.Blocking(), "a breaker never used blocks nothing")
+		require.Error(t, r.Execute(ctx, "billing", func(context.Context) error { return errRefused }))
+		blocking := r.Blocking()
+		require.Len(t, blocking, 1)
+		require.Equal(t, breaker.StateOpen, blocking[0].State)
+		require.False(t, blocking[0].Probing)
+		require.Equal(t, r.Open(), blocking)
+
+		time.Sleep(time.Second + time.Nanosecond)
+		requireState(t, r, "billing", breaker.StateHalfOpen)
+		require.Empty(t, r.Blocking(), "half-open with no probe in flight takes calls")
+
+		release := make([]chan struct{}, 3)
+		done := make(chan error, 3)
+		probe := func(i int, err error) {
+			release[i] = make(chan struct{})
+			go func() {
+				done <- r.Execute(ctx, "billing", func(context.Context) error { <-release[i]; return err })
+			}()
+			synctest.Wait()
+		}
+		probe(0, breaker.MarkBusiness(errors.New("invoice 7 is void")))
+		st := requireState(t, r, "billing", breaker.StateHalfOpen)
+		require.False(t, st.Probing, "one of two probes in flight")
+		require.Empty(t, r.Blocking())
+
+		probe(1, nil)
+		st = requireState(t, r, "billing", breaker.StateHalfOpen)
+		require.True(t, st.Probing, "both probes in flight")
+		require.True(t, st.Blocking())
+		require.Equal(t, []string{"billing"}, names(r.Blocking()))
+		require.Empty(t, r.Open(), "a probing breaker is not open")
+		requireOpenError(t, r.Execute(ctx, "billing", func(context.Context) error { return nil }), "billing")
+
+		close(release[0]) // excluded: it does not count as a probe
+		require.Error(t, <-done)
+		require.False(t, requireState(t, r, "billing", breaker.StateHalfOpen).Probing)
+		probe(2, nil)
+		require.True(t, requireState(t, r, "billing", breaker.StateHalfOpen).Probing)
+
+		close(release[1])
+		close(release[2])
+		require.NoError(t, <-done)
+		require.NoError(t, <-done)
+		requireState(t, r, "billing", breaker.StateClosed)
+		require.Empty(t, r.Blocking())
+	})
+}
+
+func names(sts []breaker.Status) []string {
+	out := make([]string, len(sts))
+	for i, st := range sts {
+		out[i] = st.Name
+	}
+	return out
+}
+
 func TestExcludedErrorsDoNotCount(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {

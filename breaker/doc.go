@@ -59,9 +59,11 @@
 // and Until HalfOpenWait (1s) from now.
 //
 // Registry.State(name) reports a breaker's state and, while open, when its
-// next probe is allowed; Registry.Open lists the open ones (the Pipeline
-// leaves their events in the queue). Config.OnStateChange hears every
-// transition, outside the breaker's lock.
+// next probe is allowed; Registry.Open lists the open ones, and
+// Registry.Blocking those that turn every call away now: the open ones and
+// the half-open ones whose probes are all in flight (Status.Probing). The
+// Pipeline leaves the events of blocking breakers in the queue.
+// Config.OnStateChange hears every transition, outside the breaker's lock.
 //
 // # Which errors count
 //

@@ -88,32 +88,39 @@ func (r *Registry) State(name string) (Status, error) {
 	return b.(*Breaker).Status(), nil
 }
 
-// Open lists the breakers that reject every call now, by name, each with
-// the time its next probe is allowed: the downstreams whose work should
-// wait. In shared mode it includes those another process opened, once
-// this one has refreshed. Half-open breakers are not listed (they need
-// calls to probe with).
+// Open lists the breakers that are open now, by name, each with the time
+// its next probe is allowed. In shared mode it includes those another
+// process opened, once this one has refreshed. Half-open breakers are not
+// listed, not even Probing ones: see Blocking.
 func (r *Registry) Open() []Status {
-	var out []Status
-	r.breakers.Range(func(_, v any) bool {
-		if st := v.(*Breaker).Status(); st.State == StateOpen {
-			out = append(out, st)
-		}
-		return true
-	})
-	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
-	return out
+	return r.statusesWhere(func(st Status) bool { return st.State == StateOpen })
+}
+
+// Blocking lists, by name, the breakers that turn every call away now: the
+// open ones, and the half-open ones whose probes are all in flight
+// (Status.Probing). Their work should wait in the queue: fetched, it would
+// only be put back. A Probing breaker stops blocking as soon as a probe
+// finishes, so work waiting on it is held back for the length of a call,
+// not of a timeout.
+func (r *Registry) Blocking() []Status {
+	return r.statusesWhere(Status.Blocking)
 }
 
 // Statuses lists every breaker of the registry, in name order: those
 // created by a call or by Breaker (a wharf Pipeline creates one per
 // Downstream its handlers name), whatever their state. Operators' tools
-// show it; Open is the list for deciding which work waits.
+// show it; Blocking is the list for deciding which work waits.
 func (r *Registry) Statuses() []Status {
-	all := r.all()
-	out := make([]Status, len(all))
-	for i, b := range all {
-		out[i] = b.Status()
+	return r.statusesWhere(func(Status) bool { return true })
+}
+
+// statusesWhere returns the statuses that keep accepts, in name order.
+func (r *Registry) statusesWhere(keep func(Status) bool) []Status {
+	var out []Status
+	for _, b := range r.all() {
+		if st := b.Status(); keep(st) {
+			out = append(out, st)
+		}
 	}
 	return out
 }

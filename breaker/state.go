@@ -79,10 +79,18 @@ type Status struct {
 	// Until is, while State is StateOpen, when the next probe is allowed;
 	// zero otherwise.
 	Until time.Time
+	// Probing is true while State is StateHalfOpen and every probe the
+	// breaker lets through (Settings.HalfOpenProbes) is in flight: until
+	// one finishes, it turns calls away as an open breaker does.
+	Probing bool
 	// Counts are this process's counts (in shared mode the other
 	// processes' counts are not included).
 	Counts Counts
 }
+
+// Blocking reports whether the breaker turns every call away now: it is
+// open, or half-open and Probing.
+func (s Status) Blocking() bool { return s.State == StateOpen || s.Probing }
 
 // StateChange describes one transition of a breaker, for metrics and logs.
 type StateChange struct {

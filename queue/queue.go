@@ -279,6 +279,14 @@ func (q *Queue) Notify() {
 	q.notify.Signal()
 }
 
+// WakeLocal wakes idle consumers of this queue in this process only, to
+// fetch now: for a change that only this process sees, such as one of its
+// circuit breakers closing, after which events it left in the queue may be
+// fetched again.
+func (q *Queue) WakeLocal() {
+	q.notify.WakeLocal()
+}
+
 // FetchParams selects what Fetch claims.
 type FetchParams struct {
 	// Limit is the most events to claim. Required, 1 to 1000.

@@ -194,7 +194,8 @@ func drainPreload(b *testing.B, pool *pgxpool.Pool, first, n int) {
 // BenchmarkPipelineDrain: Pipeline.Run empties a preloaded backlog of 1 KB
 // events (50,000 by default) on its default 4 workers; each event runs as
 // in production: idempotency claim, the handler, completion, one commit per
-// worker transaction (TxBatch 32). The realistic handler does one INSERT
+// worker transaction (TxBatch 100; 50 when the handler writes, see
+// queue.MaxTxSavepoints). The realistic handler does one INSERT
 // into a business table in the given transaction; the no-op handler
 // nothing (the Pipeline still claims). Baseline: the hand-written loop of
 // benchkit.BaselineDrain on as many connections as the Pipeline has workers, doing

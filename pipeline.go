@@ -86,7 +86,9 @@ type Config struct {
 	// of CPUs, at least 4): size the pool with pool_max_conns.
 	Workers int
 	// TxBatch is the most events one worker transaction processes, each
-	// under its own savepoint. Defaults to 32 (see queue.ConsumerConfig).
+	// under its own savepoint; a transaction also stops at
+	// queue.MaxTxSavepoints events whose handlers used the database.
+	// Defaults to 100 (see queue.ConsumerConfig).
 	TxBatch int
 	// LeaseDuration is how long a fetched event is held without a
 	// heartbeat. Defaults to 30s.

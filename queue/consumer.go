@@ -18,15 +18,23 @@ import (
 // Defaults for ConsumerConfig.
 const (
 	DefaultWorkers         = 4
-	DefaultTxBatch         = 32
+	DefaultTxBatch         = 100
 	DefaultMaxTxDuration   = 100 * time.Millisecond
 	DefaultPollInterval    = time.Second
 	DefaultRescueInterval  = 5 * time.Second
 	DefaultShutdownTimeout = 30 * time.Second
-	// MaxTxBatch bounds ConsumerConfig.TxBatch. Each event runs under its
-	// own savepoint, and past 64 subtransactions that wrote, Postgres's
-	// per-backend cache overflows and every session's snapshots slow down.
-	MaxTxBatch = 50
+	// MaxTxBatch bounds ConsumerConfig.TxBatch: the most events one fetch
+	// claims.
+	MaxTxBatch = 1000
+	// MaxTxSavepoints is the most savepoints one transaction takes. A
+	// handler's first statement opens its event's savepoint, and each
+	// savepoint that writes holds a subtransaction id until the commit:
+	// past 64 in one transaction, Postgres's per-backend cache of them
+	// overflows and every session's snapshots slow down. A transaction
+	// whose handlers have opened this many takes no more events; the rest
+	// of its chunk goes to the next one. Events whose handlers do not touch
+	// the database take none, and share transactions up to TxBatch.
+	MaxTxSavepoints = 50
 )
 
 // Handler processes one event. It runs inside tx, under a savepoint of its
@@ -53,14 +61,20 @@ type ConsumerConfig struct {
 	Workers int
 
 	// TxBatch is the most events one transaction processes, each under a
-	// savepoint; one commit for several events is what makes draining fast.
-	// A handler failure rolls back only its own event. At most 50. Defaults
-	// to 32; 1 gives every event its own transaction.
+	// savepoint; one commit for many events is what makes draining fast. A
+	// handler failure rolls back only its own event. A transaction also
+	// stops at MaxTxSavepoints events whose handlers used the database.
+	// Workers are handed chunks of at most TxBatch events, fewer when the
+	// handlers are slow (see MaxTxDuration). At most 1000. Defaults to 100;
+	// 1 gives every event its own transaction.
 	TxBatch int
 
 	// MaxTxDuration stops adding events to a transaction once it has run
 	// this long, so slow handlers get one transaction each and their
-	// completed neighbours are not held back. Defaults to 100ms.
+	// completed neighbours are not held back. It also sizes the chunks of
+	// events a worker is handed: about as many as its recent transactions
+	// ran in this long, so a process does not lease more than it can soon
+	// run while other replicas idle. Defaults to 100ms.
 	MaxTxDuration time.Duration
 
 	// Only restricts the consumer to these kinds (source, type or AnyType).
@@ -200,6 +214,10 @@ type Consumer struct {
 	chunks  chan []*Event // fetched events for workers; made by each Run
 	freed   chan struct{} // a worker finished its chunk; made by each Run
 
+	// perEvent is a moving average of how long a transaction takes per
+	// event it runs, in nanoseconds; zero until one has committed.
+	perEvent atomic.Int64
+
 	mu       sync.Mutex
 	active   map[int64]*Event // leases held, for heartbeats
 	wakeup   *time.Timer      // wakes the fetcher when a retry falls due; under mu
@@ -318,7 +336,8 @@ func (c *Consumer) fetchLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		limit := min(free*c.cfg.TxBatch, 1000)
+		size := c.chunkSize()
+		limit := min(free*size, MaxTxBatch)
 		evs, err := c.fetch(ctx, limit)
 		if err != nil {
 			c.log.Warn("queue: fetch failed; retrying after the poll interval", "error", err)
@@ -329,7 +348,7 @@ func (c *Consumer) fetchLoop(ctx context.Context) {
 			}
 			continue // there may be more: a rescued event comes alone
 		}
-		for _, chunk := range split(evs, free, c.cfg.TxBatch) {
+		for _, chunk := range split(evs, free, size) {
 			c.chunks <- chunk
 			free--
 		}
@@ -400,6 +419,35 @@ func (c *Consumer) fetch(ctx context.Context, limit int) ([]*Event, error) {
 	evs, err := c.q.Fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name})
 	c.track(evs)
 	return evs, err
+}
+
+// chunkSize is how many events to hand a worker at once: as many as its
+// transactions have lately run in MaxTxDuration, between 1 and TxBatch.
+// Until a transaction has committed it is 1, so a consumer that starts on
+// slow handlers does not lease a backlog it cannot soon run; fast ones
+// reach TxBatch after their first transactions.
+func (c *Consumer) chunkSize() int {
+	perEvent := c.perEvent.Load()
+	if perEvent == 0 {
+		return 1
+	}
+	return int(max(1, min(int64(c.cfg.TxBatch), int64(c.cfg.MaxTxDuration)/perEvent)))
+}
+
+// observe folds the time a committed transaction took for n events into
+// perEvent, an exponential moving average weighting the newest by 1/4.
+func (c *Consumer) observe(elapsed time.Duration, n int) {
+	sample := max(1, int64(elapsed)/int64(n))
+	for {
+		old := c.perEvent.Load()
+		next := sample
+		if old != 0 {
+			next = old + (sample-old)/4
+		}
+		if c.perEvent.CompareAndSwap(old, next) {
+			return
+		}
+	}
 }
 
 // split deals evs into at most slots chunks of at most size events: full
@@ -526,6 +574,7 @@ type outcomes struct {
 	deferred   []*Event
 	deferUntil []time.Time
 	retryIn    time.Duration // the soonest retry scheduled, zero for none
+	savepoints int           // events whose handlers opened their savepoint
 }
 
 // due returns when the soonest retried or deferred event of the
@@ -551,9 +600,10 @@ func (o *outcomes) ran() []*Event {
 	return append(evs, o.deferred...)
 }
 
-// runTx runs events in one transaction until MaxTxDuration passes or the
-// consumer stops, commits them with their completions, and returns the
-// events it did not get to. If the transaction breaks or does not commit,
+// runTx runs events in one transaction until MaxTxDuration passes, its
+// handlers have opened MaxTxSavepoints savepoints, or the consumer stops,
+// commits them with their completions, and returns the events it did not
+// get to. If the transaction breaks or does not commit,
 // every event that ran counts a failed attempt (see recover).
 func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest []*Event) {
 	start := time.Now()
@@ -574,7 +624,7 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 	var out outcomes
 	var broken error
 	for i, ev := range evs {
-		if i > 0 && (time.Since(start) >= c.cfg.MaxTxDuration || runCtx.Err() != nil) {
+		if i > 0 && (time.Since(start) >= c.cfg.MaxTxDuration || out.savepoints >= MaxTxSavepoints || runCtx.Err() != nil) {
 			rest = evs[i:]
 			break
 		}
@@ -592,7 +642,9 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 		_ = tx.Rollback(fctx)
 		c.recover(fctx, &out, broken)
 	} else {
-		c.untrack(out.ran())
+		ran := out.ran()
+		c.observe(time.Since(start), len(ran))
+		c.untrack(ran)
 		if at, ok := out.due(time.Now()); ok {
 			c.wakeAt(at)
 		}
@@ -632,6 +684,9 @@ func (c *Consumer) begin(ctx context.Context) (pgx.Tx, error) {
 func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcomes) error {
 	htx := &handlerTx{Tx: tx}
 	err := c.call(ctx, htx, ev)
+	if htx.savepoint {
+		out.savepoints++
+	}
 	if err == nil && htx.err == nil && (!htx.savepoint || !htx.failed()) {
 		out.done = append(out.done, ev)
 		return nil

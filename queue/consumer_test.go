@@ -255,6 +255,116 @@ func TestConsumerExactlyOnceEffects(t *testing.T) {
 	noOrphans(t, pool)
 }
 
+// A transaction stops taking events once MaxTxSavepoints of its handlers
+// have used the database (each such handler opens a savepoint, and too many
+// subtransactions slow every session), whatever TxBatch allows; events
+// whose handlers leave the database alone share transactions up to
+// TxBatch. Prepare and Unprepare show what each transaction ran.
+func TestConsumerTransactionsStopAtMaxTxSavepoints(t *testing.T) {
+	t.Parallel()
+	const events, txBatch = 300, 200
+	for _, tc := range []struct {
+		name    string
+		useTx   bool
+		largest func(t *testing.T, n int)
+	}{
+		{name: "handlers that use the database", useTx: true, largest: func(t *testing.T, n int) {
+			require.Equal(t, queue.MaxTxSavepoints, n, "the savepoint cap, not TxBatch, ends transactions")
+		}},
+		{name: "handlers that do not", largest: func(t *testing.T, n int) {
+			require.Greater(t, n, queue.MaxTxSavepoints, "handlers without savepoints are not capped")
+			require.LessOrEqual(t, n, txBatch)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q, pool := newQueue(t, queue.Config{})
+			ctCreateEffects(t, pool)
+			ctEnqueueAll(t, q, ctIDs("e", events))
+
+			var mu sync.Mutex
+			ran := map[int64]int{} // transaction id -> events completed in it
+			c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+				Workers:       1,
+				TxBatch:       txBatch,
+				MaxTxDuration: time.Minute, // never the reason a transaction ends
+				Prepare: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+					txID, err := ctTxID(ctx, tx)
+					mu.Lock()
+					ran[txID] += len(evs)
+					mu.Unlock()
+					return err
+				},
+				Unprepare: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+					txID, err := ctTxID(ctx, tx)
+					mu.Lock()
+					ran[txID] -= len(evs)
+					mu.Unlock()
+					return err
+				},
+				Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+					if tc.useTx {
+						return ctWriteEffect(ctx, tx, ev.ID)
+					}
+					return nil
+				},
+			})
+			require.NoError(t, err)
+			stop := runConsumer(t, c)
+			dbtest.Eventually(t, 30*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+			stop()
+
+			mu.Lock()
+			defer mu.Unlock()
+			total, largest := 0, 0
+			for _, n := range ran {
+				total += n
+				largest = max(largest, n)
+			}
+			require.Equal(t, events, total, "every event completed once")
+			tc.largest(t, largest)
+		})
+	}
+}
+
+// A worker is handed about as many events as its transactions run in
+// MaxTxDuration: with handlers of 20ms and 100ms transactions, chunks of at
+// most 5, not TxBatch; so a process leases little more than it can soon
+// run, and other replicas get the rest. (With chunks of TxBatch, this
+// consumer leased 25 per chunk.)
+func TestConsumerChunksFollowHandlerSpeed(t *testing.T) {
+	t.Parallel()
+	const handlerTime, maxTx = 20 * time.Millisecond, 100 * time.Millisecond
+	q, pool := newQueue(t, queue.Config{})
+	ctEnqueueAll(t, q, ctIDs("e", 100))
+
+	var largest atomic.Int64
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:       2,
+		TxBatch:       100,
+		MaxTxDuration: maxTx,
+		Prepare: func(_ context.Context, _ pgx.Tx, evs []*queue.Event) error {
+			for n := int64(len(evs)); ; { // the chunk, on its first transaction
+				cur := largest.Load()
+				if n <= cur || largest.CompareAndSwap(cur, n) {
+					return nil
+				}
+			}
+		},
+		Unprepare: func(context.Context, pgx.Tx, []*queue.Event) error { return nil },
+		Handler: func(context.Context, pgx.Tx, *queue.Event) error {
+			time.Sleep(handlerTime) // the handler's own work
+			return nil
+		},
+	})
+	require.NoError(t, err)
+	stop := runConsumer(t, c)
+	dbtest.Eventually(t, 30*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	stop()
+	require.Positive(t, largest.Load())
+	require.LessOrEqual(t, largest.Load(), int64(maxTx/handlerTime), "events handed to a worker at once")
+}
+
 // 2. One event's failure (an error, a swallowed failed statement, a panic)
 // rolls back only that event's writes in a transaction shared with others;
 // its neighbours, before and after it, commit; it is retried once.

@@ -35,7 +35,10 @@
 //
 // Several events share a transaction (TxBatch), each under its own
 // savepoint, so one commit covers many; a failing handler rolls back only
-// its own event. An event that fails MaxAttempts times is exhausted: handed
+// its own event. A transaction stops at MaxTxSavepoints events whose
+// handlers used the database, and a worker is handed about as many events
+// as its transactions run in MaxTxDuration, so slow handlers are not
+// leased in bulk. An event that fails MaxAttempts times is exhausted: handed
 // to Config.OnExhausted in the transaction that removes it (the dead letter
 // queue installs one), or kept in the table as "exhausted".
 //
@@ -53,7 +56,7 @@
 // counted when the event is fetched, not when its handler starts, so a
 // worker that dies charges it to every event it held: the one running, and
 // those of its transaction and of the chunks it had fetched ahead (up to
-// two chunks of TxBatch per worker) that never started. The rescuer marks
+// two chunks per worker, each of at most TxBatch) that never started. The rescuer marks
 // the events it returns as rescued (Event.Rescued). Fetch returns a
 // rescued event alone, and a Consumer runs it with nothing else in flight
 // in its process: it waits for its other transactions to finish, runs the

@@ -416,7 +416,7 @@ func (c *Consumer) fetch(ctx context.Context, limit int) ([]*Event, error) {
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	evs, err := c.q.Fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name})
+	evs, err := c.q.fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name})
 	c.track(evs)
 	return evs, err
 }
@@ -558,13 +558,38 @@ func (c *Consumer) rescue(ctx context.Context) {
 // process runs one chunk, in as many transactions as MaxTxDuration needs.
 // Once runCtx ends, events not yet started are released.
 func (c *Consumer) process(handlerCtx, runCtx context.Context, chunk []*Event) {
-	for pending := chunk; len(pending) > 0; {
+	for pending := c.decodeChunk(chunk); len(pending) > 0; {
 		if runCtx.Err() != nil {
 			c.release(pending)
 			return
 		}
 		pending = c.runTx(handlerCtx, runCtx, pending)
 	}
+}
+
+// decodeChunk decodes the JSON columns of chunk's events (the error history
+// and the headers), which the fetcher leaves to the workers so that its
+// own path, the one every worker waits on, stays short. It returns the
+// events that decoded; one whose stored JSON does not decode fails its
+// attempt without running, and comes back after its backoff like any
+// failure, or is exhausted.
+func (c *Consumer) decodeChunk(chunk []*Event) []*Event {
+	decoded := chunk[:0]
+	var bad outcomes
+	for _, ev := range chunk {
+		if err := ev.decodeColumns(); err != nil {
+			c.log.Warn("queue: a fetched event's stored JSON does not decode; it counts a failed attempt", "queue_id", ev.QueueID, "error", err)
+			bad.failed = append(bad.failed, failureOf(ev, err))
+			continue
+		}
+		decoded = append(decoded, ev)
+	}
+	if len(bad.failed) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c.recordFailures(ctx, &bad)
+	}
+	return decoded
 }
 
 // outcomes collects what happened to each event of one transaction.
@@ -762,15 +787,22 @@ func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes, rest []
 // recover handles a transaction that did not commit: nothing of it
 // happened, but every event in it ran and may have had effects outside the
 // database, so each counts as a failed attempt; deferred ones are deferred.
-// Each is recorded on its own, so one lost lease cannot block the rest. An
-// event that cannot be recorded is left to its lease and the rescuer.
 func (c *Consumer) recover(ctx context.Context, out *outcomes, cause error) {
-	failures := append([]failure(nil), out.failed...)
+	c.log.Warn("queue: transaction did not commit; its events count a failed attempt", "events", len(out.ran()), "cause", cause)
 	for _, ev := range out.done {
-		failures = append(failures, failure{ev: ev, msg: "transaction did not commit: " + cause.Error()})
+		out.failed = append(out.failed, failure{ev: ev, msg: "transaction did not commit: " + cause.Error()})
 	}
+	out.done = nil
+	c.recordFailures(ctx, out)
+}
+
+// recordFailures records out's failed and deferred events, each in a
+// transaction of its own so that one lost lease cannot block the rest, and
+// stops heart-beating them. An event that cannot be recorded is left to
+// its lease and the rescuer.
+func (c *Consumer) recordFailures(ctx context.Context, out *outcomes) {
 	var unrecorded int
-	for _, f := range failures {
+	for _, f := range out.failed {
 		err := pgx.BeginFunc(ctx, c.q.pool, func(tx pgx.Tx) error {
 			_, err := c.q.fail(ctx, tx, []failure{f})
 			return err
@@ -785,7 +817,6 @@ func (c *Consumer) recover(ctx context.Context, out *outcomes, cause error) {
 			unrecorded++
 		}
 	}
-	c.log.Warn("queue: transaction did not commit; its events count a failed attempt", "events", len(out.ran()), "cause", cause)
 	if unrecorded > 0 {
 		c.log.Warn("queue: cannot record failed attempts; those events run again when their leases expire", "events", unrecorded)
 	}

@@ -365,6 +365,52 @@ func TestConsumerChunksFollowHandlerSpeed(t *testing.T) {
 	require.LessOrEqual(t, largest.Load(), int64(maxTx/handlerTime), "events handed to a worker at once")
 }
 
+// The fetcher leaves the events' JSON columns to the workers. An event whose
+// stored headers do not decode (written by hand, of the wrong shape) never
+// reaches the handler: each fetch counts a failed attempt with the decode
+// error, and after MaxAttempts it is exhausted; its neighbours run.
+func TestConsumerFailsAnEventWhoseStoredJSONDoesNotDecode(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{MaxAttempts: 2, Backoff: ctSmallBackoff})
+	ctCreateEffects(t, pool)
+	ids := ctIDs("e", 5)
+	ctEnqueueAll(t, q, ids)
+	_, err := pool.Exec(context.Background(),
+		`UPDATE wharf.queue_payloads SET headers = '{"X-Count": 1}' WHERE event_id = 'e3'`)
+	require.NoError(t, err)
+
+	var rec ctRecorder
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:      1,
+		PollInterval: 20 * time.Millisecond, // the retry is due after its backoff, with no wake-up
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			rec.add(ev, 0)
+			return ctWriteEffect(ctx, tx, ev.ID)
+		},
+	})
+	require.NoError(t, err)
+	stop := runConsumer(t, c)
+	dbtest.Eventually(t, 20*time.Second, "e3 exhausted and the rest done", func() bool {
+		return ctQueueLen(t, pool) == 1 && ctGetRow(t, pool, "e3").State == "exhausted"
+	})
+	stop()
+
+	calls := rec.byID()
+	require.NotContains(t, calls, "e3", "the handler never saw the undecodable event")
+	effects := ctEffects(t, pool)
+	for _, id := range ids {
+		if id != "e3" {
+			require.Equal(t, 1, effects[id], "effect of %s", id)
+		}
+	}
+	row := ctGetRow(t, pool, "e3")
+	require.Equal(t, 2, row.Attempt)
+	require.Len(t, row.Errors, 2)
+	for _, e := range row.Errors {
+		require.Contains(t, e.Error, "decode headers")
+	}
+}
+
 // 2. One event's failure (an error, a swallowed failed statement, a panic)
 // rolls back only that event's writes in a transaction shared with others;
 // its neighbours, before and after it, commit; it is retried once.

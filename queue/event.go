@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -114,6 +116,32 @@ type Event struct {
 	// Prepared holds what ConsumerConfig.Prepare left for the Handler;
 	// nil without a Prepare.
 	Prepared any
+
+	// errorsJSON and headersJSON are the fetched row's JSON columns until
+	// decodeColumns turns them into Errors and Headers.
+	errorsJSON, headersJSON []byte
+}
+
+// decodeColumns fills Errors and Headers from the JSON columns the event
+// was fetched with. An empty error history, the common case, is not sent
+// through the JSON decoder.
+func (ev *Event) decodeColumns() error {
+	switch string(ev.errorsJSON) {
+	case "":
+	case "[]":
+		ev.Errors = []AttemptError{}
+	default:
+		if err := json.Unmarshal(ev.errorsJSON, &ev.Errors); err != nil {
+			return fmt.Errorf("event %d: decode error history: %w", ev.QueueID, err)
+		}
+	}
+	if len(ev.headersJSON) > 0 {
+		if err := json.Unmarshal(ev.headersJSON, &ev.Headers); err != nil {
+			return fmt.Errorf("event %d: decode headers: %w", ev.QueueID, err)
+		}
+	}
+	ev.errorsJSON, ev.headersJSON = nil, nil
+	return nil
 }
 
 // maxErrorLen caps each stored error message, so a huge panic stack cannot

@@ -308,6 +308,21 @@ type FetchParams struct {
 // event of its key is running, is returned. A rescued event (Event.Rescued)
 // is returned alone, whatever the limit.
 func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
+	events, err := q.fetch(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	for _, ev := range events {
+		if err := ev.decodeColumns(); err != nil {
+			return nil, fmt.Errorf("queue: fetch: %w", err)
+		}
+	}
+	return events, nil
+}
+
+// fetch is Fetch, leaving the events' JSON columns undecoded: a Consumer's
+// workers decode them, off the fetcher's path (see decodeChunk).
+func (q *Queue) fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 	if p.Limit < 1 || p.Limit > 1000 {
 		return nil, fmt.Errorf("%w: FetchParams.Limit %d is outside 1..1000", ErrInvalidConfig, p.Limit)
 	}
@@ -341,14 +356,13 @@ func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 	}
 	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Event, error) {
 		ev := &Event{Lease: Lease{Token: token}}
-		var errorsJSON, headersJSON []byte
 		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.ReceivedAt,
-			&ev.Attempt, &ev.MaxAttempts, &errorsJSON, &ev.Lease.ExpiresAt, &ev.Rescued, &ev.Body, &headersJSON)
+			&ev.Attempt, &ev.MaxAttempts, &ev.errorsJSON, &ev.Lease.ExpiresAt, &ev.Rescued, &ev.Body, &ev.headersJSON)
 		if err != nil {
 			return nil, err
 		}
 		ev.Lease.QueueID = ev.QueueID
-		return ev, decodeJSONColumns(ev, errorsJSON, headersJSON)
+		return ev, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: fetch: %w", err)
@@ -361,20 +375,6 @@ func boolIndex(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-func decodeJSONColumns(ev *Event, errorsJSON, headersJSON []byte) error {
-	if len(errorsJSON) > 0 {
-		if err := json.Unmarshal(errorsJSON, &ev.Errors); err != nil {
-			return fmt.Errorf("event %d: decode error history: %w", ev.QueueID, err)
-		}
-	}
-	if len(headersJSON) > 0 {
-		if err := json.Unmarshal(headersJSON, &ev.Headers); err != nil {
-			return fmt.Errorf("event %d: decode headers: %w", ev.QueueID, err)
-		}
-	}
-	return nil
 }
 
 func splitKinds(kinds []Kind) (sources, types []string) {
@@ -588,13 +588,12 @@ func (q *Queue) exhaust(ctx context.Context, tx pgx.Tx, evs []*Event, msgs []str
 	}
 	removed, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Event, error) {
 		ev := &Event{}
-		var errorsJSON, headersJSON []byte
 		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.ReceivedAt,
-			&ev.Attempt, &ev.MaxAttempts, &errorsJSON, &ev.Body, &headersJSON)
+			&ev.Attempt, &ev.MaxAttempts, &ev.errorsJSON, &ev.Body, &ev.headersJSON)
 		if err != nil {
 			return nil, err
 		}
-		return ev, decodeJSONColumns(ev, errorsJSON, headersJSON)
+		return ev, ev.decodeColumns()
 	})
 	if err != nil {
 		return fmt.Errorf("queue: exhaust: %w", err)

@@ -416,7 +416,7 @@ func (c *Consumer) fetch(ctx context.Context, limit int) ([]*Event, error) {
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	evs, err := c.q.fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name})
+	evs, err := c.q.fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name}, false)
 	c.track(evs)
 	return evs, err
 }
@@ -558,13 +558,68 @@ func (c *Consumer) rescue(ctx context.Context) {
 // process runs one chunk, in as many transactions as MaxTxDuration needs.
 // Once runCtx ends, events not yet started are released.
 func (c *Consumer) process(handlerCtx, runCtx context.Context, chunk []*Event) {
-	for pending := c.decodeChunk(chunk); len(pending) > 0; {
+	for pending := c.decodeChunk(c.loadPayloads(chunk)); len(pending) > 0; {
 		if runCtx.Err() != nil {
 			c.release(pending)
 			return
 		}
 		pending = c.runTx(handlerCtx, runCtx, pending)
 	}
+}
+
+// loadPayloads reads the bodies and headers of chunk's events in one round
+// trip: the fetcher leaves them out, so that its statement, the one every
+// worker waits on, does less. If that fails the chunk is released unrun
+// (attempts given back). An event whose payload is gone was removed under
+// a lease it no longer holds, and is dropped.
+func (c *Consumer) loadPayloads(chunk []*Event) []*Event {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	byID := make(map[int64]*Event, len(chunk))
+	ids := make([]int64, len(chunk))
+	for i, ev := range chunk {
+		byID[ev.QueueID], ids[i] = ev, ev.QueueID
+	}
+	b := &pgx.Batch{}
+	b.Queue(indexPlansSQL)
+	b.Queue(c.q.sql.payloads, ids)
+	br := c.q.pool.SendBatch(ctx, b)
+	found := make(map[int64]bool, len(chunk))
+	_, err := br.Exec()
+	if err == nil {
+		var id int64
+		var body, headers []byte
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			_, err = pgx.ForEachRow(rows, []any{&id, &body, &headers}, func() error {
+				if ev := byID[id]; ev != nil {
+					ev.Body, ev.headersJSON, found[id] = body, headers, true
+				}
+				return nil
+			})
+		}
+	}
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		c.log.Warn("queue: cannot read the payloads of fetched events; releasing them", "events", len(chunk), "error", err)
+		c.release(chunk)
+		return nil
+	}
+	loaded, gone := chunk[:0], []*Event(nil)
+	for _, ev := range chunk {
+		if found[ev.QueueID] {
+			loaded = append(loaded, ev)
+		} else {
+			gone = append(gone, ev)
+		}
+	}
+	if len(gone) > 0 {
+		c.log.Warn("queue: fetched events were removed under a lease this consumer no longer holds; dropping them", "events", len(gone))
+		c.untrack(gone)
+	}
+	return loaded
 }
 
 // decodeChunk decodes the JSON columns of chunk's events (the error history

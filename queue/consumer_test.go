@@ -411,6 +411,48 @@ func TestConsumerFailsAnEventWhoseStoredJSONDoesNotDecode(t *testing.T) {
 	}
 }
 
+// A Consumer's workers read their events' payloads themselves. An event
+// fetched ahead whose row and payload are removed before its worker gets to
+// it (its lease lost, another holder done with it) is dropped unrun; the
+// consumer goes on with the rest.
+func TestConsumerDropsAnEventRemovedBeforeItsWorkerReadIt(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{})
+	ctCreateEffects(t, pool)
+	ctEnqueueAll(t, q, []string{"e1", "e2"})
+
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	var rec ctRecorder
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers: 1, // e1 runs; e2 waits in the second chunk the fetcher took ahead
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			rec.add(ev, 0)
+			if ev.ID == "e1" {
+				close(entered)
+				<-release
+			}
+			return ctWriteEffect(ctx, tx, ev.ID)
+		},
+	})
+	require.NoError(t, err)
+	stop := runConsumer(t, c)
+	ctRecv(t, entered, "e1 to start")
+	dbtest.Eventually(t, 10*time.Second, "e2 fetched ahead", func() bool { return ctGetRow(t, pool, "e2").State == "running" })
+	_, err = pool.Exec(context.Background(), `WITH gone AS (DELETE FROM wharf.queue WHERE event_id = 'e2' RETURNING id)
+		DELETE FROM wharf.queue_payloads WHERE queue_id IN (SELECT id FROM gone)`)
+	require.NoError(t, err)
+	close(release)
+
+	ctEnqueueAll(t, q, []string{"e3"})
+	dbtest.Eventually(t, 10*time.Second, "e1 and e3 done", func() bool { return ctQueueLen(t, pool) == 0 && len(ctEffects(t, pool)) == 2 })
+	stop()
+	calls := rec.byID()
+	require.NotContains(t, calls, "e2", "the handler never ran the removed event")
+	require.Len(t, calls["e1"], 1)
+	require.Len(t, calls["e3"], 1)
+}
+
 // 2. One event's failure (an error, a swallowed failed statement, a panic)
 // rolls back only that event's writes in a transaction shared with others;
 // its neighbours, before and after it, commit; it is retried once.

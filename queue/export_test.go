@@ -8,7 +8,8 @@ const (
 	OwnEnqueueSQL    = ownEnqueueSQL
 )
 
-// RenderedSQL returns q's statements that run on generic plans.
-func RenderedSQL(q *Queue) (fetch [2][2]string, complete, insert, recheck string) {
-	return q.sql.fetch, q.sql.complete, q.sql.insert, q.sql.recheck
+// RenderedSQL returns q's statements that run on generic plans: the
+// fetches with payloads (Fetch) and without (a Consumer's), then the rest.
+func RenderedSQL(q *Queue) (fetch [2][2][2]string, payloads, complete, insert, recheck string) {
+	return [2][2][2]string{q.sql.fetch, q.sql.fetchNoPayload}, q.sql.payloads, q.sql.complete, q.sql.insert, q.sql.recheck
 }

@@ -47,15 +47,20 @@ func TestHotStatementPlans(t *testing.T) {
 	)
 	// recheck runs only with a DuplicateIf, so only for the Pipeline's.
 	statements := func(q *queue.Queue, duplicateIf []string) []statement {
-		fetch, complete, insert, recheck := queue.RenderedSQL(q)
-		all := []statement{
-			{"fetch", queue.FetchSettingsSQL, fetch[0][0], fetchArgs, []string{"queue_fetch_idx"}},
-			{"fetch only", queue.FetchSettingsSQL, fetch[1][0], fetchArgs + kindArgs, []string{"queue_fetch_idx"}},
-			{"fetch exclude", queue.FetchSettingsSQL, fetch[0][1], fetchArgs + kindArgs, []string{"queue_fetch_idx"}},
-			{"fetch only and exclude", queue.FetchSettingsSQL, fetch[1][1], fetchArgs + kindArgs + kindArgs, []string{"queue_fetch_idx"}},
+		fetch, payloads, complete, insert, recheck := queue.RenderedSQL(q)
+		var all []statement
+		for i, payload := range []string{"", " (no payload)"} {
+			all = append(all,
+				statement{"fetch" + payload, queue.FetchSettingsSQL, fetch[i][0][0], fetchArgs, []string{"queue_fetch_idx"}},
+				statement{"fetch only" + payload, queue.FetchSettingsSQL, fetch[i][1][0], fetchArgs + kindArgs, []string{"queue_fetch_idx"}},
+				statement{"fetch exclude" + payload, queue.FetchSettingsSQL, fetch[i][0][1], fetchArgs + kindArgs, []string{"queue_fetch_idx"}},
+				statement{"fetch only and exclude" + payload, queue.FetchSettingsSQL, fetch[i][1][1], fetchArgs + kindArgs + kindArgs, []string{"queue_fetch_idx"}})
+		}
+		all = append(all, []statement{
+			{"payloads", queue.IndexPlansSQL, payloads, `ARRAY[1, 2]`, []string{"queue_payloads_pkey"}},
 			{"complete", queue.IndexPlansSQL, complete, `ARRAY[1, 2], ARRAY[3, 4]`, []string{"queue_pkey"}},
 			{"insert", queue.OwnEnqueueSQL, insert, insertArgs, duplicateIf},
-		}
+		}...)
 		if duplicateIf == nil {
 			return all
 		}

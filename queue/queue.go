@@ -308,7 +308,7 @@ type FetchParams struct {
 // event of its key is running, is returned. A rescued event (Event.Rescued)
 // is returned alone, whatever the limit.
 func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
-	events, err := q.fetch(ctx, p)
+	events, err := q.fetch(ctx, p, true)
 	if err != nil {
 		return nil, err
 	}
@@ -320,9 +320,10 @@ func (q *Queue) Fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 	return events, nil
 }
 
-// fetch is Fetch, leaving the events' JSON columns undecoded: a Consumer's
-// workers decode them, off the fetcher's path (see decodeChunk).
-func (q *Queue) fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
+// fetch is Fetch, leaving the events' JSON columns undecoded, and without
+// their bodies and headers unless withPayload: a Consumer's workers load
+// and decode those themselves, off the fetcher's path (see loadPayloads).
+func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*Event, error) {
 	if p.Limit < 1 || p.Limit > 1000 {
 		return nil, fmt.Errorf("%w: FetchParams.Limit %d is outside 1..1000", ErrInvalidConfig, p.Limit)
 	}
@@ -344,7 +345,11 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams) ([]*Event, error) {
 		sources, types := splitKinds(p.Exclude)
 		args = append(args, sources, types)
 	}
-	b.Queue(q.sql.fetch[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], args...)
+	statements := q.sql.fetchNoPayload
+	if withPayload {
+		statements = q.sql.fetch
+	}
+	b.Queue(statements[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], args...)
 	br := q.pool.SendBatch(ctx, b)
 	defer br.Close()
 	if _, err := br.Exec(); err != nil {

@@ -183,9 +183,23 @@ claimed AS (
               q.attempt, q.max_attempts, q.errors, q.lease_expires_at, q.rescued
 )
 SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), coalesce(c.handler, ''), c.received_at,
-       c.attempt, c.max_attempts, c.errors, c.lease_expires_at, c.rescued, p.body, p.headers
-FROM claimed c JOIN {schema}.queue_payloads p ON p.queue_id = c.id
+       c.attempt, c.max_attempts, c.errors, c.lease_expires_at, c.rescued, {payload_columns}
+FROM claimed c {payload_join}
 ORDER BY c.id`
+
+// The payload parts of fetchSQL: Fetch returns each event's body and
+// headers; a Consumer's fetch leaves them to its workers (payloadsSQL), so
+// that its fetcher's statement, which every worker waits on, does less.
+const (
+	fetchPayloadColumns = `p.body, p.headers`
+	fetchPayloadJoin    = `JOIN {schema}.queue_payloads p ON p.queue_id = c.id`
+	fetchNoPayload      = `NULL::bytea, NULL::jsonb`
+)
+
+// payloadsSQL reads the bodies and headers of leased events $1, for a
+// Consumer's worker. Payloads are removed only with their events, by
+// their lease holder, so a missing one means the lease was lost.
+const payloadsSQL = `SELECT queue_id, body, headers FROM {schema}.queue_payloads WHERE queue_id = ANY ($1::bigint[])`
 
 // Lease statements take the leases as two parallel arrays, $1 ids and $2
 // tokens, plus more parallel arrays of per-event values. They match rows
@@ -374,7 +388,9 @@ func kindFilterSQL(match bool, first int) string {
 // statements holds the SQL rendered for one schema.
 type statements struct {
 	// fetch is indexed by kind filters: [Only used][Exclude used].
-	fetch [2][2]string
+	fetch          [2][2]string // by Only and Exclude given; with payloads
+	fetchNoPayload [2][2]string // the same, leaving payloads to payloads
+	payloads       string
 	insert, recheck, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
 	heartbeat, expired, stats, pause, resume, pauses string
 }
@@ -386,24 +402,30 @@ func render(schema, duplicateIf string) statements {
 	r := func(sql string) string {
 		return sqlschema.Render(strings.Replace(sql, "{duplicate_if}", duplicateIf, 1), schema)
 	}
-	fetchWith := func(filters string) string { return r(strings.Replace(fetchSQL, "{kind_filters}", filters, 1)) }
+	fetches := func(columns, join string) [2][2]string {
+		sql := strings.NewReplacer("{payload_columns}", columns, "{payload_join}", join).Replace(fetchSQL)
+		with := func(filters string) string { return r(strings.Replace(sql, "{kind_filters}", filters, 1)) }
+		return [2][2]string{
+			{with(""), with(kindFilterSQL(false, 5))},
+			{with(kindFilterSQL(true, 5)), with(kindFilterSQL(true, 5) + "\n      " + kindFilterSQL(false, 7))},
+		}
+	}
 	return statements{
-		fetch: [2][2]string{
-			{fetchWith(""), fetchWith(kindFilterSQL(false, 5))},
-			{fetchWith(kindFilterSQL(true, 5)), fetchWith(kindFilterSQL(true, 5) + "\n      " + kindFilterSQL(false, 7))},
-		},
-		insert:        r(insertSQL),
-		recheck:       r(recheckSQL),
-		complete:      r(completeSQL),
-		retry:         r(retrySQL),
-		deferEvents:   r(deferSQL),
-		exhaustKeep:   r(exhaustKeepSQL),
-		exhaustRemove: r(exhaustRemoveSQL),
-		heartbeat:     r(heartbeatSQL),
-		expired:       r(expiredSQL),
-		stats:         r(statsSQL),
-		pause:         r(pauseSQL),
-		resume:        r(resumeSQL),
-		pauses:        r(pausesSQL),
+		fetch:          fetches(fetchPayloadColumns, fetchPayloadJoin),
+		fetchNoPayload: fetches(fetchNoPayload, ""),
+		payloads:       r(payloadsSQL),
+		insert:         r(insertSQL),
+		recheck:        r(recheckSQL),
+		complete:       r(completeSQL),
+		retry:          r(retrySQL),
+		deferEvents:    r(deferSQL),
+		exhaustKeep:    r(exhaustKeepSQL),
+		exhaustRemove:  r(exhaustRemoveSQL),
+		heartbeat:      r(heartbeatSQL),
+		expired:        r(expiredSQL),
+		stats:          r(statsSQL),
+		pause:          r(pauseSQL),
+		resume:         r(resumeSQL),
+		pauses:         r(pausesSQL),
 	}
 }

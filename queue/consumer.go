@@ -683,8 +683,8 @@ func (o *outcomes) ran() []*Event {
 // runTx runs events in one transaction until MaxTxDuration passes, its
 // handlers have opened MaxTxSavepoints savepoints, or the consumer stops,
 // commits them with their completions, and returns the events it did not
-// get to. If the transaction breaks or does not commit,
-// every event that ran counts a failed attempt (see recover).
+// get to. If the transaction breaks or does not commit, every event that
+// ran counts a failed attempt (see recover).
 func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest []*Event) {
 	start := time.Now()
 	tx, err := c.begin(handlerCtx)

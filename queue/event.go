@@ -136,9 +136,11 @@ func (ev *Event) decodeColumns() error {
 		}
 	}
 	if len(ev.headersJSON) > 0 {
-		if err := json.Unmarshal(ev.headersJSON, &ev.Headers); err != nil {
+		h, err := decodeHeaders(ev.headersJSON)
+		if err != nil {
 			return fmt.Errorf("event %d: decode headers: %w", ev.QueueID, err)
 		}
+		ev.Headers = h
 	}
 	ev.errorsJSON, ev.headersJSON = nil, nil
 	return nil

@@ -1,0 +1,122 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"unicode/utf8"
+)
+
+// decodeHeaders decodes stored headers, a JSON object of string arrays as
+// jsonb prints it ({"Webhook-Id": ["msg_1"], ...}), exactly as
+// json.Unmarshal into an http.Header would. Headers whose names and values
+// hold no escapes, which is nearly all of them, are scanned directly;
+// anything else goes through encoding/json. Decoding headers with
+// encoding/json alone took a fifth of a Consumer's CPU time in Go.
+func decodeHeaders(data []byte) (http.Header, error) {
+	if h, ok := scanHeaders(data); ok {
+		return h, nil
+	}
+	var h http.Header
+	err := json.Unmarshal(data, &h)
+	return h, err
+}
+
+// scanHeaders decodes data when it is an object of arrays of plain strings
+// (valid UTF-8, no escapes or control characters) with JSON whitespace
+// anywhere between tokens, and reports false for anything else, valid or
+// not.
+func scanHeaders(data []byte) (http.Header, bool) {
+	s := headerScanner{data: data}
+	if !s.consume('{') {
+		return nil, false
+	}
+	h := http.Header{}
+	if s.consume('}') {
+		return h, s.end()
+	}
+	for {
+		name, ok := s.plainString()
+		if !ok || !s.consume(':') || !s.consume('[') {
+			return nil, false
+		}
+		values := []string{}
+		if !s.consume(']') {
+			for {
+				v, ok := s.plainString()
+				if !ok {
+					return nil, false
+				}
+				values = append(values, v)
+				if s.consume(']') {
+					break
+				}
+				if !s.consume(',') {
+					return nil, false
+				}
+			}
+		}
+		h[name] = values
+		if s.consume('}') {
+			return h, s.end()
+		}
+		if !s.consume(',') {
+			return nil, false
+		}
+	}
+}
+
+type headerScanner struct {
+	data []byte
+	pos  int
+}
+
+// consume skips JSON whitespace and then c, reporting whether c was there.
+func (s *headerScanner) consume(c byte) bool {
+	s.skipSpace()
+	if s.pos < len(s.data) && s.data[s.pos] == c {
+		s.pos++
+		return true
+	}
+	return false
+}
+
+func (s *headerScanner) skipSpace() {
+	for s.pos < len(s.data) {
+		switch s.data[s.pos] {
+		case ' ', '\t', '\n', '\r':
+			s.pos++
+		default:
+			return
+		}
+	}
+}
+
+// end reports whether only whitespace is left.
+func (s *headerScanner) end() bool {
+	s.skipSpace()
+	return s.pos == len(s.data)
+}
+
+// plainString reads a string token with no escapes and no control
+// characters, in valid UTF-8.
+func (s *headerScanner) plainString() (string, bool) {
+	if !s.consume('"') {
+		return "", false
+	}
+	n := bytes.IndexByte(s.data[s.pos:], '"')
+	if n < 0 {
+		return "", false
+	}
+	raw := s.data[s.pos : s.pos+n]
+	for _, c := range raw {
+		if c < 0x20 || c == '\\' {
+			return "", false
+		}
+	}
+	if !utf8.Valid(raw) {
+		return "", false
+	}
+	s.pos += n + 1
+	return string(raw), true
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/wharfhq/wharf/internal/jsontext"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -519,16 +520,7 @@ func (s *jsonScanner) fail(what string) error {
 	return fmt.Errorf("body is not valid JSON: %s at offset %d", what, s.pos)
 }
 
-func (s *jsonScanner) skipSpace() {
-	for s.pos < len(s.data) {
-		switch s.data[s.pos] {
-		case ' ', '\t', '\n', '\r':
-			s.pos++
-		default:
-			return
-		}
-	}
-}
+func (s *jsonScanner) skipSpace() { s.pos = jsontext.SkipSpace(s.data, s.pos) }
 
 // value scans one value. mask holds the paths that lead through this value
 // (their first depth segments matched its location) and continue below it.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"unicode/utf8"
+
+	"github.com/wharfhq/wharf/internal/jsontext"
 )
 
 // decodeHeaders decodes stored headers, a JSON object of string arrays as
@@ -81,16 +83,7 @@ func (s *headerScanner) consume(c byte) bool {
 	return false
 }
 
-func (s *headerScanner) skipSpace() {
-	for s.pos < len(s.data) {
-		switch s.data[s.pos] {
-		case ' ', '\t', '\n', '\r':
-			s.pos++
-		default:
-			return
-		}
-	}
-}
+func (s *headerScanner) skipSpace() { s.pos = jsontext.SkipSpace(s.data, s.pos) }
 
 // end reports whether only whitespace is left.
 func (s *headerScanner) end() bool {

@@ -98,7 +98,9 @@
 // queue_ordering_locks. Postgres rewrites the whole row on UPDATE and adds
 // an entry to each of its indexes, so the hot row is kept narrow and
 // lightly indexed: a fetch costs about half what it would with the body and
-// the unique key in the hot row. Completed events are deleted in the
+// the unique key in the hot row. A Consumer's one fetcher sets the pace of
+// its workers, so its fetch leaves the payloads out: each worker reads
+// and decodes its own events' payloads. Completed events are deleted in the
 // completing transaction; the tables vacuum early and unthrottled (see the
 // migration).
 //

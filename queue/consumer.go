@@ -575,16 +575,15 @@ func (c *Consumer) process(handlerCtx, runCtx context.Context, chunk []*Event) {
 func (c *Consumer) loadPayloads(chunk []*Event) []*Event {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	byID := make(map[int64]*Event, len(chunk))
+	missing := make(map[int64]*Event, len(chunk)) // until its payload is read
 	ids := make([]int64, len(chunk))
 	for i, ev := range chunk {
-		byID[ev.QueueID], ids[i] = ev, ev.QueueID
+		missing[ev.QueueID], ids[i] = ev, ev.QueueID
 	}
 	b := &pgx.Batch{}
 	b.Queue(indexPlansSQL)
 	b.Queue(c.q.sql.payloads, ids)
 	br := c.q.pool.SendBatch(ctx, b)
-	found := make(map[int64]bool, len(chunk))
 	_, err := br.Exec()
 	if err == nil {
 		var id int64
@@ -592,8 +591,9 @@ func (c *Consumer) loadPayloads(chunk []*Event) []*Event {
 		var rows pgx.Rows
 		if rows, err = br.Query(); err == nil {
 			_, err = pgx.ForEachRow(rows, []any{&id, &body, &headers}, func() error {
-				if ev := byID[id]; ev != nil {
-					ev.Body, ev.headersJSON, found[id] = body, headers, true
+				if ev := missing[id]; ev != nil {
+					ev.Body, ev.headersJSON = body, headers
+					delete(missing, id)
 				}
 				return nil
 			})
@@ -607,18 +607,19 @@ func (c *Consumer) loadPayloads(chunk []*Event) []*Event {
 		c.release(chunk)
 		return nil
 	}
-	loaded, gone := chunk[:0], []*Event(nil)
+	if len(missing) == 0 {
+		return chunk
+	}
+	loaded, gone := chunk[:0], make([]*Event, 0, len(missing))
 	for _, ev := range chunk {
-		if found[ev.QueueID] {
+		if missing[ev.QueueID] == nil {
 			loaded = append(loaded, ev)
 		} else {
 			gone = append(gone, ev)
 		}
 	}
-	if len(gone) > 0 {
-		c.log.Warn("queue: fetched events were removed under a lease this consumer no longer holds; dropping them", "events", len(gone))
-		c.untrack(gone)
-	}
+	c.log.Warn("queue: fetched events were removed under a lease this consumer no longer holds; dropping them", "events", len(gone))
+	c.untrack(gone)
 	return loaded
 }
 

@@ -1,11 +1,13 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +38,10 @@ const (
 	// the database take none, and share transactions up to TxBatch.
 	MaxTxSavepoints = 50
 )
+
+// errStatementFailed is the error of a handler that returned nil after
+// one of its statements failed.
+var errStatementFailed = errors.New("handler returned nil but its transaction failed (a failed statement aborts the transaction)")
 
 // Handler processes one event. It runs inside tx, under a savepoint of its
 // own; the Consumer completes the event in the same transaction and commits
@@ -128,6 +134,22 @@ type ConsumerConfig struct {
 	// Prepare.
 	Unprepare func(ctx context.Context, tx pgx.Tx, evs []*Event) error
 
+	// BatchKey, when set, groups each transaction's events for
+	// BatchHandler: two or more events given the same non-empty key run
+	// together, in one BatchHandler call under one savepoint, ahead of the
+	// transaction's other events, which run one by one through Handler. It
+	// is called after Prepare. Required with BatchHandler.
+	BatchKey func(ev *Event) string
+
+	// BatchHandler handles one group of events (see BatchKey) at once, for
+	// handlers that write many events' effects in one statement. When it
+	// returns nil, every event of the group is done; a Defer error defers
+	// them all. Any other error, or a panic, rolls the group's writes back,
+	// and its events run again one by one through Handler, which decides
+	// each one's outcome, so an event that fails spends its attempt alone.
+	// Defaults to none: every event runs through Handler.
+	BatchHandler func(ctx context.Context, tx pgx.Tx, evs []*Event) error
+
 	// Name identifies this consumer as the lease holder in the queue table
 	// and in error histories. Defaults to "hostname:pid:random".
 	Name string
@@ -184,6 +206,9 @@ func (c ConsumerConfig) validate(q *Queue) error {
 	}
 	if (c.Prepare == nil) != (c.Unprepare == nil) {
 		return fmt.Errorf("%w: set both Prepare and Unprepare, or neither", ErrInvalidConfig)
+	}
+	if (c.BatchKey == nil) != (c.BatchHandler == nil) {
+		return fmt.Errorf("%w: set both BatchKey and BatchHandler, or neither", ErrInvalidConfig)
 	}
 	for _, k := range c.Only {
 		if k.Source == "" || k.Type == "" {
@@ -704,14 +729,24 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 	}
 	var out outcomes
 	var broken error
-	for i, ev := range evs {
+	units := c.units(evs)
+	for i := 0; i < len(units); i++ {
 		if i > 0 && (time.Since(start) >= c.cfg.MaxTxDuration || out.savepoints >= MaxTxSavepoints || runCtx.Err() != nil) {
-			rest = evs[i:]
+			rest = slices.Concat(units[i:]...)
 			break
 		}
-		if broken = c.runOne(handlerCtx, tx, ev, &out); broken != nil {
-			rest = evs[i+1:]
+		split := false
+		if len(units[i]) == 1 {
+			broken = c.runOne(handlerCtx, tx, units[i][0], &out)
+		} else {
+			split, broken = c.runBatch(handlerCtx, tx, units[i], &out)
+		}
+		if broken != nil {
+			rest = slices.Concat(units[i+1:]...)
 			break
+		}
+		if split {
+			units = slices.Insert(units, i+1, alone(units[i])...)
 		}
 	}
 	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -732,6 +767,50 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 	}
 	c.q.notifyIfKeyed(out.ran())
 	return rest
+}
+
+// units orders a transaction's events into what runTx runs one at a time:
+// first the groups that BatchKey forms (two or more events with one key),
+// each for one BatchHandler call, then every other event alone.
+func (c *Consumer) units(evs []*Event) [][]*Event {
+	if c.cfg.BatchKey == nil {
+		return alone(evs)
+	}
+	var groups [][]*Event
+	index := map[string]int{}
+	var single []*Event
+	for _, ev := range evs {
+		key := c.cfg.BatchKey(ev)
+		if key == "" {
+			single = append(single, ev)
+			continue
+		}
+		i, ok := index[key]
+		if !ok {
+			i = len(groups)
+			index[key] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], ev)
+	}
+	units := make([][]*Event, 0, len(evs))
+	for _, g := range groups {
+		if len(g) > 1 {
+			units = append(units, g)
+		} else {
+			single = append(single, g[0])
+		}
+	}
+	return append(units, alone(single)...)
+}
+
+// alone makes each event a unit of its own.
+func alone(evs []*Event) [][]*Event {
+	units := make([][]*Event, len(evs))
+	for i := range evs {
+		units[i] = evs[i : i+1]
+	}
+	return units
 }
 
 // begin opens a transaction that runs with synchronous_commit on, in one
@@ -776,7 +855,7 @@ func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcom
 	case err == nil && htx.err != nil:
 		err = htx.err
 	case err == nil:
-		err = errors.New("handler returned nil but its transaction failed (a failed statement aborts the transaction)")
+		err = errStatementFailed
 	}
 	var deferred *DeferError
 	if errors.As(err, &deferred) {
@@ -794,6 +873,57 @@ func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcom
 		return fmt.Errorf("roll back savepoint: %w", rbErr)
 	}
 	return nil
+}
+
+// runBatch runs a group of events in one BatchHandler call under one
+// savepoint and records their outcome if the call decides it: done, or all
+// deferred. Otherwise it rolls the group's writes back and reports split:
+// the events are to run again one by one. Like runOne, it returns an error
+// only when the transaction is broken.
+func (c *Consumer) runBatch(ctx context.Context, tx pgx.Tx, evs []*Event, out *outcomes) (split bool, broken error) {
+	htx := &handlerTx{Tx: tx}
+	err := c.callBatch(ctx, htx, evs)
+	if htx.savepoint {
+		out.savepoints++
+	}
+	if err == nil && htx.err == nil && (!htx.savepoint || !htx.failed()) {
+		out.done = append(out.done, evs...)
+		return false, nil
+	}
+	var deferred *DeferError
+	if errors.As(err, &deferred) {
+		for _, ev := range evs {
+			out.deferred = append(out.deferred, ev)
+			out.deferUntil = append(out.deferUntil, deferred.Until)
+		}
+	} else {
+		split = true
+		c.log.Debug("queue: a batch of events failed; they run again one by one", "events", len(evs), "error", cmp.Or(err, htx.err, errStatementFailed))
+	}
+	if !htx.savepoint {
+		return split, nil
+	}
+	if _, rbErr := tx.Exec(ctx, rollbackSavepointSQL); rbErr != nil {
+		if split {
+			// They ran, and may have had effects outside the database.
+			for _, ev := range evs {
+				out.failed = append(out.failed, failureOf(ev, fmt.Errorf("batch failed: %v", cmp.Or(err, htx.err, errStatementFailed))))
+			}
+		}
+		return false, fmt.Errorf("roll back savepoint: %w", rbErr)
+	}
+	return split, nil
+}
+
+// callBatch runs the BatchHandler, turning a panic into an error with its
+// stack.
+func (c *Consumer) callBatch(ctx context.Context, tx *handlerTx, evs []*Event) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return c.cfg.BatchHandler(ctx, tx, evs)
 }
 
 // call runs the handler, turning a panic into an error with its stack.

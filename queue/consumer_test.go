@@ -1475,6 +1475,8 @@ func TestNewConsumerValidation(t *testing.T) {
 	require.ErrorIs(t, err, queue.ErrInvalidConfig, "TxBatch over MaxTxBatch")
 	_, err = queue.NewConsumer(q, queue.ConsumerConfig{Handler: handler, TxBatch: queue.MaxTxBatch})
 	require.NoError(t, err)
+	_, err = queue.NewConsumer(q, queue.ConsumerConfig{Handler: handler, BatchKey: func(*queue.Event) string { return "" }})
+	require.ErrorIs(t, err, queue.ErrInvalidConfig, "BatchKey without BatchHandler")
 }
 
 // 10b. Run refuses to run twice at once, without disturbing the first Run.

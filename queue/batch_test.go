@@ -1,0 +1,261 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
+)
+
+// btWriteEffects records one run of each event's handler in tx, in one
+// statement, as a batch handler would.
+func btWriteEffects(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+	ids := make([]string, len(evs))
+	for i, ev := range evs {
+		ids[i] = ev.ID
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO effects (event_id, n) SELECT unnest($1::text[]), 1
+		ON CONFLICT (event_id) DO UPDATE SET n = effects.n + 1`, ids)
+	return err
+}
+
+// btCalls records which events each handler was called with.
+type btCalls struct {
+	mu      sync.Mutex
+	batches [][]string // BatchHandler calls
+	singles []ctCall   // Handler calls
+}
+
+func (c *btCalls) batch(evs []*queue.Event) {
+	ids := make([]string, len(evs))
+	for i, ev := range evs {
+		ids[i] = ev.ID
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batches = append(c.batches, ids)
+}
+
+func (c *btCalls) single(ev *queue.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.singles = append(c.singles, ctCall{ID: ev.ID, Attempt: ev.Attempt, Errors: ev.Errors})
+}
+
+// btBatchKey puts the events with an even number in batch "even" and
+// leaves the others to run alone.
+func btBatchKey(ev *queue.Event) string {
+	if strings.IndexAny(ev.ID[len(ev.ID)-1:], "02468") == 0 {
+		return "even"
+	}
+	return ""
+}
+
+// Events that BatchKey groups run in one BatchHandler call, under one
+// savepoint, in the same transaction as the events that run alone; all
+// commit once.
+func TestConsumerBatchHandlerRunsGroupsInOneCall(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{})
+	ctCreateEffects(t, pool)
+	ids := ctIDs("e", 40)
+	ctEnqueueAll(t, q, ids)
+
+	var calls btCalls
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:       1,
+		TxBatch:       40,
+		MaxTxDuration: time.Minute,
+		BatchKey:      btBatchKey,
+		BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+			calls.batch(evs)
+			return btWriteEffects(ctx, tx, evs)
+		},
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			calls.single(ev)
+			return ctWriteEffect(ctx, tx, ev.ID)
+		},
+	})
+	require.NoError(t, err)
+	stop := runConsumer(t, c)
+	dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	stop()
+
+	effects := ctEffects(t, pool)
+	for _, id := range ids {
+		require.Equal(t, 1, effects[id], "effect of %s", id)
+	}
+	calls.mu.Lock()
+	defer calls.mu.Unlock()
+	// A worker's first chunk holds one event (chunks grow with the
+	// measured pace), so an even event may run alone; none runs twice.
+	batched := map[string]bool{}
+	for _, b := range calls.batches {
+		require.GreaterOrEqual(t, len(b), 2, "a group of one runs through Handler")
+		for _, id := range b {
+			require.Equal(t, "even", btBatchKey(&queue.Event{ID: id}), "%s ran in a batch", id)
+			require.False(t, batched[id], "%s ran in two batches", id)
+			batched[id] = true
+		}
+	}
+	require.NotEmpty(t, calls.batches)
+	require.Less(t, len(calls.batches), len(batched), "batched events shared calls")
+	alone := map[string]bool{}
+	for _, s := range calls.singles {
+		require.False(t, batched[s.ID], "%s ran both in a batch and alone", s.ID)
+		require.False(t, alone[s.ID], "%s ran alone twice", s.ID)
+		require.Equal(t, 1, s.Attempt)
+		alone[s.ID] = true
+	}
+	require.Len(t, ids, len(batched)+len(alone), "every event ran once")
+	noOrphans(t, pool)
+}
+
+// A batch that fails is rolled back whole, and its events run again one by
+// one in Handler: only the event that fails alone spends an attempt.
+func TestConsumerBatchFailureSplitsTheBatch(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		fail func(ctx context.Context, tx pgx.Tx) error // after the batch wrote its effects
+	}{
+		{"error", func(context.Context, pgx.Tx) error { return errors.New("e4 is poison") }},
+		{"swallowed SQL error", func(ctx context.Context, tx pgx.Tx) error {
+			_, _ = tx.Exec(ctx, `SELECT 1 / 0`)
+			return nil
+		}},
+		{"panic", func(context.Context, pgx.Tx) error { panic("e4 blew up the batch") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q, pool := newQueue(t, queue.Config{Backoff: ctSmallBackoff})
+			ctCreateEffects(t, pool)
+			ids := ctIDs("e", 10)
+			ctEnqueueAll(t, q, ids)
+
+			var calls btCalls
+			c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+				Workers:       1,
+				TxBatch:       10,
+				MaxTxDuration: time.Minute,
+				PollInterval:  20 * time.Millisecond,
+				BatchKey:      func(*queue.Event) string { return "all" },
+				BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+					calls.batch(evs)
+					if err := btWriteEffects(ctx, tx, evs); err != nil {
+						return err
+					}
+					for _, ev := range evs {
+						if ev.ID == "e4" {
+							return tc.fail(ctx, tx)
+						}
+					}
+					return nil
+				},
+				Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+					calls.single(ev)
+					if err := ctWriteEffect(ctx, tx, ev.ID); err != nil {
+						return err
+					}
+					if ev.ID == "e4" && ev.Attempt == 1 {
+						return errors.New("e4 fails alone too")
+					}
+					return nil
+				},
+			})
+			require.NoError(t, err)
+			stop := runConsumer(t, c)
+			dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+			stop()
+
+			effects := ctEffects(t, pool)
+			require.Len(t, effects, 10)
+			for _, id := range ids {
+				require.Equal(t, 1, effects[id], "effect of %s (the failed batch's writes must be rolled back)", id)
+			}
+			calls.mu.Lock()
+			defer calls.mu.Unlock()
+			require.NotEmpty(t, calls.batches)
+			require.Contains(t, calls.batches[0], "e4")
+			runs := map[string][]ctCall{}
+			for _, s := range calls.singles {
+				runs[s.ID] = append(runs[s.ID], s)
+			}
+			for _, id := range calls.batches[0] {
+				if id == "e4" {
+					continue
+				}
+				require.Len(t, runs[id], 1, "%s ran alone once after its batch failed", id)
+				require.Equal(t, 1, runs[id][0].Attempt, "%s: a failed batch spends no attempt", id)
+			}
+			e4 := runs["e4"]
+			require.Len(t, e4, 2, "e4 failed alone once, then succeeded")
+			require.Equal(t, 1, e4[0].Attempt)
+			require.Equal(t, 2, e4[1].Attempt)
+			require.Len(t, e4[1].Errors, 1, "only e4's own failure is in its history")
+			require.Contains(t, e4[1].Errors[0].Error, "e4 fails alone too")
+			noOrphans(t, pool)
+		})
+	}
+}
+
+// A batch that returns Defer defers every event of it, attempts given
+// back, without running them one by one.
+func TestConsumerBatchDeferDefersTheWholeBatch(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{})
+	ctCreateEffects(t, pool)
+	ids := ctIDs("d", 6)
+	ctEnqueueAll(t, q, ids)
+
+	var calls btCalls
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:       1,
+		TxBatch:       6,
+		MaxTxDuration: time.Minute,
+		BatchKey:      func(*queue.Event) string { return "all" },
+		BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+			calls.batch(evs)
+			if err := btWriteEffects(ctx, tx, evs); err != nil {
+				return err
+			}
+			return queue.Defer(time.Now().Add(time.Hour), errors.New("downstream busy"))
+		},
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			// A worker's first chunk holds one event, which runs alone.
+			calls.single(ev)
+			return queue.Defer(time.Now().Add(time.Hour), errors.New("downstream busy"))
+		},
+	})
+	require.NoError(t, err)
+	stop := runConsumer(t, c)
+	dbtest.Eventually(t, 20*time.Second, "every event deferred", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue
+			WHERE state = 'available' AND run_at > now() + interval '30 minutes'`) == len(ids)
+	})
+	stop()
+
+	for _, id := range ids {
+		row := ctGetRow(t, pool, id)
+		require.Zero(t, row.Attempt, "%s: the deferred attempt was not given back", id)
+		require.Empty(t, row.Errors, "%s: a deferral is not a failure", id)
+	}
+	require.Empty(t, ctEffects(t, pool), "the deferred batch's writes must be rolled back")
+	calls.mu.Lock()
+	defer calls.mu.Unlock()
+	require.NotEmpty(t, calls.batches)
+	for _, s := range calls.singles {
+		for _, b := range calls.batches {
+			require.NotContains(t, b, s.ID, "a deferred batch's events do not run one by one")
+		}
+	}
+	noOrphans(t, pool)
+}

@@ -6,6 +6,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -69,7 +71,8 @@ type route struct{ source, typ string }
 type handler struct {
 	route
 	fn          HandlerFunc
-	name        string // the idempotency consumer
+	batch       BatchHandlerFunc // nil unless registered with HandleBatch; fn then calls it with one event
+	name        string           // the idempotency consumer
 	downstream  string
 	maxAttempts int
 	timeout     time.Duration
@@ -169,16 +172,38 @@ func Concurrency(n int) HandleOption {
 // here, so during a rolling deploy an old worker never takes an event type
 // that only the new version knows.
 func (p *Pipeline) Handle(sourceName, eventType string, fn HandlerFunc, opts ...HandleOption) error {
-	if p.running.Load() {
-		return ErrRunning
-	}
 	if fn == nil {
 		return fmt.Errorf("%w: handler for %s/%s is nil", ErrInvalidConfig, sourceName, eventType)
 	}
+	return p.register(&handler{route: route{sourceName, eventType}, fn: fn}, opts)
+}
+
+// HandleBatch registers fn like Handle, for handlers that are faster with
+// many events at once: a worker hands fn, in one call, every event of its
+// transaction that fn takes and that no earlier delivery has processed
+// (up to Config.TxBatch; one alone runs in a call of its own). The
+// options apply to each call: Timeout bounds the call, Concurrency counts
+// it as one, and Downstream's breaker sees one call. A call that fails is
+// rolled back, and its events run again one call each, so an event that
+// fails spends its attempt alone; a queue.Defer error defers them all.
+func (p *Pipeline) HandleBatch(sourceName, eventType string, fn BatchHandlerFunc, opts ...HandleOption) error {
+	if fn == nil {
+		return fmt.Errorf("%w: batch handler for %s/%s is nil", ErrInvalidConfig, sourceName, eventType)
+	}
+	one := func(ctx context.Context, tx pgx.Tx, ev Event) error { return fn(ctx, tx, []Event{ev}) }
+	return p.register(&handler{route: route{sourceName, eventType}, fn: one, batch: fn}, opts)
+}
+
+// register applies opts to h and adds it to the routes.
+func (p *Pipeline) register(h *handler, opts []HandleOption) error {
+	if p.running.Load() {
+		return ErrRunning
+	}
+	sourceName, eventType := h.source, h.typ
 	if reason := checkName(eventType, queue.MaxTypeLen); reason != "" {
 		return fmt.Errorf("%w: event type %q %s", ErrInvalidConfig, eventType, reason)
 	}
-	h := &handler{route: route{sourceName, eventType}, fn: fn, name: sourceName + "/" + eventType}
+	h.name = sourceName + "/" + eventType
 	for _, opt := range opts {
 		if err := opt(h); err != nil {
 			return fmt.Errorf("%w: handler %s/%s: %v", ErrInvalidConfig, sourceName, eventType, err)
@@ -201,6 +226,9 @@ func (p *Pipeline) Handle(sourceName, eventType string, fn HandlerFunc, opts ...
 		return fmt.Errorf("%w: %s/%s already has a handler", ErrInvalidConfig, sourceName, eventType)
 	}
 	p.routes[h.route] = h
+	if h.batch != nil {
+		p.batching = true
+	}
 	return nil
 }
 

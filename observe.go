@@ -112,6 +112,11 @@ const (
 	// is Permanent or it was the last attempt; the event moves to the dead
 	// letter queue.
 	AttemptDeadLettered AttemptOutcome = "dead_lettered"
+	// AttemptSplit: the event ran in a batch (Pipeline.HandleBatch) that
+	// failed; the batch's writes were rolled back and the event runs again
+	// alone, without spending an attempt. That run is reported as an
+	// attempt of its own, with the same number.
+	AttemptSplit AttemptOutcome = "split"
 )
 
 // AttemptResult describes how one processing attempt ended.
@@ -181,14 +186,7 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // observeWork is p.work, telling the observer about each attempt.
 func (p *Pipeline) observeWork(ctx context.Context, tx pgx.Tx, qev *queue.Event) (err error) {
 	start := time.Now()
-	a := Attempt{
-		Source: qev.Source, EventID: qev.ID, EventType: qev.Type,
-		Number: qev.Attempt, MaxAttempts: qev.MaxAttempts, QueueWait: start.Sub(waitingSince(qev)),
-	}
-	if h := p.handlerFor(qev.Source, qev.Type); h != nil {
-		a.Handler = h.name
-	}
-	ctx, end := p.cfg.Observer.StartAttempt(ctx, a)
+	ctx, end := p.cfg.Observer.StartAttempt(ctx, attemptOf(qev, p.handlerFor(qev.Source, qev.Type), start))
 	defer func() {
 		// A panic is the consumer's to recover (it counts as an error); the
 		// attempt is ended on the way.
@@ -201,6 +199,44 @@ func (p *Pipeline) observeWork(ctx context.Context, tx pgx.Tx, qev *queue.Event)
 	err = p.work(ctx, tx, qev)
 	end(AttemptResult{Outcome: attemptOutcome(err, qev), Err: err, Duration: time.Since(start)})
 	return err
+}
+
+// startAttempts tells the observer, if any, that the events of a batch
+// start their attempts, and returns the func that ends them all with the
+// batch's error: processed, deferred, or split (they run again alone). The
+// batch function runs in the worker's context, not in one of theirs.
+func (p *Pipeline) startAttempts(ctx context.Context, h *handler, qevs []*queue.Event) (ended func(error)) {
+	if p.cfg.Observer == nil {
+		return func(error) {}
+	}
+	start := time.Now()
+	ends := make([]func(AttemptResult), len(qevs))
+	for i, qev := range qevs {
+		_, ends[i] = p.cfg.Observer.StartAttempt(ctx, attemptOf(qev, h, start))
+	}
+	return func(err error) {
+		d := time.Since(start)
+		for i, qev := range qevs {
+			outcome := attemptOutcome(err, qev)
+			if outcome != AttemptProcessed && outcome != AttemptDeferred {
+				outcome = AttemptSplit
+			}
+			ends[i](AttemptResult{Outcome: outcome, Err: err, Duration: d})
+		}
+	}
+}
+
+// attemptOf describes qev's attempt, starting at start, by handler h (nil
+// when none takes it).
+func attemptOf(qev *queue.Event, h *handler, start time.Time) Attempt {
+	a := Attempt{
+		Source: qev.Source, EventID: qev.ID, EventType: qev.Type,
+		Number: qev.Attempt, MaxAttempts: qev.MaxAttempts, QueueWait: start.Sub(waitingSince(qev)),
+	}
+	if h != nil {
+		a.Handler = h.name
+	}
+	return a
 }
 
 // waitingSince is when qev last entered the queue as far as a worker can

@@ -52,6 +52,15 @@ type Event struct {
 // queue.Defer(until, reason) to put it back without spending an attempt.
 type HandlerFunc func(ctx context.Context, tx pgx.Tx, ev Event) error
 
+// BatchHandlerFunc processes several events of one handler inside tx at
+// once, so that their effects can be written in one statement. It
+// succeeds or fails as a whole: its writes commit with every event's
+// completion and idempotency claim, or, when it returns an error, are
+// rolled back, and each event runs again alone (evs holds just that one
+// event), so that only those that fail alone retry or dead-letter. A
+// queue.Defer error defers them all. See Pipeline.HandleBatch.
+type BatchHandlerFunc func(ctx context.Context, tx pgx.Tx, evs []Event) error
+
 // Unhandled says what happens to events that no handler takes.
 type Unhandled int
 
@@ -226,6 +235,8 @@ type Pipeline struct {
 	mu      sync.RWMutex
 	sources map[string]*source
 	routes  map[route]*handler
+	// batching: some handler was registered with HandleBatch.
+	batching bool
 }
 
 // New builds a Pipeline on pool. It does no I/O; the schema must have been

@@ -244,20 +244,33 @@ func TestPipelinePoisonDeadLettersReplaysOnce(t *testing.T) {
 	require.IsType(t, eventlog.Event{}, events[0])
 }
 
-func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {
-	t.Parallel()
-	var down atomic.Bool
-	down.Store(true)
-	var calls atomic.Int32
-	downstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls.Add(1)
-		if down.Load() {
+// flakyDownstream is an HTTP downstream that answers 503 while down (it
+// starts down) and 200 otherwise, counting the calls it gets.
+type flakyDownstream struct {
+	*httptest.Server
+	down  atomic.Bool
+	calls atomic.Int32
+}
+
+func newFlakyDownstream(t *testing.T) *flakyDownstream {
+	d := &flakyDownstream{}
+	d.down.Store(true)
+	d.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.calls.Add(1)
+		if d.down.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
 		w.WriteHeader(http.StatusOK)
 	}))
-	t.Cleanup(downstream.Close)
+	t.Cleanup(d.Close)
+	return d
+}
+
+func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {
+	t.Parallel()
+	downstream := newFlakyDownstream(t)
+	down, calls := &downstream.down, &downstream.calls
 
 	h := newHarness(t, wharf.Config{Breakers: breaker.Config{Default: breaker.Settings{
 		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 2,
@@ -521,6 +534,11 @@ func TestPipelineRegistrationErrors(t *testing.T) {
 	require.ErrorIs(t, p.Handle("acme", "x", noop, wharf.MaxAttempts(0)), wharf.ErrInvalidConfig)
 	require.NoError(t, p.Handle("acme", "x", noop))
 	require.ErrorIs(t, p.Handle("acme", "x", noop), wharf.ErrInvalidConfig, "twice")
+	batch := func(context.Context, pgx.Tx, []wharf.Event) error { return nil }
+	require.ErrorIs(t, p.HandleBatch("acme", "y", nil), wharf.ErrInvalidConfig)
+	require.ErrorIs(t, p.HandleBatch("acme", "x", batch), wharf.ErrInvalidConfig, "x has a handler")
+	require.ErrorIs(t, p.HandleBatch("acme", "y", batch, wharf.Timeout(0)), wharf.ErrInvalidConfig)
+	require.NoError(t, p.HandleBatch("acme", "y", batch))
 	_, err = wharf.New(pool, wharf.Config{Schema: "Bad"})
 	require.ErrorIs(t, err, wharf.ErrInvalidSchema)
 	_, err = wharf.New(nil, wharf.Config{})

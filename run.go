@@ -28,7 +28,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	if p.cfg.Observer != nil {
 		work = p.observeWork
 	}
-	consumer, err := queue.NewConsumer(p.queue, queue.ConsumerConfig{
+	cfg := queue.ConsumerConfig{
 		Handler:         work,
 		Prepare:         p.claimAll,
 		Unprepare:       p.unclaim,
@@ -41,7 +41,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		RescueInterval:  p.cfg.RescueInterval,
 		ShutdownTimeout: p.cfg.ShutdownTimeout,
 		Logger:          p.cfg.Logger,
-	})
+	}
+	p.mu.RLock()
+	if p.batching {
+		cfg.BatchKey, cfg.BatchHandler = p.batchKey, p.workBatch
+	}
+	p.mu.RUnlock()
+	consumer, err := queue.NewConsumer(p.queue, cfg)
 	if err != nil {
 		return err
 	}

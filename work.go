@@ -51,10 +51,79 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 	}
 	defer release()
 
-	if err := p.run(ctx, tx, h, qev); err != nil {
+	ev := eventOf(qev)
+	err = p.run(ctx, tx, h, qev.Attempt, func(ctx context.Context, tx pgx.Tx) error { return h.fn(ctx, tx, ev) })
+	if err != nil {
 		return h.retryIn(err, qev.Attempt)
 	}
+	return p.recordProcessed(ctx, tx, h, qev)
+}
+
+// recordProcessed appends the audit record of an event h processed.
+func (p *Pipeline) recordProcessed(ctx context.Context, tx pgx.Tx, h *handler, qev *queue.Event) error {
 	return p.record(ctx, tx, qev, AuditProcessed, map[string]any{"handler": h.name, "attempt": qev.Attempt})
+}
+
+// batchKey is the consumer's BatchKey: events go to one call of their
+// handler's batch function when it has one and their claims were won in
+// this transaction by claimAll. Any other event (a duplicate, one without
+// a handler) runs alone through work.
+func (p *Pipeline) batchKey(qev *queue.Event) string {
+	c, ok := qev.Prepared.(*preparedClaim)
+	if !ok || !c.First || c.Err != nil {
+		return ""
+	}
+	h := p.handlerFor(qev.Source, qev.Type)
+	if h == nil || h.batch == nil || c.pair.Consumer != h.name {
+		return ""
+	}
+	return h.source + "\x00" + h.typ
+}
+
+// workBatch is the consumer's BatchHandler: it runs events that batchKey
+// grouped, all of one handler, in one call of its batch function (through
+// its breaker, within its timeout), and records their audit. If it fails,
+// the consumer rolls its writes back and runs the events again through
+// work, one by one; a deferral defers them all.
+func (p *Pipeline) workBatch(ctx context.Context, tx pgx.Tx, qevs []*queue.Event) (err error) {
+	h := p.handlerFor(qevs[0].Source, qevs[0].Type)
+	ended := p.startAttempts(ctx, h, qevs)
+	defer func() {
+		// A panic is the consumer's to recover; the attempts end on the way.
+		r := recover()
+		if r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+		ended(err)
+		if r != nil {
+			panic(r)
+		}
+	}()
+	release, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	evs := make([]Event, len(qevs))
+	attempt := 0
+	for i, qev := range qevs {
+		evs[i] = eventOf(qev)
+		attempt = max(attempt, qev.Attempt)
+	}
+	err = p.run(ctx, tx, h, attempt, func(ctx context.Context, tx pgx.Tx) error { return h.batch(ctx, tx, evs) })
+	for i := 0; err == nil && i < len(qevs); i++ {
+		err = p.recordProcessed(ctx, tx, h, qevs[i])
+	}
+	return err
+}
+
+// eventOf is what a handler sees of a queued event.
+func eventOf(qev *queue.Event) Event {
+	return Event{
+		Source: qev.Source, ID: qev.ID, Type: qev.Type, OrderingKey: qev.OrderingKey,
+		Body: qev.Body, Headers: qev.Headers, ReceivedAt: qev.ReceivedAt,
+		Attempt: qev.Attempt, MaxAttempts: qev.MaxAttempts, Errors: qev.Errors,
+	}
 }
 
 // claim is the event's idempotency claim for handler h: the one claimAll
@@ -114,16 +183,12 @@ func (p *Pipeline) unclaim(ctx context.Context, tx pgx.Tx, evs []*queue.Event) e
 	return p.claims.Unclaim(ctx, tx, won)
 }
 
-// run calls the handler, within its timeout and through its breaker, and
-// turns the breaker's answers into deferrals: an open breaker, or a
-// failure it counts, is the downstream's fault, not the event's, so the
-// event waits without spending an attempt.
-func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, qev *queue.Event) error {
-	ev := Event{
-		Source: qev.Source, ID: qev.ID, Type: qev.Type, OrderingKey: qev.OrderingKey,
-		Body: qev.Body, Headers: qev.Headers, ReceivedAt: qev.ReceivedAt,
-		Attempt: qev.Attempt, MaxAttempts: qev.MaxAttempts, Errors: qev.Errors,
-	}
+// run calls fn, the handler's function bound to its events, within the
+// handler's timeout and through its breaker, and turns the breaker's
+// answers into deferrals: an open breaker, or a failure it counts, is the
+// downstream's fault, not the event's, so the event waits without
+// spending an attempt. attempt picks the deferral's backoff.
+func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, attempt int, fn func(context.Context, pgx.Tx) error) error {
 	if h.timeout > 0 {
 		restore, err := setStatementTimeout(ctx, tx, h.timeout)
 		if err != nil {
@@ -132,13 +197,14 @@ func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, qev *queue.Ev
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, h.timeout)
 		defer cancel()
-		err = p.call(ctx, detachedTx{tx}, h, ev)
+		tx = detachedTx{tx}
+		err = p.call(ctx, h, attempt, func(ctx context.Context) error { return fn(ctx, tx) })
 		if err == nil {
 			err = restore()
 		}
 		return err
 	}
-	return p.call(ctx, tx, h, ev)
+	return p.call(ctx, h, attempt, func(ctx context.Context) error { return fn(ctx, tx) })
 }
 
 // setStatementTimeout sets statement_timeout for the rest of tx and returns
@@ -157,9 +223,8 @@ func setStatementTimeout(ctx context.Context, tx pgx.Tx, d time.Duration) (resto
 	}, nil
 }
 
-// call runs the handler through its breaker, if it has one.
-func (p *Pipeline) call(ctx context.Context, tx pgx.Tx, h *handler, ev Event) error {
-	call := func(ctx context.Context) error { return h.fn(ctx, tx, ev) }
+// call runs the handler's call through its breaker, if it has one.
+func (p *Pipeline) call(ctx context.Context, h *handler, attempt int, call func(context.Context) error) error {
 	if h.downstream == "" {
 		return call(ctx)
 	}
@@ -174,7 +239,7 @@ func (p *Pipeline) call(ctx context.Context, tx pgx.Tx, h *handler, ev Event) er
 	case errors.As(err, &open):
 		return queue.Defer(open.Until, err)
 	case errors.Is(err, breaker.ErrDownstream):
-		return queue.Defer(time.Now().Add(p.cfg.Backoff.Delay(ev.Attempt)), err)
+		return queue.Defer(time.Now().Add(p.cfg.Backoff.Delay(attempt)), err)
 	}
 	return err
 }

@@ -1,0 +1,248 @@
+package wharf_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/breaker"
+	"github.com/wharfhq/wharf/idempotency"
+)
+
+// writeEffects records one run of each event's handler, in one statement.
+func writeEffects(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+	ids := make([]string, len(evs))
+	for i, ev := range evs {
+		ids[i] = ev.ID
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO effects SELECT unnest($1::text[]), 1
+		ON CONFLICT (event_id) DO UPDATE SET n = effects.n + 1`, ids)
+	return err
+}
+
+// batchCalls records the events of each call of a batch handler, and the
+// attempt each event was processed on.
+type batchCalls struct {
+	mu          sync.Mutex
+	calls       [][]string
+	processedAt map[string]int
+}
+
+func (b *batchCalls) add(evs []wharf.Event, processed bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ids := make([]string, len(evs))
+	for i, ev := range evs {
+		ids[i] = ev.ID
+		if processed {
+			if b.processedAt == nil {
+				b.processedAt = map[string]int{}
+			}
+			b.processedAt[ev.ID] = ev.Attempt
+		}
+	}
+	b.calls = append(b.calls, ids)
+}
+
+// largest returns the most events one call had.
+func (b *batchCalls) largest() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, c := range b.calls {
+		n = max(n, len(c))
+	}
+	return n
+}
+
+// sendAll posts n new events id0..id(n-1) of type typ.
+func (h *harness) sendAll(prefix, typ string, n int) {
+	h.t.Helper()
+	for i := range n {
+		require.Equal(h.t, http.StatusAccepted, h.send(fmt.Sprintf("%s%d", prefix, i), typ))
+	}
+}
+
+// A batch handler gets many events per call, each exactly once, with
+// their claims and audit records; an event processed before (its claim
+// taken) is completed without reaching it.
+func TestPipelineHandleBatchExactlyOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newHarness(t, wharf.Config{Audit: true, Workers: 1})
+	var calls batchCalls
+	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+		calls.add(evs, true)
+		return writeEffects(ctx, tx, evs)
+	}))
+	const n = 60
+	h.sendAll("b", "order.paid", n)
+	require.Equal(t, http.StatusOK, h.send("b7", "order.paid"), "a redelivery is a duplicate")
+	// b9 was processed already by a delivery the queue no longer shows
+	// (a redelivery racing the completion): its claim is taken.
+	_, err := h.pool.Exec(ctx, `INSERT INTO wharf.processed_events (consumer, key, mode) VALUES ($1, $2, 'tx')`,
+		"acme/order.paid", idempotency.Key("acme", "b9"))
+	require.NoError(t, err)
+
+	h.run()
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, n-1, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1 OR event_id = 'b9'`), "b9 ran again, or an event ran twice")
+	require.Equal(t, n, h.count(`SELECT count(*) FROM wharf.processed_events`))
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+
+	calls.mu.Lock()
+	seen := map[string]bool{}
+	for _, c := range calls.calls {
+		for _, id := range c {
+			require.False(t, seen[id], "%s handed to the batch handler twice", id)
+			seen[id] = true
+		}
+	}
+	require.Len(t, seen, n-1)
+	require.NotContains(t, seen, "b9")
+	for id, attempt := range calls.processedAt {
+		require.Equal(t, 1, attempt, id)
+	}
+	calls.mu.Unlock()
+	require.Greater(t, calls.largest(), 1, "events shared calls")
+
+	events, err := h.p.AuditLog().ReadStream(ctx, wharf.DeliveryStream("acme", "b3"), 1, 100)
+	require.NoError(t, err)
+	var types []string
+	for _, e := range events {
+		types = append(types, e.Type)
+	}
+	require.Equal(t, []string{wharf.AuditReceived, wharf.AuditProcessed}, types)
+}
+
+// An event that fails its batch is found by running the batch's events
+// alone: it alone retries and dead-letters, the rest are processed on their
+// first attempt, and nothing of the failed batches remains.
+func TestPipelineHandleBatchPoisonFailsAlone(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 1})
+	var calls batchCalls
+	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+		if err := writeEffects(ctx, tx, evs); err != nil {
+			return err
+		}
+		if slices.ContainsFunc(evs, func(ev wharf.Event) bool { return ev.ID == "p3" }) {
+			calls.add(evs, false)
+			return errors.New("p3 cannot be parsed")
+		}
+		calls.add(evs, true)
+		return nil
+	}, wharf.MaxAttempts(2)))
+	h.sendAll("p", "order.paid", 12)
+	h.run()
+	h.eventually("p3 dead-lettered", func() bool { return h.count(`SELECT count(*) FROM wharf.dead_letters WHERE event_id = 'p3'`) == 1 })
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, 11, h.count(`SELECT count(*) FROM effects WHERE n = 1 AND event_id <> 'p3'`))
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE event_id = 'p3' OR n <> 1`), "a failed batch's writes were kept")
+	require.Equal(t, 2, h.count(`SELECT jsonb_array_length(errors) FROM wharf.dead_letters WHERE event_id = 'p3'`),
+		"p3 spent exactly its own attempts")
+
+	calls.mu.Lock()
+	defer calls.mu.Unlock()
+	require.Len(t, calls.processedAt, 11)
+	for id, attempt := range calls.processedAt {
+		require.Equal(t, 1, attempt, "%s: its failed batch spent none of its attempts", id)
+	}
+	failedBatch := false
+	for _, c := range calls.calls {
+		failedBatch = failedBatch || (len(c) > 1 && slices.Contains(c, "p3"))
+	}
+	require.True(t, failedBatch, "p3 never shared a call, so nothing was split")
+}
+
+// A batch handler behind a breaker: an outage defers whole batches without
+// spending attempts or dead-lettering, and the backlog drains once the
+// downstream is back.
+func TestPipelineHandleBatchDownstreamOutage(t *testing.T) {
+	t.Parallel()
+	downstream := newFlakyDownstream(t)
+	down, calls := &downstream.down, &downstream.calls
+	h := newHarness(t, wharf.Config{Breakers: breaker.Config{Default: breaker.Settings{
+		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 2,
+		OpenTimeout: 100 * time.Millisecond, HalfOpenProbes: 1,
+	}}})
+	var processed batchCalls
+	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+		resp, err := http.Post(downstream.URL, "application/json", nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 500 {
+			return &breaker.StatusError{Code: resp.StatusCode}
+		}
+		processed.add(evs, true)
+		return writeEffects(ctx, tx, evs)
+	}, wharf.Downstream("ledger"), wharf.MaxAttempts(2)))
+	h.sendAll("o", "order.paid", 20)
+	h.run()
+	h.eventually("probes to fail repeatedly", func() bool { return calls.Load() >= 6 })
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`), "an outage floods nothing into the DLQ")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue WHERE attempt > 1`), "no attempt spent on the outage")
+
+	down.Store(false)
+	h.eventually("the backlog drained", func() bool { return h.count(`SELECT count(*) FROM effects WHERE n = 1`) == 20 })
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+	processed.mu.Lock()
+	defer processed.mu.Unlock()
+	for id, attempt := range processed.processedAt {
+		require.Equal(t, 1, attempt, "%s processed on its first counted attempt", id)
+	}
+}
+
+// The observer sees each event of a batch: processed with the batch, or
+// split when the batch failed and then processed alone, under one attempt
+// number.
+func TestObserverBatchAttempts(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	h := newHarness(t, wharf.Config{Observer: rec, Workers: 1})
+	var failed atomic.Bool
+	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+		if len(evs) > 1 && !failed.Swap(true) {
+			return errors.New("the first batch fails")
+		}
+		return writeEffects(ctx, tx, evs)
+	}))
+	h.sendAll("o", "order.paid", 20)
+	h.run()
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, 20, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
+	require.True(t, failed.Load(), "no batch ran")
+
+	splits := 0
+	for i := range 20 {
+		attempts := rec.attemptsOf(fmt.Sprintf("o%d", i))
+		require.NotEmpty(t, attempts)
+		last := attempts[len(attempts)-1]
+		require.Equal(t, wharf.AttemptProcessed, last.Outcome)
+		require.Equal(t, 1, last.Number)
+		require.Equal(t, "acme/order.paid", last.Handler)
+		if len(attempts) == 2 {
+			require.Equal(t, wharf.AttemptSplit, attempts[0].Outcome)
+			require.Equal(t, 1, attempts[0].Number)
+			require.ErrorContains(t, attempts[0].Err, "the first batch fails")
+			splits++
+		} else {
+			require.Len(t, attempts, 1)
+		}
+	}
+	require.Greater(t, splits, 1, "the failed batch's events were reported split")
+}

@@ -78,7 +78,7 @@ func benchmarkIngest(b *testing.B, senders int) {
 	_, err := pool.Exec(ctx, benchkit.Tables)
 	require.NoError(b, err)
 
-	p, err := benchkit.NewPipeline(pool, wharf.Config{}, true, nil)
+	p, err := benchkit.NewPipeline(pool, wharf.Config{}, benchkit.HandlerNoop, nil)
 	require.NoError(b, err)
 	defer p.Close()
 
@@ -203,12 +203,13 @@ func drainPreload(b *testing.B, pool *pgxpool.Pool, first, n int) {
 // 0.8x. Two rounds of half the events each, the first with the baseline
 // first, the second with wharf first.
 func BenchmarkPipelineDrain(b *testing.B) {
-	for _, handler := range []string{"insert", "noop"} {
-		b.Run("handler="+handler, func(b *testing.B) { benchmarkDrain(b, handler == "noop") })
+	for _, handler := range []string{benchkit.HandlerInsert, benchkit.HandlerBatch, benchkit.HandlerNoop} {
+		b.Run("handler="+handler, func(b *testing.B) { benchmarkDrain(b, handler) })
 	}
 }
 
-func benchmarkDrain(b *testing.B, noop bool) {
+func benchmarkDrain(b *testing.B, handler string) {
+	noop := handler == benchkit.HandlerNoop
 	const workers = wharf.DefaultWorkers
 	ctx := context.Background()
 	pool := dbtest.PoolWith(b, dbtest.Options{MaxConns: workers + 4})
@@ -216,7 +217,7 @@ func benchmarkDrain(b *testing.B, noop bool) {
 	require.NoError(b, err)
 
 	var handled atomic.Int64
-	p, err := benchkit.NewPipeline(pool, wharf.Config{Workers: workers}, noop, func(wharf.Event) { handled.Add(1) })
+	p, err := benchkit.NewPipeline(pool, wharf.Config{Workers: workers}, handler, func(wharf.Event) { handled.Add(1) })
 	require.NoError(b, err)
 	defer p.Close()
 
@@ -292,7 +293,7 @@ func benchmarkPickup(b *testing.B, split bool) {
 	}
 	started := make(chan time.Time, 1)
 	newPipeline := func(pool *pgxpool.Pool) *wharf.Pipeline {
-		p, err := benchkit.NewPipeline(pool, wharf.Config{}, true, func(wharf.Event) { started <- time.Now() })
+		p, err := benchkit.NewPipeline(pool, wharf.Config{}, benchkit.HandlerNoop, func(wharf.Event) { started <- time.Now() })
 		require.NoError(b, err)
 		b.Cleanup(p.Close)
 		return p

@@ -48,7 +48,7 @@ Examples:
 		o := &drainOptions{}
 		o.register(fs, e)
 		fs.IntVar(&o.events, "n", 100_000, "events to drain, per side")
-		fs.StringVar(&o.handler, "handler", "insert", "what the handler does: insert (one INSERT into a business table) or noop")
+		fs.StringVar(&o.handler, "handler", "insert", "what the handler does: insert (one INSERT into a business table), batch (a HandleBatch handler: one INSERT for all the events of a call) or noop")
 		fs.StringVar(&o.baselineInsert, "baseline-insert", "batch", "how the baseline writes its business rows: batch (one INSERT per batch) or per-event")
 		fs.IntVar(&o.workers, "workers", wharf.DefaultWorkers, "wharf workers per process; the baseline gets -workers × max(1, -procs) connections")
 		fs.IntVar(&o.procs, "procs", 0, "worker processes; 0 runs the workers in this process")
@@ -68,8 +68,8 @@ func (o *drainOptions) validate() error {
 	switch {
 	case o.events < 1:
 		return fmt.Errorf("-n %d: want at least 1 event", o.events)
-	case o.handler != "insert" && o.handler != "noop":
-		return fmt.Errorf("-handler %q: want insert or noop", o.handler)
+	case !benchkit.ValidHandler(o.handler):
+		return fmt.Errorf("-handler %q: want insert, batch or noop", o.handler)
 	case o.baselineInsert != "batch" && o.baselineInsert != "per-event":
 		return fmt.Errorf("-baseline-insert %q: want batch or per-event", o.baselineInsert)
 	case o.workers < 1:
@@ -144,7 +144,7 @@ func benchDrain(ctx context.Context, e *env, o *drainOptions) error {
 		var w drainer
 		if o.procs == 0 {
 			local := &localDrainer{pool: s}
-			if local.p, err = benchkit.NewPipeline(s.pool, wharf.Config{Workers: o.workers}, noop, func(wharf.Event) { local.calls.Add(1) }); err != nil {
+			if local.p, err = benchkit.NewPipeline(s.pool, wharf.Config{Workers: o.workers}, o.handler, func(wharf.Event) { local.calls.Add(1) }); err != nil {
 				return err
 			}
 			w = local

@@ -43,7 +43,7 @@ Examples:
 		o.register(fs, e)
 		fs.IntVar(&o.concurrency, "c", 32, "concurrent senders")
 		fs.DurationVar(&o.duration, "d", 10*time.Second, "how long each side is sent to")
-		fs.StringVar(&o.handler, "handler", "insert", "what the handler does: insert (one INSERT into a business table) or noop")
+		fs.StringVar(&o.handler, "handler", "insert", "what the handler does: insert (one INSERT into a business table), batch (a HandleBatch handler: one INSERT for all the events of a call) or noop")
 		fs.IntVar(&o.workers, "workers", wharf.DefaultWorkers, "wharf workers; the baseline's drain loop gets as many connections")
 		fs.DurationVar(&o.sample, "sample", time.Second, "how often the backlog is sampled")
 		fs.DurationVar(&o.poll, "baseline-poll", benchkit.DefaultBaselinePoll, "how long the baseline's loop waits after finding its table empty")
@@ -64,8 +64,8 @@ func (o *e2eOptions) validate() error {
 		return fmt.Errorf("-c %d: want at least 1 sender", o.concurrency)
 	case o.duration <= 0:
 		return fmt.Errorf("-d %s: want a positive duration", o.duration)
-	case o.handler != "insert" && o.handler != "noop":
-		return fmt.Errorf("-handler %q: want insert or noop", o.handler)
+	case !benchkit.ValidHandler(o.handler):
+		return fmt.Errorf("-handler %q: want insert, batch or noop", o.handler)
 	case o.workers < 1:
 		return fmt.Errorf("-workers %d: want at least 1", o.workers)
 	case o.sample <= 0:
@@ -139,7 +139,7 @@ func benchE2E(ctx context.Context, e *env, o *e2eOptions) error {
 	return withScratch(ctx, &o.benchOptions, e, int32(maxConns), func(s *scratch) error {
 		ours := &e2eWorkers{name: "wharf", table: "wharf.queue"}
 		var calls atomic.Int64
-		p, err := benchkit.NewPipeline(s.pool, wharf.Config{Workers: o.workers}, noop, func(ev wharf.Event) {
+		p, err := benchkit.NewPipeline(s.pool, wharf.Config{Workers: o.workers}, o.handler, func(ev wharf.Event) {
 			if ev.Attempt == 1 && ours.measuring.Load() {
 				ours.latencies.Add(time.Since(ev.ReceivedAt))
 			}

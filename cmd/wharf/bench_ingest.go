@@ -97,7 +97,7 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 	// wharf and the baseline never run at once, so they share one pool:
 	// the baseline's connections, plus wharf's committers and notifier.
 	return withScratch(ctx, &o.benchOptions, e, int32(o.conns+3), func(s *scratch) error {
-		p, err := benchkit.NewPipeline(s.pool, wharf.Config{}, true, nil)
+		p, err := benchkit.NewPipeline(s.pool, wharf.Config{}, benchkit.HandlerNoop, nil)
 		if err != nil {
 			return err
 		}

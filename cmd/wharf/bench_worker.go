@@ -39,7 +39,7 @@ var workerCommand = &command{
 		fs.StringVar(&o.databaseURL, "database-url", "", "the server")
 		fs.StringVar(&o.database, "database", "", "the scratch database")
 		fs.IntVar(&o.workers, "workers", wharf.DefaultWorkers, "workers")
-		fs.StringVar(&o.handler, "handler", "insert", "insert or noop")
+		fs.StringVar(&o.handler, "handler", "insert", "insert, batch or noop")
 		return func(ctx context.Context, e *env, _ []string) error { return benchWorker(ctx, e, o) }
 	},
 }
@@ -78,7 +78,7 @@ func benchWorker(ctx context.Context, e *env, o *workerOptions) error {
 		return fmt.Errorf("connect to %s: %w", o.database, err)
 	}
 	var calls atomic.Int64
-	p, err := benchkit.NewPipeline(pool, wharf.Config{Workers: o.workers}, o.handler == "noop", func(wharf.Event) { calls.Add(1) })
+	p, err := benchkit.NewPipeline(pool, wharf.Config{Workers: o.workers}, o.handler, func(wharf.Event) { calls.Add(1) })
 	if err != nil {
 		return err
 	}

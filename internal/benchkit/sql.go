@@ -49,12 +49,31 @@ CREATE TABLE bench_orders_baseline (LIKE bench_orders INCLUDING ALL);`
 // businessInsert is the realistic handler's one write.
 const businessInsert = `INSERT INTO bench_orders (source, event_id, event_type, size) VALUES ($1, $2, $3, $4)`
 
+// The handlers a bench Pipeline can run (NewPipeline).
+const (
+	// HandlerInsert does one INSERT into bench_orders in the event's
+	// transaction: the realistic handler.
+	HandlerInsert = "insert"
+	// HandlerBatch is registered with HandleBatch and writes the
+	// bench_orders rows of all the events of a call in one INSERT.
+	HandlerBatch = "batch"
+	// HandlerNoop does nothing (the Pipeline still claims the event).
+	HandlerNoop = "noop"
+)
+
+// ValidHandler reports whether name is one of the handlers above.
+func ValidHandler(name string) bool {
+	return name == HandlerInsert || name == HandlerBatch || name == HandlerNoop
+}
+
 // NewPipeline returns a Pipeline on pool with cfg, the Standard Webhooks
-// source Source signed with Secret, and a handler for Type that does one
-// INSERT into bench_orders in the event's transaction, or nothing when
-// noop (the Pipeline still claims the event). onEvent, when not nil, is
-// called first for each event the handler gets.
-func NewPipeline(pool *pgxpool.Pool, cfg wharf.Config, noop bool, onEvent func(wharf.Event)) (*wharf.Pipeline, error) {
+// source Source signed with Secret, and a handler for Type (HandlerInsert,
+// HandlerBatch or HandlerNoop). onEvent, when not nil, is called first for
+// each event the handler gets.
+func NewPipeline(pool *pgxpool.Pool, cfg wharf.Config, handler string, onEvent func(wharf.Event)) (*wharf.Pipeline, error) {
+	if !ValidHandler(handler) {
+		return nil, fmt.Errorf("benchkit: unknown handler %q", handler)
+	}
 	p, err := wharf.New(pool, cfg)
 	if err != nil {
 		return nil, err
@@ -63,16 +82,29 @@ func NewPipeline(pool *pgxpool.Pool, cfg wharf.Config, noop bool, onEvent func(w
 		p.Close()
 		return nil, err
 	}
-	err = p.Handle(Source, Type, func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
-		if onEvent != nil {
-			onEvent(ev)
-		}
-		if noop {
-			return nil
-		}
-		_, err := tx.Exec(ctx, businessInsert, ev.Source, ev.ID, ev.Type, len(ev.Body))
-		return err
-	})
+	if handler == HandlerBatch {
+		err = p.HandleBatch(Source, Type, func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+			var rows businessRows
+			for _, ev := range evs {
+				if onEvent != nil {
+					onEvent(ev)
+				}
+				rows.add(ev.Source, ev.ID, ev.Type, len(ev.Body))
+			}
+			return rows.insert(ctx, tx, "bench_orders")
+		})
+	} else {
+		err = p.Handle(Source, Type, func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+			if onEvent != nil {
+				onEvent(ev)
+			}
+			if handler == HandlerNoop {
+				return nil
+			}
+			_, err := tx.Exec(ctx, businessInsert, ev.Source, ev.ID, ev.Type, len(ev.Body))
+			return err
+		})
+	}
 	if err != nil {
 		p.Close()
 		return nil, err
@@ -229,8 +261,8 @@ RETURNING source, event_id, event_type, body, headers, received_at`, cmp.Or(d.Ba
 		if err != nil {
 			return err
 		}
-		var sources, ids, types, keys []string
-		var sizes []int32
+		var business businessRows
+		var keys []string
 		for rows.Next() {
 			var source, id, typ string
 			var body, headers []byte
@@ -242,14 +274,13 @@ RETURNING source, event_id, event_type, body, headers, received_at`, cmp.Or(d.Ba
 			if d.OnEvent != nil {
 				d.OnEvent(received)
 			}
-			sources, ids, types = append(sources, source), append(ids, id), append(types, typ)
+			business.add(source, id, typ, len(body))
 			keys = append(keys, idempotency.Key(source, id))
-			sizes = append(sizes, int32(len(body)))
 		}
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		if n = len(ids); n == 0 {
+		if n = len(keys); n == 0 {
 			return nil
 		}
 		claimed, err := tx.Query(ctx, `
@@ -271,24 +302,46 @@ RETURNING key`, Handler, keys)
 			return nil
 		}
 		if d.InsertPerEvent {
-			for i := range ids {
-				_, err := tx.Exec(ctx, `INSERT INTO bench_orders_baseline (source, event_id, event_type, size) VALUES ($1, $2, $3, $4)`,
-					sources[i], ids[i], types[i], sizes[i])
-				if err != nil {
-					return err
-				}
-			}
-			return nil
+			return business.insertEach(ctx, tx, "bench_orders_baseline")
 		}
-		_, err = tx.Exec(ctx, `
-INSERT INTO bench_orders_baseline (source, event_id, event_type, size)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])`, sources, ids, types, sizes)
-		return err
+		return business.insert(ctx, tx, "bench_orders_baseline")
 	})
 	if err == nil {
 		d.processed.Add(int64(n))
 	}
 	return n, err
+}
+
+// businessRows are the business table columns of several events.
+type businessRows struct {
+	sources, ids, types []string
+	sizes               []int32
+}
+
+func (r *businessRows) add(source, id, typ string, size int) {
+	r.sources, r.ids, r.types = append(r.sources, source), append(r.ids, id), append(r.types, typ)
+	r.sizes = append(r.sizes, int32(size))
+}
+
+// insert writes the rows into table (bench_orders or
+// bench_orders_baseline) with one INSERT.
+func (r *businessRows) insert(ctx context.Context, tx pgx.Tx, table string) error {
+	_, err := tx.Exec(ctx, `INSERT INTO `+table+` (source, event_id, event_type, size)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])`, r.sources, r.ids, r.types, r.sizes)
+	return err
+}
+
+// insertEach writes the rows into table with one INSERT each, a round trip
+// each, as a per-event handler does.
+func (r *businessRows) insertEach(ctx context.Context, tx pgx.Tx, table string) error {
+	for i := range r.ids {
+		_, err := tx.Exec(ctx, `INSERT INTO `+table+` (source, event_id, event_type, size) VALUES ($1, $2, $3, $4)`,
+			r.sources[i], r.ids[i], r.types[i], r.sizes[i])
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Poll calls done every millisecond until it returns true or an error. It

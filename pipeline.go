@@ -58,7 +58,7 @@ type HandlerFunc func(ctx context.Context, tx pgx.Tx, ev Event) error
 // completion and idempotency claim, or, when it returns an error, are
 // rolled back, and each event runs again alone (evs holds just that one
 // event), so that only those that fail alone retry or dead-letter. A
-// queue.Defer error defers them all. See Pipeline.HandleBatch.
+// Defer error defers them all. See Pipeline.HandleBatch.
 type BatchHandlerFunc func(ctx context.Context, tx pgx.Tx, evs []Event) error
 
 // Unhandled says what happens to events that no handler takes.

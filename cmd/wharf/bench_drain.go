@@ -20,8 +20,9 @@ var drainCommand = &command{
 	help: `Preloads -n 1 KB events (as Pipeline.Handler stores them) and times
 Pipeline.Run emptying the queue: fetch under a lease, idempotency claim, the
 handler, completion, one commit per worker transaction. The handler does one
-INSERT into a business table in the event's transaction (-handler insert) or
-nothing (-handler noop; the claim is still made).
+INSERT into a business table in the event's transaction (-handler insert),
+one INSERT for all the events of a call (-handler batch, registered with
+HandleBatch), or nothing (-handler noop; the claim is still made).
 
 The baseline preloads the same events into a plain table and empties it with
 the hand-written loop on as many connections as wharf has workers in all:

@@ -38,6 +38,11 @@ func TestWorkerCrash(t *testing.T) {
 	}
 
 	evs := newEvents("crash", "fi.effect", pick(1500, 10000))
+	for i := range evs {
+		if i%2 == 1 {
+			evs[i].Type = "fi.batch" // half of them through a HandleBatch handler
+		}
+	}
 	flow := pick(8*time.Second, 40*time.Second)
 	s := &sender{url: ingest.url, concurrency: 8, every: flow / time.Duration(len(evs)),
 		retryAfter: 100 * time.Millisecond, deadline: time.Minute}

@@ -36,7 +36,10 @@ func TestPoisonAndReplay(t *testing.T) {
 	evs := newEvents("poison", "fi.effect", pick(300, 3000))
 	var poison []string
 	for i := range evs {
-		if i%10 == 3 {
+		if i%2 == 1 {
+			evs[i].Type = "fi.batch" // half of them through a HandleBatch handler
+		}
+		if i%10 == 3 || i%10 == 4 {
 			evs[i].Data = map[string]any{"poison": true}
 			poison = append(poison, evs[i].ID)
 		}

@@ -28,6 +28,9 @@
 //	               writes
 //	fi.crash       kills its own process with SIGKILL, as the OOM killer
 //	               would, on every attempt
+//	fi.batch       as fi.effect, through a HandleBatch handler that writes
+//	               the effects of all the events of a call in one statement;
+//	               a call holding a poison event fails whole
 package main
 
 import (
@@ -157,6 +160,14 @@ func setup(pool *pgxpool.Pool, o options) (*wharf.Pipeline, error) {
 			}
 			return effect(ctx, tx, ev)
 		}),
+		p.HandleBatch(Source, "fi.batch", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+			for _, ev := range evs {
+				if d := data(ev); d.Poison && !o.fixed {
+					return fmt.Errorf("poison event %s: cannot parse its amount (attempt %d, in a call of %d)", ev.ID, ev.Attempt, len(evs))
+				}
+			}
+			return effects(ctx, tx, evs)
+		}),
 		p.Handle(Source, "fi.slow", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
 			time.Sleep(time.Duration(data(ev).SleepMS) * time.Millisecond) // the fault: a handler slower than its lease
 			return effect(ctx, tx, ev)
@@ -206,8 +217,18 @@ func data(ev wharf.Event) eventData {
 
 // effect is the business write whose count per event the suite checks.
 func effect(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
-	_, err := tx.Exec(ctx, `INSERT INTO fi_effects (event_id, event_type, attempt, prior_errors, pid) VALUES ($1, $2, $3, $4, $5)`,
-		ev.ID, ev.Type, ev.Attempt, len(ev.Errors), os.Getpid())
+	return effects(ctx, tx, []wharf.Event{ev})
+}
+
+// effects writes the effects of several events in one statement.
+func effects(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+	ids, types := make([]string, len(evs)), make([]string, len(evs))
+	attempts, prior := make([]int32, len(evs)), make([]int32, len(evs))
+	for i, ev := range evs {
+		ids[i], types[i], attempts[i], prior[i] = ev.ID, ev.Type, int32(ev.Attempt), int32(len(ev.Errors))
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO fi_effects (event_id, event_type, attempt, prior_errors, pid)
+		SELECT *, $5 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[])`, ids, types, attempts, prior, os.Getpid())
 	return err
 }
 

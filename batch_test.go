@@ -246,3 +246,57 @@ func TestObserverBatchAttempts(t *testing.T) {
 	}
 	require.Greater(t, splits, 1, "the failed batch's events were reported split")
 }
+
+// A batch call that outlives its handler's Timeout is cut short by
+// statement_timeout, without closing the connection its transaction
+// shares, and split: its events run again one call each, within the same
+// timeout, and none spends an attempt on the failed call.
+func TestPipelineHandleBatchTimeoutSplitsTheCall(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 1})
+	var calls batchCalls
+	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+		if len(evs) > 1 {
+			calls.add(evs, false)
+			if _, err := tx.Exec(ctx, `SELECT pg_sleep(5)`); err != nil {
+				return err
+			}
+		} else {
+			calls.add(evs, true)
+		}
+		return writeEffects(ctx, tx, evs)
+	}, wharf.Timeout(200*time.Millisecond)))
+	h.sendAll("t", "order.paid", 6)
+	h.run()
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, 6, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`))
+	require.Greater(t, calls.largest(), 1, "a call held several events")
+	calls.mu.Lock()
+	defer calls.mu.Unlock()
+	require.Len(t, calls.processedAt, 6)
+	for id, attempt := range calls.processedAt {
+		require.Equal(t, 1, attempt, "%s: the timed-out call spent none of its attempts", id)
+	}
+}
+
+// Concurrency counts a batch call as one run: with a cap of 1, two
+// workers never run calls of the handler at once.
+func TestPipelineHandleBatchConcurrencyCountsCalls(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 2})
+	var running, peak atomic.Int32
+	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		time.Sleep(20 * time.Millisecond) // long enough for the other worker to arrive
+		return writeEffects(ctx, tx, evs)
+	}, wharf.Concurrency(1)))
+	h.sendAll("c", "order.paid", 40)
+	h.run()
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, 40, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
+	require.EqualValues(t, 1, peak.Load(), "never two calls at once")
+}

@@ -259,3 +259,53 @@ func TestConsumerBatchDeferDefersTheWholeBatch(t *testing.T) {
 	}
 	noOrphans(t, pool)
 }
+
+// A batch that fails after MaxTxDuration leaves its transaction with
+// nothing run; its events then run alone in the next one, not in the same
+// failing batch again.
+func TestConsumerSlowFailedBatchRunsItsEventsAlone(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{})
+	ctCreateEffects(t, pool)
+	ids := ctIDs("s", 8)
+	ctEnqueueAll(t, q, ids)
+
+	var calls btCalls
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:       1,
+		TxBatch:       8,
+		MaxTxDuration: 20 * time.Millisecond,
+		BatchKey:      func(*queue.Event) string { return "all" },
+		BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+			calls.batch(evs)
+			time.Sleep(50 * time.Millisecond) // past MaxTxDuration
+			return errors.New("the batch always fails")
+		},
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			calls.single(ev)
+			return ctWriteEffect(ctx, tx, ev.ID)
+		},
+	})
+	require.NoError(t, err)
+	stop := runConsumer(t, c)
+	dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	stop()
+
+	effects := ctEffects(t, pool)
+	for _, id := range ids {
+		require.Equal(t, 1, effects[id], "effect of %s", id)
+	}
+	calls.mu.Lock()
+	defer calls.mu.Unlock()
+	require.NotEmpty(t, calls.batches)
+	inBatch := map[string]int{}
+	for _, b := range calls.batches {
+		for _, id := range b {
+			inBatch[id]++
+			require.Equal(t, 1, inBatch[id], "%s was batched again after its batch failed", id)
+		}
+	}
+	for _, s := range calls.singles {
+		require.Equal(t, 1, s.Attempt, "%s: a failed batch spends no attempt", s.ID)
+	}
+}

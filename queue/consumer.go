@@ -759,7 +759,9 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 		c.recover(fctx, &out, broken)
 	} else {
 		ran := out.ran()
-		c.observe(time.Since(start), len(ran))
+		if len(ran) > 0 { // none when a failed batch was all it ran
+			c.observe(time.Since(start), len(ran))
+		}
 		c.untrack(ran)
 		if at, ok := out.due(time.Now()); ok {
 			c.wakeAt(at)
@@ -780,7 +782,10 @@ func (c *Consumer) units(evs []*Event) [][]*Event {
 	index := map[string]int{}
 	var single []*Event
 	for _, ev := range evs {
-		key := c.cfg.BatchKey(ev)
+		key := ""
+		if !ev.alone {
+			key = c.cfg.BatchKey(ev)
+		}
 		if key == "" {
 			single = append(single, ev)
 			continue
@@ -898,6 +903,9 @@ func (c *Consumer) runBatch(ctx context.Context, tx pgx.Tx, evs []*Event, out *o
 		}
 	} else {
 		split = true
+		for _, ev := range evs {
+			ev.alone = true
+		}
 		c.log.Debug("queue: a batch of events failed; they run again one by one", "events", len(evs), "error", cmp.Or(err, htx.err, errStatementFailed))
 	}
 	if !htx.savepoint {

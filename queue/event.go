@@ -120,6 +120,9 @@ type Event struct {
 	// errorsJSON and headersJSON are the fetched row's JSON columns until
 	// decodeColumns turns them into Errors and Headers.
 	errorsJSON, headersJSON []byte
+	// alone: a BatchHandler call holding this event failed, so it runs
+	// through Handler from then on, in this transaction or the next.
+	alone bool
 }
 
 // decodeColumns fills Errors and Headers from the JSON columns the event

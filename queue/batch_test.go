@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/internal/dbtest"
@@ -59,6 +60,23 @@ func btBatchKey(ev *queue.Event) string {
 	return ""
 }
 
+// btDrain runs a one-worker consumer with cfg until the queue is empty
+// and requires every one of ids to have exactly one effect.
+func btDrain(t *testing.T, q *queue.Queue, pool *pgxpool.Pool, ids []string, cfg queue.ConsumerConfig) {
+	t.Helper()
+	cfg.Workers = 1
+	c, err := queue.NewConsumer(q, cfg)
+	require.NoError(t, err)
+	stop := runConsumer(t, c)
+	dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+	stop()
+	effects := ctEffects(t, pool)
+	require.Len(t, effects, len(ids))
+	for _, id := range ids {
+		require.Equal(t, 1, effects[id], "effect of %s (a failed batch's writes must be rolled back)", id)
+	}
+}
+
 // Events that BatchKey groups run in one BatchHandler call, under one
 // savepoint, in the same transaction as the events that run alone; all
 // commit once.
@@ -70,8 +88,7 @@ func TestConsumerBatchHandlerRunsGroupsInOneCall(t *testing.T) {
 	ctEnqueueAll(t, q, ids)
 
 	var calls btCalls
-	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
-		Workers:       1,
+	btDrain(t, q, pool, ids, queue.ConsumerConfig{
 		TxBatch:       40,
 		MaxTxDuration: time.Minute,
 		BatchKey:      btBatchKey,
@@ -84,15 +101,6 @@ func TestConsumerBatchHandlerRunsGroupsInOneCall(t *testing.T) {
 			return ctWriteEffect(ctx, tx, ev.ID)
 		},
 	})
-	require.NoError(t, err)
-	stop := runConsumer(t, c)
-	dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
-	stop()
-
-	effects := ctEffects(t, pool)
-	for _, id := range ids {
-		require.Equal(t, 1, effects[id], "effect of %s", id)
-	}
 	calls.mu.Lock()
 	defer calls.mu.Unlock()
 	// A worker's first chunk holds one event (chunks grow with the
@@ -142,8 +150,7 @@ func TestConsumerBatchFailureSplitsTheBatch(t *testing.T) {
 			ctEnqueueAll(t, q, ids)
 
 			var calls btCalls
-			c, err := queue.NewConsumer(q, queue.ConsumerConfig{
-				Workers:       1,
+			btDrain(t, q, pool, ids, queue.ConsumerConfig{
 				TxBatch:       10,
 				MaxTxDuration: time.Minute,
 				PollInterval:  20 * time.Millisecond,
@@ -171,16 +178,6 @@ func TestConsumerBatchFailureSplitsTheBatch(t *testing.T) {
 					return nil
 				},
 			})
-			require.NoError(t, err)
-			stop := runConsumer(t, c)
-			dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
-			stop()
-
-			effects := ctEffects(t, pool)
-			require.Len(t, effects, 10)
-			for _, id := range ids {
-				require.Equal(t, 1, effects[id], "effect of %s (the failed batch's writes must be rolled back)", id)
-			}
 			calls.mu.Lock()
 			defer calls.mu.Unlock()
 			require.NotEmpty(t, calls.batches)
@@ -271,8 +268,7 @@ func TestConsumerSlowFailedBatchRunsItsEventsAlone(t *testing.T) {
 	ctEnqueueAll(t, q, ids)
 
 	var calls btCalls
-	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
-		Workers:       1,
+	btDrain(t, q, pool, ids, queue.ConsumerConfig{
 		TxBatch:       8,
 		MaxTxDuration: 20 * time.Millisecond,
 		BatchKey:      func(*queue.Event) string { return "all" },
@@ -286,15 +282,6 @@ func TestConsumerSlowFailedBatchRunsItsEventsAlone(t *testing.T) {
 			return ctWriteEffect(ctx, tx, ev.ID)
 		},
 	})
-	require.NoError(t, err)
-	stop := runConsumer(t, c)
-	dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
-	stop()
-
-	effects := ctEffects(t, pool)
-	for _, id := range ids {
-		require.Equal(t, 1, effects[id], "effect of %s", id)
-	}
 	calls.mu.Lock()
 	defer calls.mu.Unlock()
 	require.NotEmpty(t, calls.batches)

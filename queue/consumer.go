@@ -848,7 +848,7 @@ func (c *Consumer) begin(ctx context.Context) (pgx.Tx, error) {
 // caller then rolls everything back.
 func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcomes) error {
 	htx := &handlerTx{Tx: tx}
-	err := c.call(ctx, htx, ev)
+	err := protect(func() error { return c.cfg.Handler(ctx, htx, ev) })
 	if htx.savepoint {
 		out.savepoints++
 	}
@@ -887,7 +887,7 @@ func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcom
 // only when the transaction is broken.
 func (c *Consumer) runBatch(ctx context.Context, tx pgx.Tx, evs []*Event, out *outcomes) (split bool, broken error) {
 	htx := &handlerTx{Tx: tx}
-	err := c.callBatch(ctx, htx, evs)
+	err := protect(func() error { return c.cfg.BatchHandler(ctx, htx, evs) })
 	if htx.savepoint {
 		out.savepoints++
 	}
@@ -923,25 +923,15 @@ func (c *Consumer) runBatch(ctx context.Context, tx pgx.Tx, evs []*Event, out *o
 	return split, nil
 }
 
-// callBatch runs the BatchHandler, turning a panic into an error with its
-// stack.
-func (c *Consumer) callBatch(ctx context.Context, tx *handlerTx, evs []*Event) (err error) {
+// protect runs fn, a handler's call, turning a panic into an error with
+// its stack.
+func protect(fn func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 		}
 	}()
-	return c.cfg.BatchHandler(ctx, tx, evs)
-}
-
-// call runs the handler, turning a panic into an error with its stack.
-func (c *Consumer) call(ctx context.Context, tx *handlerTx, ev *Event) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
-		}
-	}()
-	return c.cfg.Handler(ctx, tx, ev)
+	return fn()
 }
 
 // finish completes, retries and defers the transaction's events in it, then

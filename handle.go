@@ -183,9 +183,10 @@ func (p *Pipeline) Handle(sourceName, eventType string, fn HandlerFunc, opts ...
 // transaction that fn takes and that no earlier delivery has processed
 // (up to Config.TxBatch; one alone runs in a call of its own). The
 // options apply to each call: Timeout bounds the call, Concurrency counts
-// it as one, and Downstream's breaker and rate limit see one call. A call that fails is
-// rolled back, and its events run again one call each, so an event that
-// fails spends its attempt alone; a Defer error defers them all.
+// it as one, and Downstream's breaker and rate limit see one call. A call
+// that fails is rolled back, and its events run again one call each, so
+// an event that fails spends its attempt alone; a Defer error defers them
+// all.
 func (p *Pipeline) HandleBatch(sourceName, eventType string, fn BatchHandlerFunc, opts ...HandleOption) error {
 	if fn == nil {
 		return fmt.Errorf("%w: batch handler for %s/%s is nil", ErrInvalidConfig, sourceName, eventType)

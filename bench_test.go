@@ -85,6 +85,7 @@ func benchmarkIngest(b *testing.B, senders int) {
 	mux := http.NewServeMux()
 	mux.Handle("POST /wharf", p.Handler(benchkit.Source))
 	mux.Handle("POST /plain", benchkit.PlainHandler(pool))
+	mux.Handle("POST /null", benchkit.NullHandler())
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	transport := &http.Transport{MaxIdleConns: 2 * senders, MaxIdleConnsPerHost: 2 * senders, DisableCompression: true}
@@ -151,6 +152,9 @@ func benchmarkIngest(b *testing.B, senders int) {
 		}
 	}
 	b.StopTimer()
+	// The ceiling: the same requests answered without storing anything.
+	round("/null", "warm", 4*senders)
+	ceiling, _ := round("/null", "ceiling", rounds*per)
 	require.Equal(b, rounds*per+4*senders, benchCount(b, pool, `SELECT count(*) FROM bench_events`))
 	require.Equal(b, rounds*per+4*senders, benchCount(b, pool, `SELECT count(*) FROM wharf.queue`))
 
@@ -160,6 +164,7 @@ func benchmarkIngest(b *testing.B, senders int) {
 	b.ReportMetric(requests/baseline.Seconds(), "baseline-req/s")
 	b.ReportMetric(requests/ours.Seconds(), "req/s")
 	b.ReportMetric(baseline.Seconds()/ours.Seconds(), "x-baseline")
+	b.ReportMetric(requests/ceiling.Seconds(), "ceiling-req/s")
 	b.ReportMetric(benchkit.Percentile(ourLat, 0.50), "p50-ms")
 	b.ReportMetric(benchkit.Percentile(ourLat, 0.99), "p99-ms")
 	b.ReportMetric(benchkit.Percentile(baseLat, 0.50), "baseline-p50-ms")

@@ -146,6 +146,24 @@ INSERT INTO wharf.queue_payloads (queue_id, source, event_id, body, headers) SEL
 // for a duplicate). synchronous_commit must be on on the server, its
 // default.
 func PlainHandler(pool *pgxpool.Pool) http.Handler {
+	return endpoint(func(ctx context.Context, id, typ string, body []byte) (bool, error) {
+		tag, err := pool.Exec(ctx, `INSERT INTO bench_events (source, event_id, event_type, body) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (source, event_id) DO NOTHING`, Source, id, typ, body)
+		return tag.RowsAffected() > 0, err
+	})
+}
+
+// NullHandler is PlainHandler without the store: it reads, verifies and
+// parses the request, then answers 202 with nothing written. No endpoint
+// that stores events can serve the same senders faster, so its rate is the
+// ceiling of an ingest run on the machine, what the HTTP work alone allows.
+func NullHandler() http.Handler {
+	return endpoint(func(context.Context, string, string, []byte) (bool, error) { return true, nil })
+}
+
+// endpoint is a plain webhook endpoint that hands each verified event to
+// store, which reports whether it was new.
+func endpoint(store func(ctx context.Context, id, typ string, body []byte) (stored bool, err error)) http.Handler {
 	v := wharf.StandardWebhooks(Secret)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, wharf.DefaultMaxBodyBytes))
@@ -167,12 +185,11 @@ func PlainHandler(pool *pgxpool.Pool) http.Handler {
 			http.Error(w, "no id or type", http.StatusBadRequest)
 			return
 		}
-		tag, err := pool.Exec(ctx, `INSERT INTO bench_events (source, event_id, event_type, body) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (source, event_id) DO NOTHING`, Source, id, payload.Type, body)
+		stored, err := store(ctx, id, payload.Type, body)
 		switch {
 		case err != nil:
 			http.Error(w, "temporarily unavailable", http.StatusServiceUnavailable)
-		case tag.RowsAffected() == 0:
+		case !stored:
 			w.WriteHeader(http.StatusOK)
 			_, _ = io.WriteString(w, "duplicate\n")
 		default:

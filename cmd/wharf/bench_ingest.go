@@ -23,10 +23,14 @@ the last one is answered) for -d. Each request is acknowledged only once its
 event is committed. The baseline is a plain endpoint on the same HTTP server
 that reads the body the same way, verifies the same signature and commits one
 INSERT per request, on a pool of -conns connections. The two alternate in
--rounds slices of -d each, so drift hits both; the whole takes about 2 × -d.
+-rounds slices of -d each, so drift hits both. Then, for one slice, the
+same senders post to a ceiling: the same endpoint storing nothing, what
+the HTTP work alone allows on the machine. The whole takes about 2 × -d
+and a slice.
 
 Reports requests/s, the acknowledgement latency as the sender sees it
-(p50/p95/p99 of 202 answers), errors by status, and wharf ÷ baseline.
+(p50/p95/p99 of 202 answers), errors by status, wharf ÷ baseline, and the
+ceiling ÷ baseline: the most any endpoint that stores could gain here.
 
 Examples:
   wharf bench ingest                      # 32 senders, 10s each side
@@ -86,8 +90,11 @@ type ingestResult struct {
 	Conns       int        `json:"baseline_conns"`
 	Wharf       ingestSide `json:"wharf"`
 	Baseline    ingestSide `json:"baseline"`
-	Ratio       float64    `json:"ratio"` // wharf ÷ baseline requests/s
-	Memory      memory     `json:"memory"`
+	Ceiling     ingestSide `json:"ceiling"` // the endpoint that stores nothing
+	Ratio       float64    `json:"ratio"`   // wharf ÷ baseline requests/s
+	// CeilingRatio is ceiling ÷ baseline requests/s.
+	CeilingRatio float64 `json:"ceiling_ratio"`
+	Memory       memory  `json:"memory"`
 }
 
 func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
@@ -105,6 +112,7 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 		mux := http.NewServeMux()
 		mux.Handle("POST /wharf", p.Handler(benchkit.Source))
 		mux.Handle("POST /baseline", benchkit.PlainHandler(s.pool))
+		mux.Handle("POST /ceiling", benchkit.NullHandler())
 		base, stop, err := serve(mux)
 		if err != nil {
 			return err
@@ -139,9 +147,17 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 				return err
 			}
 		}
+		ceiling := newTally("ceiling")
+		snd.sendN(ctx, base+"/ceiling", 4*o.concurrency, warm)
+		done := prog.start(ctx, "ingest/ceiling", ceiling.answered.Load, nil)
+		snd.sendFor(ctx, base+"/ceiling", slice, ceiling)
+		done()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		res := ingestResult{
 			Mode: "ingest", Database: s.name, Concurrency: o.concurrency, Duration: o.duration.Seconds(), Rounds: o.rounds, Conns: o.conns,
-			Wharf: ingestFigures(ours), Baseline: ingestFigures(theirs),
+			Wharf: ingestFigures(ours), Baseline: ingestFigures(theirs), Ceiling: ingestFigures(ceiling),
 		}
 		if res.Wharf.Stored, err = s.count(ctx, `SELECT count(*) FROM wharf.queue`); err != nil {
 			return err
@@ -152,6 +168,7 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 		res.Wharf.Stored -= int64(4 * o.concurrency)
 		res.Baseline.Stored -= int64(4 * o.concurrency)
 		res.Ratio = ratio(res.Wharf.PerSecond, res.Baseline.PerSecond)
+		res.CeilingRatio = ratio(res.Ceiling.PerSecond, res.Baseline.PerSecond)
 		res.Memory = peakMemory()
 		if err := emit(&o.benchOptions, e, res, res.table); err != nil {
 			return err
@@ -183,8 +200,9 @@ func (r ingestResult) table(w io.Writer) {
 	fmt.Fprintf(w, "wharf bench ingest: %d senders, %s per side in %d rounds, 1 KB signed Standard Webhooks over HTTP\n\n",
 		r.Concurrency, time.Duration(r.Duration*float64(time.Second)), r.Rounds)
 	writeTable(w, "\trequests\treq/s\tack p50\tp95\tp99\terrors",
-		r.Wharf.row("wharf"), r.Baseline.row(fmt.Sprintf("baseline (1 INSERT/request, %d conns)", r.Conns)))
-	fmt.Fprintf(w, "\nratio (wharf ÷ baseline req/s): %.2f×\n%s\n", r.Ratio, r.Memory)
+		r.Wharf.row("wharf"), r.Baseline.row(fmt.Sprintf("baseline (1 INSERT/request, %d conns)", r.Conns)),
+		r.Ceiling.row("ceiling (stores nothing)"))
+	fmt.Fprintf(w, "\nratio (wharf ÷ baseline req/s): %.2f×; ceiling ÷ baseline: %.2f×\n%s\n", r.Ratio, r.CeilingRatio, r.Memory)
 }
 
 func (s ingestSide) row(name string) string {

@@ -17,6 +17,7 @@ import (
 	"github.com/wharfhq/wharf"
 	"github.com/wharfhq/wharf/breaker"
 	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/queue"
 )
 
 // writeEffects records one run of each event's handler, in one statement.
@@ -208,43 +209,62 @@ func TestPipelineHandleBatchDownstreamOutage(t *testing.T) {
 }
 
 // The observer sees each event of a batch: processed with the batch, or
-// split when the batch failed and then processed alone, under one attempt
-// number.
+// split when the batch failed (an error, or a statement that failed under
+// a nil return) and then processed alone, under one attempt number.
 func TestObserverBatchAttempts(t *testing.T) {
 	t.Parallel()
-	rec := &recorder{}
-	h := newHarness(t, wharf.Config{Observer: rec, Workers: 1})
-	var failed atomic.Bool
-	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
-		if len(evs) > 1 && !failed.Swap(true) {
-			return errors.New("the first batch fails")
-		}
-		return writeEffects(ctx, tx, evs)
-	}))
-	h.sendAll("o", "order.paid", 20)
-	h.run()
-	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
-	require.Equal(t, 20, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
-	require.True(t, failed.Load(), "no batch ran")
+	for _, tc := range []struct {
+		name string
+		fail func(ctx context.Context, tx pgx.Tx) error
+		err  error // what the split attempts report, matched with ErrorIs; nil for the message below
+	}{
+		{"error", func(context.Context, pgx.Tx) error { return errors.New("the first batch fails") }, nil},
+		{"swallowed SQL error", func(ctx context.Context, tx pgx.Tx) error {
+			_, _ = tx.Exec(ctx, `SELECT 1 / 0`)
+			return nil
+		}, queue.ErrTxAborted},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rec := &recorder{}
+			h := newHarness(t, wharf.Config{Observer: rec, Workers: 1})
+			var failed atomic.Bool
+			require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+				if len(evs) > 1 && !failed.Swap(true) {
+					return tc.fail(ctx, tx)
+				}
+				return writeEffects(ctx, tx, evs)
+			}))
+			h.sendAll("o", "order.paid", 20)
+			h.run()
+			h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+			require.Equal(t, 20, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
+			require.True(t, failed.Load(), "no batch ran")
 
-	splits := 0
-	for i := range 20 {
-		attempts := rec.attemptsOf(fmt.Sprintf("o%d", i))
-		require.NotEmpty(t, attempts)
-		last := attempts[len(attempts)-1]
-		require.Equal(t, wharf.AttemptProcessed, last.Outcome)
-		require.Equal(t, 1, last.Number)
-		require.Equal(t, "acme/order.paid", last.Handler)
-		if len(attempts) == 2 {
-			require.Equal(t, wharf.AttemptSplit, attempts[0].Outcome)
-			require.Equal(t, 1, attempts[0].Number)
-			require.ErrorContains(t, attempts[0].Err, "the first batch fails")
-			splits++
-		} else {
-			require.Len(t, attempts, 1)
-		}
+			splits := 0
+			for i := range 20 {
+				attempts := rec.attemptsOf(fmt.Sprintf("o%d", i))
+				require.NotEmpty(t, attempts)
+				last := attempts[len(attempts)-1]
+				require.Equal(t, wharf.AttemptProcessed, last.Outcome)
+				require.Equal(t, 1, last.Number)
+				require.Equal(t, "acme/order.paid", last.Handler)
+				if len(attempts) == 2 {
+					require.Equal(t, wharf.AttemptSplit, attempts[0].Outcome)
+					require.Equal(t, 1, attempts[0].Number)
+					if tc.err != nil {
+						require.ErrorIs(t, attempts[0].Err, tc.err)
+					} else {
+						require.ErrorContains(t, attempts[0].Err, "the first batch fails")
+					}
+					splits++
+				} else {
+					require.Len(t, attempts, 1)
+				}
+			}
+			require.Greater(t, splits, 1, "the failed batch's events were reported split")
+		})
 	}
-	require.Greater(t, splits, 1, "the failed batch's events were reported split")
 }
 
 // A batch call that outlives its handler's Timeout is cut short by

@@ -33,9 +33,9 @@ type Observer interface {
 	// before the worker's batch transaction commits. If that transaction
 	// then fails to commit, the queue counts a failed attempt for every
 	// event in it, those reported processed included, and the observer
-	// sees their next attempts; so does it for a handler that returns nil
-	// after one of its statements failed (reported processed, retried by
-	// the queue, which finds the transaction aborted).
+	// sees their next attempts. A handler that returns nil after one of
+	// its statements failed is reported as failing with
+	// queue.ErrTxAborted, as the queue records it.
 	StartAttempt(ctx context.Context, a Attempt) (_ context.Context, end func(AttemptResult))
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/queue"
 )
 
 // recorder is an Observer that keeps what it is told, and marks the
@@ -112,6 +113,13 @@ func TestObserverAttempts(t *testing.T) {
 		return wharf.Permanent(errors.New("cannot parse"))
 	}))
 
+	require.NoError(t, h.p.Handle("acme", "order.swallows", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if ev.Attempt == 1 {
+			_, _ = tx.Exec(ctx, `SELECT 1 / 0`) // fails, and the handler ignores it
+		}
+		return nil
+	}))
+
 	require.NoError(t, h.p.Handle("acme", "order.panics", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
 		if ev.Attempt == 1 {
 			panic("boom")
@@ -122,6 +130,7 @@ func TestObserverAttempts(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, h.send("evt_flaky", "order.flaky"))
 	require.Equal(t, http.StatusAccepted, h.send("evt_panics", "order.panics"))
 	require.Equal(t, http.StatusAccepted, h.send("evt_poison", "order.poison"))
+	require.Equal(t, http.StatusAccepted, h.send("evt_swallows", "order.swallows"))
 	h.run()
 	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
 	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE event_id = 'evt_poison'`))
@@ -154,6 +163,12 @@ func TestObserverAttempts(t *testing.T) {
 	require.Equal(t, wharf.AttemptRetried, panics[0].Outcome)
 	require.EqualError(t, panics[0].Err, "panic: boom")
 	require.Equal(t, wharf.AttemptProcessed, panics[1].Outcome)
+
+	swallows := rec.attemptsOf("evt_swallows")
+	require.Len(t, swallows, 2, "a handler that returns nil after a failed statement has failed its attempt")
+	require.Equal(t, wharf.AttemptRetried, swallows[0].Outcome)
+	require.ErrorIs(t, swallows[0].Err, queue.ErrTxAborted)
+	require.Equal(t, wharf.AttemptProcessed, swallows[1].Outcome)
 
 	poison := rec.attemptsOf("evt_poison")
 	require.Len(t, poison, 1, "a Permanent error ends the event at its first attempt")

@@ -187,24 +187,30 @@ func (p *Pipeline) unclaim(ctx context.Context, tx pgx.Tx, evs []*queue.Event) e
 // handler's timeout and through its breaker, and turns the breaker's
 // answers into deferrals: an open breaker, or a failure it counts, is the
 // downstream's fault, not the event's, so the event waits without
-// spending an attempt. attempt picks the deferral's backoff.
+// spending an attempt. attempt picks the deferral's backoff. A handler
+// that returns nil after one of its statements failed gets
+// queue.ErrTxAborted, as the consumer will record it.
 func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, attempt int, fn func(context.Context, pgx.Tx) error) error {
+	restore := func() error { return nil }
+	handlerTx := tx
 	if h.timeout > 0 {
-		restore, err := setStatementTimeout(ctx, tx, h.timeout)
-		if err != nil {
+		var err error
+		if restore, err = setStatementTimeout(ctx, tx, h.timeout); err != nil {
 			return err
 		}
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, h.timeout)
 		defer cancel()
-		tx = detachedTx{tx}
-		err = p.call(ctx, h, attempt, func(ctx context.Context) error { return fn(ctx, tx) })
-		if err == nil {
-			err = restore()
-		}
-		return err
+		handlerTx = detachedTx{tx}
 	}
-	return p.call(ctx, h, attempt, func(ctx context.Context) error { return fn(ctx, tx) })
+	err := p.call(ctx, h, attempt, func(ctx context.Context) error { return fn(ctx, handlerTx) })
+	switch {
+	case err != nil:
+		return err
+	case queue.Aborted(tx):
+		return queue.ErrTxAborted
+	}
+	return restore()
 }
 
 // setStatementTimeout sets statement_timeout for the rest of tx and returns

@@ -296,3 +296,64 @@ func TestConsumerSlowFailedBatchRunsItsEventsAlone(t *testing.T) {
 		require.Equal(t, 1, s.Attempt, "%s: a failed batch spends no attempt", s.ID)
 	}
 }
+
+// A batch that fails while the consumer shuts down gracefully is split,
+// but its events will not run alone in this process: they are handed back
+// with a failed attempt, not released with the attempt given back, since
+// the batch ran them and may have had effects outside the database.
+func TestConsumerBatchFailingDuringShutdownSpendsItsAttempt(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{Backoff: ctSmallBackoff})
+	ctCreateEffects(t, pool)
+
+	entered := make(chan []string, 10)
+	shutdown := make(chan struct{})
+	var singles ctRecorder
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:         1,
+		TxBatch:         8,
+		MaxTxDuration:   time.Minute,
+		PollInterval:    20 * time.Millisecond,
+		ShutdownTimeout: 10 * time.Second,
+		BatchKey:        func(ev *queue.Event) string { return "all" },
+		BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+			if err := btWriteEffects(ctx, tx, evs); err != nil {
+				return err
+			}
+			ids := make([]string, len(evs))
+			for i, ev := range evs {
+				ids[i] = ev.ID
+			}
+			entered <- ids
+			<-shutdown // fails while the consumer shuts down gracefully
+			return errors.New("the batch failed after writing")
+		},
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			singles.add(ev, 0)
+			return ctWriteEffect(ctx, tx, ev.ID)
+		},
+	})
+	require.NoError(t, err)
+	run := ctStart(t, c)
+
+	// Warm up: one event alone, so that chunks grow past one event.
+	ctEnqueueAll(t, q, []string{"w"})
+	dbtest.Eventually(t, 20*time.Second, "warm-up done", func() bool { return ctQueueLen(t, pool) == 0 })
+
+	ctEnqueueAll(t, q, ctIDs("b", 4))
+	batch := ctRecv(t, entered, "batch call")
+	require.GreaterOrEqual(t, len(batch), 2)
+	run.cancel()
+	close(shutdown)
+	require.NoError(t, run.wait(t))
+
+	for _, id := range batch {
+		row := ctGetRow(t, pool, id)
+		require.Empty(t, singles.byID()[id], "%s ran alone after shutdown", id)
+		require.Equal(t, "available", row.State, id)
+		require.Equal(t, 1, row.Attempt,
+			"%s: its batch ran and failed, and could have had effects, but it neither ran alone nor spent an attempt", id)
+		require.Len(t, row.Errors, 1, id)
+		require.Contains(t, row.Errors[0].Error, "batch failed", id)
+	}
+}

@@ -39,10 +39,6 @@ const (
 	MaxTxSavepoints = 50
 )
 
-// errStatementFailed is the error of a handler that returned nil after
-// one of its statements failed.
-var errStatementFailed = errors.New("handler returned nil but its transaction failed (a failed statement aborts the transaction)")
-
 // Handler processes one event. It runs inside tx, under a savepoint of its
 // own; the Consumer completes the event in the same transaction and commits
 // it with the handler's writes, so database effects happen exactly once per
@@ -147,7 +143,9 @@ type ConsumerConfig struct {
 	// them all. Any other error, or a panic, rolls the group's writes back,
 	// and its events run again one by one through Handler, which decides
 	// each one's outcome, so an event that fails spends its attempt alone.
-	// Defaults to none: every event runs through Handler.
+	// If the consumer stops before they run alone, each counts a failed
+	// attempt instead, since the call may have had effects outside the
+	// database. Defaults to none: every event runs through Handler.
 	BatchHandler func(ctx context.Context, tx pgx.Tx, evs []*Event) error
 
 	// Name identifies this consumer as the lease holder in the queue table
@@ -585,7 +583,7 @@ func (c *Consumer) rescue(ctx context.Context) {
 func (c *Consumer) process(handlerCtx, runCtx context.Context, chunk []*Event) {
 	for pending := c.decodeChunk(c.loadPayloads(chunk)); len(pending) > 0; {
 		if runCtx.Err() != nil {
-			c.release(pending)
+			c.handBack(pending)
 			return
 		}
 		pending = c.runTx(handlerCtx, runCtx, pending)
@@ -716,14 +714,14 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 	tx, err := c.begin(handlerCtx)
 	if err != nil {
 		c.log.Warn("queue: cannot start a transaction; releasing its events", "events", len(evs), "error", err)
-		c.release(evs)
+		c.handBack(evs)
 		return nil
 	}
 	if c.cfg.Prepare != nil {
 		if err := c.cfg.Prepare(handlerCtx, tx, evs); err != nil {
 			_ = tx.Rollback(context.WithoutCancel(handlerCtx))
 			c.log.Warn("queue: cannot prepare a transaction; releasing its events", "events", len(evs), "error", err)
-			c.release(evs)
+			c.handBack(evs)
 			return nil
 		}
 	}
@@ -860,7 +858,7 @@ func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcom
 	case err == nil && htx.err != nil:
 		err = htx.err
 	case err == nil:
-		err = errStatementFailed
+		err = ErrTxAborted
 	}
 	var deferred *DeferError
 	if errors.As(err, &deferred) {
@@ -906,7 +904,7 @@ func (c *Consumer) runBatch(ctx context.Context, tx pgx.Tx, evs []*Event, out *o
 		for _, ev := range evs {
 			ev.alone = true
 		}
-		c.log.Debug("queue: a batch of events failed; they run again one by one", "events", len(evs), "error", cmp.Or(err, htx.err, errStatementFailed))
+		c.log.Debug("queue: a batch of events failed; they run again one by one", "events", len(evs), "error", cmp.Or(err, htx.err, ErrTxAborted))
 	}
 	if !htx.savepoint {
 		return split, nil
@@ -915,7 +913,7 @@ func (c *Consumer) runBatch(ctx context.Context, tx pgx.Tx, evs []*Event, out *o
 		if split {
 			// They ran, and may have had effects outside the database.
 			for _, ev := range evs {
-				out.failed = append(out.failed, failureOf(ev, fmt.Errorf("batch failed: %v", cmp.Or(err, htx.err, errStatementFailed))))
+				out.failed = append(out.failed, failureOf(ev, fmt.Errorf("batch failed: %v", cmp.Or(err, htx.err, ErrTxAborted))))
 			}
 		}
 		return false, fmt.Errorf("roll back savepoint: %w", rbErr)
@@ -1005,6 +1003,30 @@ func (c *Consumer) recordFailures(ctx context.Context, out *outcomes) {
 		c.log.Warn("queue: cannot record failed attempts; those events run again when their leases expire", "events", unrecorded)
 	}
 	c.untrack(out.ran())
+}
+
+// handBack gives back events a worker will not run: unstarted ones are
+// released, attempts given back; those a failed BatchHandler call ran
+// (and that were to run again alone) count a failed attempt, since the
+// call may have had effects outside the database.
+func (c *Consumer) handBack(evs []*Event) {
+	var unrun []*Event
+	var ran outcomes
+	for _, ev := range evs {
+		if ev.alone {
+			ran.failed = append(ran.failed, failureOf(ev, errBatchUnfinished))
+		} else {
+			unrun = append(unrun, ev)
+		}
+	}
+	if len(unrun) > 0 {
+		c.release(unrun)
+	}
+	if len(ran.failed) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c.recordFailures(ctx, &ran)
+	}
 }
 
 // release gives events back unstarted; if that fails they come back when

@@ -32,6 +32,17 @@ var (
 	// transaction the Consumer gave it: the Consumer commits it together
 	// with the event's completion.
 	ErrTxOwned = errors.New("queue: the consumer owns this transaction; return from the handler instead")
+
+	// ErrTxAborted is the failure recorded for a handler that returned nil
+	// although one of its statements failed: Postgres aborts the
+	// transaction at a failed statement, so nothing the handler did after
+	// its savepoint can commit. See Aborted.
+	ErrTxAborted = errors.New("queue: handler returned nil but its transaction failed (a failed statement aborts the transaction)")
+
+	// errBatchUnfinished is the failure recorded for the events of a
+	// failed BatchHandler call that the consumer could not run again
+	// alone: the call ran them, so the attempt counts.
+	errBatchUnfinished = errors.New("queue: the event's batch failed, and the consumer stopped before the event ran again alone")
 )
 
 // InvalidEventError says which field of which event is invalid. It wraps

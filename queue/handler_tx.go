@@ -131,6 +131,17 @@ func (t *handlerTx) failed() bool {
 	return status != 'T' // 'T': in a transaction block; 'E': failed; 'I': none
 }
 
+// Aborted reports whether tx, as a Handler or BatchHandler was given it,
+// can run no more statements because one of its statements failed: the
+// Consumer will then record ErrTxAborted, whatever the handler returns.
+// For a handler's tx it costs no round trip, and takes no savepoint.
+func Aborted(tx pgx.Tx) bool {
+	if t, ok := tx.(*handlerTx); ok {
+		return t.savepoint && t.failed()
+	}
+	return tx.Conn().PgConn().TxStatus() == 'E'
+}
+
 type errRow struct{ err error }
 
 func (r errRow) Scan(...any) error { return r.err }

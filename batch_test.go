@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf"
-	"github.com/wharfhq/wharf/breaker"
 	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/queue"
 )
@@ -172,32 +171,20 @@ func TestPipelineHandleBatchPoisonFailsAlone(t *testing.T) {
 // downstream is back.
 func TestPipelineHandleBatchDownstreamOutage(t *testing.T) {
 	t.Parallel()
-	downstream := newFlakyDownstream(t)
-	down, calls := &downstream.down, &downstream.calls
-	h := newHarness(t, wharf.Config{Breakers: breaker.Config{Default: breaker.Settings{
-		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 2,
-		OpenTimeout: 100 * time.Millisecond, HalfOpenProbes: 1,
-	}}})
+	h, downstream := newOutageHarness(t)
 	var processed batchCalls
 	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
-		resp, err := http.Post(downstream.URL, "application/json", nil)
-		if err != nil {
+		if err := downstream.call(); err != nil {
 			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode >= 500 {
-			return &breaker.StatusError{Code: resp.StatusCode}
 		}
 		processed.add(evs, true)
 		return writeEffects(ctx, tx, evs)
 	}, wharf.Downstream("ledger"), wharf.MaxAttempts(2)))
 	h.sendAll("o", "order.paid", 20)
 	h.run()
-	h.eventually("probes to fail repeatedly", func() bool { return calls.Load() >= 6 })
-	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`), "an outage floods nothing into the DLQ")
-	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue WHERE attempt > 1`), "no attempt spent on the outage")
+	h.requireOutageSpendsNothing(downstream)
 
-	down.Store(false)
+	downstream.down.Store(false)
 	h.eventually("the backlog drained", func() bool { return h.count(`SELECT count(*) FROM effects WHERE n = 1`) == 20 })
 	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
 	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))

@@ -267,25 +267,48 @@ func newFlakyDownstream(t *testing.T) *flakyDownstream {
 	return d
 }
 
-func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {
-	t.Parallel()
-	downstream := newFlakyDownstream(t)
-	down, calls := &downstream.down, &downstream.calls
+// call posts to the downstream; a 5xx is a *breaker.StatusError, which
+// the breaker counts as the downstream's failure.
+func (d *flakyDownstream) call() error {
+	resp, err := http.Post(d.URL, "application/json", nil)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return &breaker.StatusError{Code: resp.StatusCode}
+	}
+	return nil
+}
 
+// newOutageHarness is a harness whose breakers open after 2 failures in a
+// row for 100 ms, and a downstream that starts down.
+func newOutageHarness(t *testing.T) (*harness, *flakyDownstream) {
 	h := newHarness(t, wharf.Config{Breakers: breaker.Config{Default: breaker.Settings{
 		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 2,
 		OpenTimeout: 100 * time.Millisecond, HalfOpenProbes: 1,
 	}}})
+	return h, newFlakyDownstream(t)
+}
+
+// requireOutageSpendsNothing waits for several open/half-open cycles to
+// pass while d stays down, and requires that they dead-lettered nothing
+// and spent no attempt.
+func (h *harness) requireOutageSpendsNothing(d *flakyDownstream) {
+	h.t.Helper()
+	h.eventually("probes to fail repeatedly", func() bool { return d.calls.Load() >= 6 })
+	require.Zero(h.t, h.count(`SELECT count(*) FROM wharf.dead_letters`), "an outage floods nothing into the DLQ")
+	require.Zero(h.t, h.count(`SELECT count(*) FROM wharf.queue WHERE attempt > 1`), "no attempt spent on the outage")
+}
+
+func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {
+	t.Parallel()
+	h, downstream := newOutageHarness(t)
 	var mu sync.Mutex
 	processedAt := map[string]int{}
 	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
-		resp, err := http.Post(downstream.URL, "application/json", bytes.NewReader(ev.Body))
-		if err != nil {
+		if err := downstream.call(); err != nil {
 			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode >= 500 {
-			return &breaker.StatusError{Code: resp.StatusCode}
 		}
 		mu.Lock()
 		processedAt[ev.ID] = ev.Attempt
@@ -301,12 +324,9 @@ func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {
 		st, err := h.p.Breakers().State("ledger")
 		return err == nil && st.State == breaker.StateOpen
 	})
-	// Several open/half-open cycles pass while the downstream stays down.
-	h.eventually("probes to fail repeatedly", func() bool { return calls.Load() >= 6 })
-	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`), "an outage floods nothing into the DLQ")
-	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue WHERE attempt > 1`), "no attempt spent on the outage")
+	h.requireOutageSpendsNothing(downstream)
 
-	down.Store(false)
+	downstream.down.Store(false)
 	h.eventually("the backlog drained", func() bool { return h.count(`SELECT count(*) FROM effects`) == 10 })
 	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
 	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))

@@ -307,3 +307,29 @@ func TestPipelineHandleBatchConcurrencyCountsCalls(t *testing.T) {
 	require.Equal(t, 40, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
 	require.EqualValues(t, 1, peak.Load(), "never two calls at once")
 }
+
+// MaxBatch caps the events of one call: a transaction with more makes
+// several calls, each event still exactly once. It is refused for a Handle
+// handler and for a cap under 1.
+func TestPipelineHandleBatchMaxBatch(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 1})
+	var calls batchCalls
+	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+		calls.add(evs, true)
+		return writeEffects(ctx, tx, evs)
+	}, wharf.MaxBatch(4)))
+	err := h.p.HandleBatch("acme", "order.refunded", func(context.Context, pgx.Tx, []wharf.Event) error { return nil }, wharf.MaxBatch(0))
+	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
+	err = h.p.Handle("acme", "order.refunded", func(context.Context, pgx.Tx, wharf.Event) error { return nil }, wharf.MaxBatch(4))
+	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
+	require.ErrorContains(t, err, "HandleBatch handlers only")
+
+	const n = 60
+	h.sendAll("m", "order.paid", n)
+	h.run()
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, n, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`))
+	require.Equal(t, 4, calls.largest(), "transactions of more than 4 events made calls of 4")
+}

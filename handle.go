@@ -78,6 +78,7 @@ type handler struct {
 	timeout     time.Duration
 	backoff     *queue.Backoff
 	slots       chan struct{} // nil: no concurrency limit
+	maxBatch    int           // 0: no cap on a batch call's events
 }
 
 // HandleOption adjusts one handler.
@@ -162,6 +163,23 @@ func Concurrency(n int) HandleOption {
 			return fmt.Errorf("concurrency %d is under 1", n)
 		}
 		h.slots = make(chan struct{}, n)
+		return nil
+	}
+}
+
+// MaxBatch caps how many events one call of a HandleBatch handler gets,
+// for a downstream bulk API with a maximum, or a Timeout sized for n
+// events: a worker transaction with more of them makes several calls.
+// Defaults to no cap (up to Config.TxBatch). Only for HandleBatch.
+func MaxBatch(n int) HandleOption {
+	return func(h *handler) error {
+		if h.batch == nil {
+			return fmt.Errorf("MaxBatch applies to HandleBatch handlers only")
+		}
+		if n < 1 {
+			return fmt.Errorf("max batch %d is under 1", n)
+		}
+		h.maxBatch = n
 		return nil
 	}
 }

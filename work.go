@@ -64,20 +64,21 @@ func (p *Pipeline) recordProcessed(ctx context.Context, tx pgx.Tx, h *handler, q
 	return p.record(ctx, tx, qev, AuditProcessed, map[string]any{"handler": h.name, "attempt": qev.Attempt})
 }
 
-// batchKey is the consumer's BatchKey: events go to one call of their
-// handler's batch function when it has one and their claims were won in
-// this transaction by claimAll. Any other event (a duplicate, one without
-// a handler) runs alone through work.
-func (p *Pipeline) batchKey(qev *queue.Event) string {
+// batchKey is the consumer's BatchKey: events go to calls of their
+// handler's batch function, at most its MaxBatch at a time, when it has
+// one and their claims were won in this transaction by claimAll. Any
+// other event (a duplicate, one without a handler) runs alone through
+// work.
+func (p *Pipeline) batchKey(qev *queue.Event) (key string, limit int) {
 	c, ok := qev.Prepared.(*preparedClaim)
 	if !ok || !c.First || c.Err != nil {
-		return ""
+		return "", 0
 	}
 	h := p.handlerFor(qev.Source, qev.Type)
 	if h == nil || h.batch == nil || c.pair.Consumer != h.name {
-		return ""
+		return "", 0
 	}
-	return h.source + "\x00" + h.typ
+	return h.source + "\x00" + h.typ, h.maxBatch
 }
 
 // workBatch is the consumer's BatchHandler: it runs events that batchKey

@@ -53,11 +53,30 @@ func (c *btCalls) single(ev *queue.Event) {
 
 // btBatchKey puts the events with an even number in batch "even" and
 // leaves the others to run alone.
-func btBatchKey(ev *queue.Event) string {
+func btBatchKey(ev *queue.Event) (string, int) {
 	if strings.IndexAny(ev.ID[len(ev.ID)-1:], "02468") == 0 {
-		return "even"
+		return "even", 0
 	}
-	return ""
+	return "", 0
+}
+
+// btRecording is a config for transactions of up to 40 events, batched by
+// key, whose handlers record their calls in calls and write each event's
+// effect.
+func btRecording(calls *btCalls, key func(*queue.Event) (string, int)) queue.ConsumerConfig {
+	return queue.ConsumerConfig{
+		TxBatch:       40,
+		MaxTxDuration: time.Minute,
+		BatchKey:      key,
+		BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+			calls.batch(evs)
+			return btWriteEffects(ctx, tx, evs)
+		},
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			calls.single(ev)
+			return ctWriteEffect(ctx, tx, ev.ID)
+		},
+	}
 }
 
 // btDrain runs a one-worker consumer with cfg until the queue is empty
@@ -88,19 +107,7 @@ func TestConsumerBatchHandlerRunsGroupsInOneCall(t *testing.T) {
 	ctEnqueueAll(t, q, ids)
 
 	var calls btCalls
-	btDrain(t, q, pool, ids, queue.ConsumerConfig{
-		TxBatch:       40,
-		MaxTxDuration: time.Minute,
-		BatchKey:      btBatchKey,
-		BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
-			calls.batch(evs)
-			return btWriteEffects(ctx, tx, evs)
-		},
-		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
-			calls.single(ev)
-			return ctWriteEffect(ctx, tx, ev.ID)
-		},
-	})
+	btDrain(t, q, pool, ids, btRecording(&calls, btBatchKey))
 	calls.mu.Lock()
 	defer calls.mu.Unlock()
 	// A worker's first chunk holds one event (chunks grow with the
@@ -109,7 +116,8 @@ func TestConsumerBatchHandlerRunsGroupsInOneCall(t *testing.T) {
 	for _, b := range calls.batches {
 		require.GreaterOrEqual(t, len(b), 2, "a group of one runs through Handler")
 		for _, id := range b {
-			require.Equal(t, "even", btBatchKey(&queue.Event{ID: id}), "%s ran in a batch", id)
+			key, _ := btBatchKey(&queue.Event{ID: id})
+			require.Equal(t, "even", key, "%s ran in a batch", id)
 			require.False(t, batched[id], "%s ran in two batches", id)
 			batched[id] = true
 		}
@@ -124,6 +132,29 @@ func TestConsumerBatchHandlerRunsGroupsInOneCall(t *testing.T) {
 		alone[s.ID] = true
 	}
 	require.Len(t, ids, len(batched)+len(alone), "every event ran once")
+	noOrphans(t, pool)
+}
+
+// A key's limit caps the events of one BatchHandler call: a larger group
+// of one transaction runs in several calls, and a remainder of one runs
+// through Handler.
+func TestConsumerBatchKeyLimitCapsACall(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{})
+	ctCreateEffects(t, pool)
+	ids := ctIDs("e", 40)
+	ctEnqueueAll(t, q, ids)
+
+	var calls btCalls
+	btDrain(t, q, pool, ids, btRecording(&calls, func(*queue.Event) (string, int) { return "all", 3 }))
+	calls.mu.Lock()
+	defer calls.mu.Unlock()
+	largest := 0
+	for _, b := range calls.batches {
+		require.LessOrEqual(t, len(b), 3, "a call over the limit: %v", b)
+		largest = max(largest, len(b))
+	}
+	require.Equal(t, 3, largest, "transactions of more than 3 events made calls of 3")
 	noOrphans(t, pool)
 }
 
@@ -154,7 +185,7 @@ func TestConsumerBatchFailureSplitsTheBatch(t *testing.T) {
 				TxBatch:       10,
 				MaxTxDuration: time.Minute,
 				PollInterval:  20 * time.Millisecond,
-				BatchKey:      func(*queue.Event) string { return "all" },
+				BatchKey:      func(*queue.Event) (string, int) { return "all", 0 },
 				BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
 					calls.batch(evs)
 					if err := btWriteEffects(ctx, tx, evs); err != nil {
@@ -218,7 +249,7 @@ func TestConsumerBatchDeferDefersTheWholeBatch(t *testing.T) {
 		Workers:       1,
 		TxBatch:       6,
 		MaxTxDuration: time.Minute,
-		BatchKey:      func(*queue.Event) string { return "all" },
+		BatchKey:      func(*queue.Event) (string, int) { return "all", 0 },
 		BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
 			calls.batch(evs)
 			if err := btWriteEffects(ctx, tx, evs); err != nil {
@@ -269,12 +300,15 @@ func TestConsumerSlowFailedBatchRunsItsEventsAlone(t *testing.T) {
 
 	var calls btCalls
 	btDrain(t, q, pool, ids, queue.ConsumerConfig{
-		TxBatch:       8,
-		MaxTxDuration: 20 * time.Millisecond,
-		BatchKey:      func(*queue.Event) string { return "all" },
+		TxBatch: 8,
+		// Long enough that the first transaction (one event: chunks
+		// start at 1) leaves room for a batch in the next, even on a
+		// loaded machine.
+		MaxTxDuration: 300 * time.Millisecond,
+		BatchKey:      func(*queue.Event) (string, int) { return "all", 0 },
 		BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
 			calls.batch(evs)
-			time.Sleep(50 * time.Millisecond) // past MaxTxDuration
+			time.Sleep(350 * time.Millisecond) // past MaxTxDuration
 			return errors.New("the batch always fails")
 		},
 		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
@@ -315,7 +349,7 @@ func TestConsumerBatchFailingDuringShutdownSpendsItsAttempt(t *testing.T) {
 		MaxTxDuration:   time.Minute,
 		PollInterval:    20 * time.Millisecond,
 		ShutdownTimeout: 10 * time.Second,
-		BatchKey:        func(ev *queue.Event) string { return "all" },
+		BatchKey:        func(*queue.Event) (string, int) { return "all", 0 },
 		BatchHandler: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
 			if err := btWriteEffects(ctx, tx, evs); err != nil {
 				return err

@@ -133,9 +133,12 @@ type ConsumerConfig struct {
 	// BatchKey, when set, groups each transaction's events for
 	// BatchHandler: two or more events given the same non-empty key run
 	// together, in one BatchHandler call under one savepoint, ahead of the
-	// transaction's other events, which run one by one through Handler. It
-	// is called after Prepare. Required with BatchHandler.
-	BatchKey func(ev *Event) string
+	// transaction's other events, which run one by one through Handler.
+	// limit, when positive, caps the events of one call (a downstream bulk
+	// API's maximum, or a timeout sized for so many): a larger group runs
+	// in several calls. The limit given with a key's first event applies.
+	// It is called after Prepare. Required with BatchHandler.
+	BatchKey func(ev *Event) (key string, limit int)
 
 	// BatchHandler handles one group of events (see BatchKey) at once, for
 	// handlers that write many events' effects in one statement. When it
@@ -770,38 +773,50 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 }
 
 // units orders a transaction's events into what runTx runs one at a time:
-// first the groups that BatchKey forms (two or more events with one key),
-// each for one BatchHandler call, then every other event alone.
+// first the groups that BatchKey forms (two or more events with one key,
+// in calls of at most the key's limit), each for one BatchHandler call,
+// then every other event alone.
 func (c *Consumer) units(evs []*Event) [][]*Event {
 	if c.cfg.BatchKey == nil {
 		return alone(evs)
 	}
-	var groups [][]*Event
-	index := map[string]int{}
+	type group struct {
+		evs   []*Event
+		limit int
+	}
+	var groups []*group
+	index := map[string]*group{}
 	var single []*Event
 	for _, ev := range evs {
-		key := ""
+		key, limit := "", 0
 		if !ev.alone {
-			key = c.cfg.BatchKey(ev)
+			key, limit = c.cfg.BatchKey(ev)
 		}
 		if key == "" {
 			single = append(single, ev)
 			continue
 		}
-		i, ok := index[key]
+		g, ok := index[key]
 		if !ok {
-			i = len(groups)
-			index[key] = i
-			groups = append(groups, nil)
+			g = &group{limit: limit}
+			index[key] = g
+			groups = append(groups, g)
 		}
-		groups[i] = append(groups[i], ev)
+		g.evs = append(g.evs, ev)
 	}
 	units := make([][]*Event, 0, len(evs))
 	for _, g := range groups {
-		if len(g) > 1 {
-			units = append(units, g)
-		} else {
-			single = append(single, g[0])
+		for rest := g.evs; len(rest) > 0; {
+			n := len(rest)
+			if g.limit > 0 {
+				n = min(n, g.limit)
+			}
+			if n > 1 {
+				units = append(units, rest[:n:n])
+			} else {
+				single = append(single, rest[0])
+			}
+			rest = rest[n:]
 		}
 	}
 	return append(units, alone(single)...)

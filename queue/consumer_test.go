@@ -1475,7 +1475,7 @@ func TestNewConsumerValidation(t *testing.T) {
 	require.ErrorIs(t, err, queue.ErrInvalidConfig, "TxBatch over MaxTxBatch")
 	_, err = queue.NewConsumer(q, queue.ConsumerConfig{Handler: handler, TxBatch: queue.MaxTxBatch})
 	require.NoError(t, err)
-	_, err = queue.NewConsumer(q, queue.ConsumerConfig{Handler: handler, BatchKey: func(*queue.Event) string { return "" }})
+	_, err = queue.NewConsumer(q, queue.ConsumerConfig{Handler: handler, BatchKey: func(*queue.Event) (string, int) { return "", 0 }})
 	require.ErrorIs(t, err, queue.ErrInvalidConfig, "BatchKey without BatchHandler")
 }
 

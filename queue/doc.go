@@ -39,11 +39,13 @@
 // handlers used the database, and a worker is handed about as many events
 // as its transactions run in MaxTxDuration, so slow handlers are not
 // leased in bulk. With BatchKey and BatchHandler, the events of a
-// transaction that share a key run in one call under one savepoint, for
-// handlers that write many events' effects in one statement; if the call
-// fails it is rolled back and they run one by one. An event that fails MaxAttempts times is exhausted: handed
-// to Config.OnExhausted in the transaction that removes it (the dead letter
-// queue installs one), or kept in the table as "exhausted".
+// transaction that share a key run in one call under one savepoint (or
+// several calls, when the key has a limit), for handlers that write many
+// events' effects in one statement; if the call fails it is rolled back
+// and they run one by one. An event that fails MaxAttempts times is
+// exhausted: handed to Config.OnExhausted in the transaction that removes
+// it (the dead letter queue installs one), or kept in the table as
+// "exhausted".
 //
 // # Leases and crashes
 //

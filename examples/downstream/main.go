@@ -212,18 +212,22 @@ func waitForDeliveries(ctx context.Context, pool *pgxpool.Pool, p *wharf.Pipelin
 			continue
 		case <-poll.C:
 		}
-		var delivered, firstAttempt int
-		err := pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE attempt = 1) FROM downstream_deliveries WHERE starts_with(event_id, $1)`,
-			batch).Scan(&delivered, &firstAttempt)
-		if err != nil {
-			return err
-		}
+		// The queue first: an event leaves it in the transaction that
+		// records its delivery, so once the queue is seen empty every
+		// delivery is there to count (counted first, the last one could
+		// commit between the two reads).
 		st, err := p.Queue().Stats(ctx)
 		if err != nil {
 			return err
 		}
 		if st.Due+st.Scheduled+st.Running > 0 {
 			continue // still waiting
+		}
+		var delivered, firstAttempt int
+		err = pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE attempt = 1) FROM downstream_deliveries WHERE starts_with(event_id, $1)`,
+			batch).Scan(&delivered, &firstAttempt)
+		if err != nil {
+			return err
 		}
 		if err := printQueue(ctx, p, "after the outage", out); err != nil {
 			return err

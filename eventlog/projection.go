@@ -460,24 +460,49 @@ func (p *Projection) rebuild(ctx context.Context, conn *pgxpool.Conn, reset Rese
 		return fmt.Errorf("eventlog: projection %q: rebuild: count events: %w", p.cfg.Name, err)
 	}
 	progress(0, total)
+	read := func() (int, error) { return p.batch(work, conn, true, p.cfg.RebuildBatchSize) }
+	if done, err := replay(ctx, p.cfg.RebuildBatchSize, total, read, progress); err != nil {
+		return fmt.Errorf("eventlog: projection %q: rebuild stopped after %d of %d events: %w", p.cfg.Name, done, max(total, done), err)
+	}
+	return nil
+}
 
-	var done int64
+// replay calls read, which applies the next batch of at most size events
+// and returns how many it applied, until a batch comes back short with
+// at least total events applied: the horizon. A short batch before that
+// is read again soon: the total events were below the horizon when the
+// rebuild began, so they are final, and that read's horizon only seemed
+// lower (a transaction of another database that ended between the read's
+// snapshot and its look at pg_stat_activity holds one read back).
+// progress gets (done, total) after each batch that applied events.
+func replay(ctx context.Context, size int, total int64, read func() (int, error), progress func(done, total int64)) (done int64, err error) {
+	short := 0 // short batches in a row before reaching total
 	for {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("eventlog: projection %q: rebuild stopped after %d of %d events: %w", p.cfg.Name, done, total, err)
+			return done, err
 		}
-		n, err := p.batch(work, conn, true, p.cfg.RebuildBatchSize)
+		n, err := read()
 		if err != nil {
-			return fmt.Errorf("eventlog: projection %q: rebuild stopped after %d of %d events: %w", p.cfg.Name, done, total, err)
+			return done, err
 		}
-		if n == 0 {
-			return nil
+		if n > 0 {
+			done += int64(n)
+			total = max(total, done)
+			progress(done, total)
 		}
-		done += int64(n)
-		total = max(total, done)
-		progress(done, total)
-		if n < p.cfg.RebuildBatchSize {
-			return nil
+		switch {
+		case n == size:
+			short = 0
+		case done >= total:
+			return done, nil
+		default:
+			short++
+			wait := time.NewTimer(min(minTailRetry<<min(short-1, 16), maxTailRetry))
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+			case <-wait.C:
+			}
 		}
 	}
 }

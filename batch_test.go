@@ -19,6 +19,13 @@ import (
 	"github.com/wharfhq/wharf/queue"
 )
 
+// batchTx is the MaxTxDuration of the tests that need events to share
+// calls: a worker's first chunk holds one event, and the next ones as many
+// as its transactions ran in MaxTxDuration; on a loaded machine the
+// default (100ms) can keep every chunk at one event, and no call would
+// hold two.
+const batchTx = time.Minute
+
 // writeEffects records one run of each event's handler, in one statement.
 func writeEffects(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
 	ids := make([]string, len(evs))
@@ -79,7 +86,7 @@ func (h *harness) sendAll(prefix, typ string, n int) {
 func TestPipelineHandleBatchExactlyOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	h := newHarness(t, wharf.Config{Audit: true, Workers: 1})
+	h := newHarness(t, wharf.Config{Audit: true, Workers: 1, MaxTxDuration: batchTx})
 	var calls batchCalls
 	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
 		calls.add(evs, true)
@@ -131,7 +138,7 @@ func TestPipelineHandleBatchExactlyOnce(t *testing.T) {
 // first attempt, and nothing of the failed batches remains.
 func TestPipelineHandleBatchPoisonFailsAlone(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, wharf.Config{Workers: 1})
+	h := newHarness(t, wharf.Config{Workers: 1, MaxTxDuration: batchTx})
 	var calls batchCalls
 	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
 		if err := writeEffects(ctx, tx, evs); err != nil {
@@ -214,7 +221,7 @@ func TestObserverBatchAttempts(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			rec := &recorder{}
-			h := newHarness(t, wharf.Config{Observer: rec, Workers: 1})
+			h := newHarness(t, wharf.Config{Observer: rec, Workers: 1, MaxTxDuration: batchTx})
 			var failed atomic.Bool
 			require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
 				if len(evs) > 1 && !failed.Swap(true) {
@@ -260,7 +267,7 @@ func TestObserverBatchAttempts(t *testing.T) {
 // timeout, and none spends an attempt on the failed call.
 func TestPipelineHandleBatchTimeoutSplitsTheCall(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, wharf.Config{Workers: 1})
+	h := newHarness(t, wharf.Config{Workers: 1, MaxTxDuration: batchTx})
 	var calls batchCalls
 	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
 		if len(evs) > 1 {
@@ -313,7 +320,7 @@ func TestPipelineHandleBatchConcurrencyCountsCalls(t *testing.T) {
 // handler and for a cap under 1.
 func TestPipelineHandleBatchMaxBatch(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, wharf.Config{Workers: 1})
+	h := newHarness(t, wharf.Config{Workers: 1, MaxTxDuration: batchTx})
 	var calls batchCalls
 	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
 		calls.add(evs, true)
@@ -332,4 +339,21 @@ func TestPipelineHandleBatchMaxBatch(t *testing.T) {
 	require.Equal(t, n, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
 	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`))
 	require.Equal(t, 4, calls.largest(), "transactions of more than 4 events made calls of 4")
+}
+
+// Config.MaxTxDuration reaches the workers: with a nanosecond, every
+// transaction stops after its first event, so no batch call holds two.
+func TestPipelineMaxTxDurationSizesTransactions(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 1, MaxTxDuration: time.Nanosecond})
+	var calls batchCalls
+	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+		calls.add(evs, true)
+		return writeEffects(ctx, tx, evs)
+	}))
+	h.sendAll("d", "order.paid", 20)
+	h.run()
+	h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+	require.Equal(t, 20, h.count(`SELECT count(*) FROM effects WHERE n = 1`))
+	require.Equal(t, 1, calls.largest(), "a transaction stopped after its first event")
 }

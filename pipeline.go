@@ -99,6 +99,13 @@ type Config struct {
 	// queue.MaxTxSavepoints events whose handlers used the database.
 	// Defaults to 100 (see queue.ConsumerConfig).
 	TxBatch int
+	// MaxTxDuration stops adding events to a worker transaction once it
+	// has run this long, and sizes the chunks of events a worker is
+	// handed: about as many as its recent transactions ran in this long
+	// (see queue.ConsumerConfig). Raise it to let slow handlers share
+	// transactions, and HandleBatch calls hold more events. Defaults to
+	// 100ms.
+	MaxTxDuration time.Duration
 	// LeaseDuration is how long a fetched event is held without a
 	// heartbeat. Defaults to 30s.
 	LeaseDuration time.Duration
@@ -206,8 +213,8 @@ func withBackoffDefaults(b queue.Backoff) queue.Backoff {
 
 func (c Config) validate() error {
 	switch {
-	case c.AckDeadline < 0 || c.MaxBodyBytes < 0 || c.BodyReadTimeout < 0 || c.ShutdownTimeout < 0:
-		return fmt.Errorf("%w: AckDeadline, MaxBodyBytes, BodyReadTimeout and ShutdownTimeout must not be negative", ErrInvalidConfig)
+	case c.AckDeadline < 0 || c.MaxBodyBytes < 0 || c.BodyReadTimeout < 0 || c.ShutdownTimeout < 0 || c.MaxTxDuration < 0:
+		return fmt.Errorf("%w: AckDeadline, MaxBodyBytes, BodyReadTimeout, ShutdownTimeout and MaxTxDuration must not be negative", ErrInvalidConfig)
 	case c.Unhandled < LeaveUnhandled || c.Unhandled > DeadLetterUnhandled:
 		return fmt.Errorf("%w: Unhandled %d is not one of the Unhandled constants", ErrInvalidConfig, c.Unhandled)
 	}

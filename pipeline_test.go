@@ -563,6 +563,8 @@ func TestPipelineRegistrationErrors(t *testing.T) {
 	require.ErrorIs(t, err, wharf.ErrInvalidSchema)
 	_, err = wharf.New(nil, wharf.Config{})
 	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
+	_, err = wharf.New(pool, wharf.Config{MaxTxDuration: -time.Second})
+	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
 
 	empty, err := wharf.New(pool, wharf.Config{})
 	require.NoError(t, err)

@@ -34,6 +34,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Unprepare:       p.unclaim,
 		Workers:         p.cfg.Workers,
 		TxBatch:         p.cfg.TxBatch,
+		MaxTxDuration:   p.cfg.MaxTxDuration,
 		Only:            only,
 		Exclude:         func() []queue.Kind { return p.blockedKinds(downstreams) },
 		PollOnly:        p.cfg.PollOnly,

@@ -394,8 +394,9 @@ func (ownedTx) Rollback(context.Context) error { return ErrTxOwned }
 // Rebuild holds the projection's advisory lock exclusively on its own
 // connection for its whole run (waiting for a live batch in flight to
 // commit first), and each live batch needs that lock shared. Rebuild
-// returns when the replay reaches the horizon; the live projection then
-// continues from there.
+// returns when the replay reaches the horizon, having replayed at least
+// the events that were below it when Rebuild began; the live projection
+// then continues from there.
 //
 // If ctx ends, Rebuild stops after the batch in flight and returns ctx's
 // error; the tables and the checkpoint are consistent, and the live

@@ -34,8 +34,8 @@ func ev(typ string, n int) eventlog.NewEvent {
 }
 
 // readAllUntil loops ReadAll from the start until it has returned want
-// events, polling: the tail can be held back for a moment by a write
-// transaction that has just ended elsewhere.
+// events, polling: the tail can be held back for a moment by a short
+// transaction of this database, such as the NOTIFY an Append sends.
 func readAllUntil(t testing.TB, l *eventlog.Log, want int) []eventlog.Event {
 	t.Helper()
 	var all []eventlog.Event

@@ -452,11 +452,11 @@ func (p *Projection) rebuild(ctx context.Context, conn *pgxpool.Conn, reset Rese
 	}
 
 	var total int64
-	if p.cfg.Category == "" {
-		err = conn.QueryRow(work, p.log.sql.count[0]).Scan(&total)
-	} else {
-		err = conn.QueryRow(work, p.log.sql.count[1], likePrefix(p.cfg.Category)).Scan(&total)
+	sql, args := p.log.sql.count[0], []any(nil)
+	if p.cfg.Category != "" {
+		sql, args = p.log.sql.count[1], []any{likePrefix(p.cfg.Category)}
 	}
+	err = afterStatus(work, conn, sql, func(br pgx.BatchResults) error { return br.QueryRow().Scan(&total) }, args...)
 	if err != nil {
 		return fmt.Errorf("eventlog: projection %q: rebuild: count events: %w", p.cfg.Name, err)
 	}
@@ -473,9 +473,10 @@ func (p *Projection) rebuild(ctx context.Context, conn *pgxpool.Conn, reset Rese
 // at least total events applied: the horizon. A short batch before that
 // is read again soon: the total events were below the horizon when the
 // rebuild began, so they are final, and that read's horizon only seemed
-// lower (a transaction of another database that ended between the read's
-// snapshot and its look at pg_stat_activity holds one read back).
-// progress gets (done, total) after each batch that applied events.
+// lower (a prepared transaction of another database, committed between
+// the read's snapshot and its look at pg_prepared_xacts, holds one read
+// back; see horizonSQL). progress gets (done, total) after each batch that
+// applied events.
 func replay(ctx context.Context, size int, total int64, read func() (int, error), progress func(done, total int64)) (done int64, err error) {
 	short := 0 // short batches in a row before reaching total
 	for {

@@ -177,7 +177,9 @@ func (l *Log) ReadAll(ctx context.Context, after Cursor, limit int) ([]Event, Cu
 // them (a tail that starts "from now").
 func (l *Log) Head(ctx context.Context) (Cursor, error) {
 	var c Cursor
-	err := l.pool.QueryRow(ctx, l.sql.head).Scan(&c.TxID, &c.Position)
+	err := afterStatus(ctx, l.pool, l.sql.head, func(br pgx.BatchResults) error {
+		return br.QueryRow().Scan(&c.TxID, &c.Position)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Cursor{}, nil
 	}
@@ -206,12 +208,19 @@ func (l *Log) readAll(ctx context.Context, db querier, category string, after Cu
 	if after.Position < 0 {
 		return nil, after, fmt.Errorf("%w: cursor position %d is negative", ErrInvalidArgument, after.Position)
 	}
-	var events []Event
-	if category == "" {
-		events, err = readEvents(ctx, db, limit, l.sql.readAll[0], after.TxID, after.Position, limit)
-	} else {
-		events, err = readEvents(ctx, db, limit, l.sql.readAll[1], after.TxID, after.Position, limit, likePrefix(category))
+	sql, args := l.sql.readAll[0], []any{after.TxID, after.Position, limit}
+	if category != "" {
+		sql, args = l.sql.readAll[1], append(args, likePrefix(category))
 	}
+	var events []Event
+	err = afterStatus(ctx, db, sql, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		events, err = scanEvents(rows, limit)
+		return err
+	}, args...)
 	if err != nil {
 		return nil, after, fmt.Errorf("eventlog: read after %s: %w", after, err)
 	}
@@ -237,6 +246,29 @@ func readEvents(ctx context.Context, db querier, sizeHint int, sql string, args 
 	if err != nil {
 		return nil, err
 	}
+	return scanEvents(rows, sizeHint)
+}
+
+// afterStatus runs sql, a statement that evaluates horizonSQL, after
+// statusFirstSQL in one round trip and one transaction (db's, or an
+// implicit one), and hands its results to read.
+func afterStatus(ctx context.Context, db querier, sql string, read func(pgx.BatchResults) error, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(statusFirstSQL)
+	b.Queue(sql, args...)
+	br := db.SendBatch(ctx, b)
+	_, err := br.Exec()
+	if err == nil {
+		err = read(br)
+	}
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	return err
+}
+
+// scanEvents reads rows of eventColumns and closes rows.
+func scanEvents(rows pgx.Rows, sizeHint int) ([]Event, error) {
 	defer rows.Close()
 	events := make([]Event, 0, min(sizeHint, 1024))
 	for rows.Next() {
@@ -306,7 +338,9 @@ type TailLag struct {
 func (l *Log) TailLag(ctx context.Context) (TailLag, error) {
 	var lag TailLag
 	var ageSeconds float64
-	err := l.pool.QueryRow(ctx, l.sql.tailLag).Scan(&lag.Horizon, &lag.Events, &lag.HolderPID, &ageSeconds, &lag.HolderQuery, &lag.HolderPreparedGID)
+	err := afterStatus(ctx, l.pool, l.sql.tailLag, func(br pgx.BatchResults) error {
+		return br.QueryRow().Scan(&lag.Horizon, &lag.Events, &lag.HolderPID, &ageSeconds, &lag.HolderQuery, &lag.HolderPreparedGID)
+	})
 	if err != nil {
 		return TailLag{}, fmt.Errorf("eventlog: tail lag: %w", err)
 	}

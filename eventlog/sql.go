@@ -124,13 +124,24 @@ ORDER BY version`
 // below it can no longer change, and no transaction that starts later can
 // get a lower id. It is the oldest transaction in the snapshot's
 // in-progress list, or the snapshot's xmax when that list is empty, but
-// for transactions shown to be another database's: still running now
-// (pg_stat_activity or pg_prepared_xacts, read after the snapshot) in a
-// database other than this one, they cannot write here. A transaction
-// that has ended since the snapshot, or whose database cannot be seen,
-// holds the horizon, because it may have committed rows the snapshot does
-// not show. So a long transaction in another database of the cluster does
-// not stall this log; one in this database does, while it runs.
+// for transactions shown to be another database's (pg_stat_activity, or
+// pg_prepared_xacts): they cannot write here. A transaction whose database
+// is not shown holds the horizon, because it may have committed rows the
+// snapshot does not show. So a long transaction in another database of the
+// cluster does not stall this log; one in this database does, while it
+// runs.
+//
+// Every statement that uses it runs after statusFirstSQL in the same
+// transaction (see afterStatus), so pg_stat_activity shows the backends as
+// they were before the snapshot: a transaction in the snapshot's
+// in-progress list that had its id then is shown with its database, and
+// one that got its id later is newer than every event committed before
+// the read began, which it therefore never holds back. Read after the
+// snapshot instead, a transaction of another database that ended in
+// between was not shown, and held back, for one read, events that were
+// already final. pg_prepared_xacts is read at the statement's time, so a
+// prepared transaction of another database that is committed in that
+// moment can still hold one read back.
 // (pg_stat_activity shows backend_xid as 32 bits; the in-progress ids are
 // 64-bit xid8, compared modulo 2^32, which is exact while both are live.)
 const horizonSQL = `(
@@ -144,6 +155,10 @@ const horizonSQL = `(
             SELECT 1 FROM pg_prepared_xacts p
             WHERE p.transaction = ((x::text::numeric % 4294967296)::text)::xid
               AND p.database <> current_database()))`
+
+// statusFirstSQL reads pg_stat_activity, which Postgres then keeps, as it
+// was at this first use, until the transaction ends; see horizonSQL.
+const statusFirstSQL = `SELECT count(*) FROM pg_stat_activity`
 
 // readAllSQL reads the log in (tx_id, position) order after a cursor and
 // below the horizon: one range scan of event_log_tx_position_idx (the row

@@ -103,8 +103,10 @@ type Config struct {
 	// has run this long, and sizes the chunks of events a worker is
 	// handed: about as many as its recent transactions ran in this long
 	// (see queue.ConsumerConfig). Raise it to let slow handlers share
-	// transactions, and HandleBatch calls hold more events. Defaults to
-	// 100ms.
+	// transactions, and HandleBatch calls hold more events; but a worker
+	// transaction holds back the tail of the database's event logs (the
+	// audit log's readers, projections: see eventlog.TailLag) while it
+	// runs, so they lag by up to this long. Defaults to 100ms.
 	MaxTxDuration time.Duration
 	// LeaseDuration is how long a fetched event is held without a
 	// heartbeat. Defaults to 30s.

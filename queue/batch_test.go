@@ -137,7 +137,38 @@ func TestConsumerBatchHandlerRunsGroupsInOneCall(t *testing.T) {
 
 // A key's limit caps the events of one BatchHandler call: a larger group
 // of one transaction runs in several calls, and a remainder of one runs
-// through Handler.
+// alone, after the calls and with the events that have no key.
+func TestConsumerUnitsSplitAGroupAtItsLimit(t *testing.T) {
+	t.Parallel()
+	q, _ := newQueue(t, queue.Config{})
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Handler: func(context.Context, pgx.Tx, *queue.Event) error { return nil },
+		BatchKey: func(ev *queue.Event) (string, int) {
+			if strings.HasPrefix(ev.ID, "k") {
+				return "k", 3
+			}
+			return "", 0
+		},
+		BatchHandler: func(context.Context, pgx.Tx, []*queue.Event) error { return nil },
+	})
+	require.NoError(t, err)
+	var evs []*queue.Event
+	for _, id := range []string{"k1", "x1", "k2", "k3", "k4", "k5", "x2", "k6", "k7"} {
+		evs = append(evs, &queue.Event{ID: id})
+	}
+	var got [][]string
+	for _, u := range c.Units(evs) {
+		var ids []string
+		for _, ev := range u {
+			ids = append(ids, ev.ID)
+		}
+		got = append(got, ids)
+	}
+	require.Equal(t, [][]string{{"k1", "k2", "k3"}, {"k4", "k5", "k6"}, {"x1"}, {"x2"}, {"k7"}}, got)
+}
+
+// The limit holds in a running consumer: no call exceeds it, and calls of
+// the full limit are made.
 func TestConsumerBatchKeyLimitCapsACall(t *testing.T) {
 	t.Parallel()
 	q, pool := newQueue(t, queue.Config{})

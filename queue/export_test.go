@@ -13,3 +13,7 @@ const (
 func RenderedSQL(q *Queue) (fetch [2][2][2]string, payloads, complete, insert, recheck string) {
 	return [2][2][2]string{q.sql.fetch, q.sql.fetchNoPayload}, q.sql.payloads, q.sql.complete, q.sql.insert, q.sql.recheck
 }
+
+// Units returns how c's transactions would run evs: one slice per
+// BatchHandler call or per event alone.
+func (c *Consumer) Units(evs []*Event) [][]*Event { return c.units(evs) }

@@ -101,10 +101,7 @@ func btDrain(t *testing.T, q *queue.Queue, pool *pgxpool.Pool, ids []string, cfg
 // commit once.
 func TestConsumerBatchHandlerRunsGroupsInOneCall(t *testing.T) {
 	t.Parallel()
-	q, pool := newQueue(t, queue.Config{})
-	ctCreateEffects(t, pool)
-	ids := ctIDs("e", 40)
-	ctEnqueueAll(t, q, ids)
+	q, pool, ids := ctBacklog(t, "e", 40)
 
 	var calls btCalls
 	btDrain(t, q, pool, ids, btRecording(&calls, btBatchKey))
@@ -171,10 +168,7 @@ func TestConsumerUnitsSplitAGroupAtItsLimit(t *testing.T) {
 // the full limit are made.
 func TestConsumerBatchKeyLimitCapsACall(t *testing.T) {
 	t.Parallel()
-	q, pool := newQueue(t, queue.Config{})
-	ctCreateEffects(t, pool)
-	ids := ctIDs("e", 40)
-	ctEnqueueAll(t, q, ids)
+	q, pool, ids := ctBacklog(t, "e", 40)
 
 	var calls btCalls
 	btDrain(t, q, pool, ids, btRecording(&calls, func(*queue.Event) (string, int) { return "all", 3 }))
@@ -270,10 +264,7 @@ func TestConsumerBatchFailureSplitsTheBatch(t *testing.T) {
 // back, without running them one by one.
 func TestConsumerBatchDeferDefersTheWholeBatch(t *testing.T) {
 	t.Parallel()
-	q, pool := newQueue(t, queue.Config{})
-	ctCreateEffects(t, pool)
-	ids := ctIDs("d", 6)
-	ctEnqueueAll(t, q, ids)
+	q, pool, ids := ctBacklog(t, "d", 6)
 
 	var calls btCalls
 	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
@@ -324,10 +315,7 @@ func TestConsumerBatchDeferDefersTheWholeBatch(t *testing.T) {
 // failing batch again.
 func TestConsumerSlowFailedBatchRunsItsEventsAlone(t *testing.T) {
 	t.Parallel()
-	q, pool := newQueue(t, queue.Config{})
-	ctCreateEffects(t, pool)
-	ids := ctIDs("s", 8)
-	ctEnqueueAll(t, q, ids)
+	q, pool, ids := ctBacklog(t, "s", 8)
 
 	var calls btCalls
 	btDrain(t, q, pool, ids, queue.ConsumerConfig{

@@ -182,6 +182,17 @@ func (r *ctRun) wait(t testing.TB) error {
 	}
 }
 
+// ctBacklog returns a queue with the effects table and n events queued,
+// prefix0 to prefix(n-1), and their ids.
+func ctBacklog(t testing.TB, prefix string, n int) (*queue.Queue, *pgxpool.Pool, []string) {
+	t.Helper()
+	q, pool := newQueue(t, queue.Config{})
+	ctCreateEffects(t, pool)
+	ids := ctIDs(prefix, n)
+	ctEnqueueAll(t, q, ids)
+	return q, pool, ids
+}
+
 // ctIDs returns n event ids prefix0..prefix(n-1).
 func ctIDs(prefix string, n int) []string {
 	ids := make([]string, n)
@@ -209,10 +220,7 @@ func ctEnqueueAll(t testing.TB, q *queue.Queue, ids []string) {
 // with several events per transaction (TxBatch) and never more than TxBatch.
 func TestConsumerExactlyOnceEffects(t *testing.T) {
 	t.Parallel()
-	q, pool := newQueue(t, queue.Config{})
-	ctCreateEffects(t, pool)
-	ids := ctIDs("e", 1000)
-	ctEnqueueAll(t, q, ids)
+	q, pool, ids := ctBacklog(t, "e", 1000)
 
 	var rec ctRecorder
 	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
@@ -1286,10 +1294,7 @@ func TestConsumerGracefulShutdown(t *testing.T) {
 
 	t.Run("handlers finish", func(t *testing.T) {
 		t.Parallel()
-		q, pool := newQueue(t, queue.Config{})
-		ctCreateEffects(t, pool)
-		ids := ctIDs("g", 8)
-		ctEnqueueAll(t, q, ids)
+		q, pool, ids := ctBacklog(t, "g", 8)
 
 		entered := make(chan string, 8)
 		ctxErrs := make(chan error, 8)

@@ -43,6 +43,10 @@ type Event struct {
 	MaxAttempts int
 	// Errors holds the earlier attempts' errors, oldest first.
 	Errors []queue.AttemptError
+	// Deferrals counts the earlier runs that a downstream failed (through
+	// the handler's breaker, while it stayed closed): they spent no
+	// attempt, and each one made the event wait longer before this run.
+	Deferrals int
 }
 
 // HandlerFunc processes one event inside tx. Its writes commit with the

@@ -39,7 +39,9 @@ type harness struct {
 func newHarness(t *testing.T, cfg wharf.Config) *harness {
 	t.Helper()
 	pool := dbtest.Pool(t)
-	cfg.Backoff = queue.Backoff{Initial: 5 * time.Millisecond, Max: 10 * time.Millisecond}
+	if cfg.Backoff == (queue.Backoff{}) {
+		cfg.Backoff = queue.Backoff{Initial: 5 * time.Millisecond, Max: 10 * time.Millisecond}
+	}
 	p, err := wharf.New(pool, cfg)
 	require.NoError(t, err)
 	t.Cleanup(p.Close)
@@ -407,6 +409,68 @@ func TestPipelineProbingBreakerLeavesItsBacklogAlone(t *testing.T) {
 	})
 	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`), "each event's effect once")
 	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+}
+
+// A downstream that fails one event while its breaker stays closed (it
+// rejects that payload alone) puts the event back without spending an
+// attempt, one backoff step later each time: it is retried less and less
+// often instead of at its first backoff forever, and never dead-lettered.
+// The downstream's other events go through.
+func TestPipelineDownstreamRejectingOneEventWaitsLongerEachTime(t *testing.T) {
+	t.Parallel()
+	backoff := queue.Backoff{Initial: 20 * time.Millisecond, Max: time.Second, Jitter: queue.NoJitter}
+	h := newHarness(t, wharf.Config{
+		Backoff: backoff,
+		Breakers: breaker.Config{Default: breaker.Settings{
+			Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1000,
+		}},
+	})
+	type call struct {
+		at                 time.Time
+		attempt, deferrals int
+	}
+	var mu sync.Mutex
+	var calls []call
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if ev.ID != "poison" {
+			return writeEffect(ctx, tx, ev)
+		}
+		mu.Lock()
+		calls = append(calls, call{time.Now(), ev.Attempt, ev.Deferrals})
+		mu.Unlock()
+		return &breaker.StatusError{Code: http.StatusInternalServerError}
+	}, wharf.Downstream("ledger"), wharf.MaxAttempts(2)))
+
+	require.Equal(t, http.StatusAccepted, h.send("poison", "order.paid"))
+	h.run()
+	const runs = 5
+	h.eventually("the poison event to run 5 times", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls) >= runs
+	})
+	require.Equal(t, http.StatusAccepted, h.send("fine", "order.paid"))
+	h.eventually("the other event to go through", func() bool {
+		return h.count(`SELECT count(*) FROM effects WHERE event_id = 'fine'`) == 1
+	})
+
+	st, err := h.p.Breakers().State("ledger")
+	require.NoError(t, err)
+	require.Equal(t, breaker.StateClosed, st.State, "the breaker never opened")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+	h.eventually("the poison event queued, between runs, with its deferrals counted", func() bool {
+		return h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'poison' AND attempt = 0 AND deferrals >= $1`, runs) == 1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i, c := range calls[:runs] {
+		require.Equal(t, 1, c.attempt, "run %d spent no attempt", i)
+		require.Equal(t, i, c.deferrals, "run %d", i)
+		if i > 0 {
+			wait := backoff.Delay(1 + calls[i-1].deferrals)
+			require.GreaterOrEqual(t, c.at.Sub(calls[i-1].at), wait, "run %d came before its backoff step", i)
+		}
+	}
 }
 
 func TestPipelineStoreDownAnswers503(t *testing.T) {

@@ -52,7 +52,7 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 	defer release()
 
 	ev := eventOf(qev)
-	err = p.run(ctx, tx, h, qev.Attempt, func(ctx context.Context, tx pgx.Tx) error { return h.fn(ctx, tx, ev) })
+	err = p.run(ctx, tx, h, backoffStep(qev), func(ctx context.Context, tx pgx.Tx) error { return h.fn(ctx, tx, ev) })
 	if err != nil {
 		return h.retryIn(err, qev.Attempt)
 	}
@@ -106,12 +106,12 @@ func (p *Pipeline) workBatch(ctx context.Context, tx pgx.Tx, qevs []*queue.Event
 	}
 	defer release()
 	evs := make([]Event, len(qevs))
-	attempt := 0
+	step := 0
 	for i, qev := range qevs {
 		evs[i] = eventOf(qev)
-		attempt = max(attempt, qev.Attempt)
+		step = max(step, backoffStep(qev))
 	}
-	err = p.run(ctx, tx, h, attempt, func(ctx context.Context, tx pgx.Tx) error { return h.batch(ctx, tx, evs) })
+	err = p.run(ctx, tx, h, step, func(ctx context.Context, tx pgx.Tx) error { return h.batch(ctx, tx, evs) })
 	for i := 0; err == nil && i < len(qevs); i++ {
 		err = p.recordProcessed(ctx, tx, h, qevs[i])
 	}
@@ -123,8 +123,16 @@ func eventOf(qev *queue.Event) Event {
 	return Event{
 		Source: qev.Source, ID: qev.ID, Type: qev.Type, OrderingKey: qev.OrderingKey,
 		Body: qev.Body, Headers: qev.Headers, ReceivedAt: qev.ReceivedAt,
-		Attempt: qev.Attempt, MaxAttempts: qev.MaxAttempts, Errors: qev.Errors,
+		Attempt: qev.Attempt, MaxAttempts: qev.MaxAttempts, Errors: qev.Errors, Deferrals: qev.Deferrals,
 	}
+}
+
+// backoffStep is the step of Config.Backoff that a downstream's failure
+// defers qev by: its attempt, plus one for each earlier such deferral, so
+// that an event that one downstream keeps failing waits longer each time
+// (up to Backoff.Max) without spending attempts.
+func backoffStep(qev *queue.Event) int {
+	return qev.Attempt + qev.Deferrals
 }
 
 // claim is the event's idempotency claim for handler h: the one claimAll
@@ -188,10 +196,10 @@ func (p *Pipeline) unclaim(ctx context.Context, tx pgx.Tx, evs []*queue.Event) e
 // handler's timeout and through its breaker, and turns the breaker's
 // answers into deferrals: an open breaker, or a failure it counts, is the
 // downstream's fault, not the event's, so the event waits without
-// spending an attempt. attempt picks the deferral's backoff. A handler
+// spending an attempt. step picks the deferral's backoff (backoffStep). A handler
 // that returns nil after one of its statements failed gets
 // queue.ErrTxAborted, as the consumer will record it.
-func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, attempt int, fn func(context.Context, pgx.Tx) error) error {
+func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, step int, fn func(context.Context, pgx.Tx) error) error {
 	restore := func() error { return nil }
 	handlerTx := tx
 	if h.timeout > 0 {
@@ -204,7 +212,7 @@ func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, attempt int, 
 		defer cancel()
 		handlerTx = detachedTx{tx}
 	}
-	err := p.call(ctx, h, attempt, func(ctx context.Context) error { return fn(ctx, handlerTx) })
+	err := p.call(ctx, h, step, func(ctx context.Context) error { return fn(ctx, handlerTx) })
 	switch {
 	case err != nil:
 		return err
@@ -231,7 +239,7 @@ func setStatementTimeout(ctx context.Context, tx pgx.Tx, d time.Duration) (resto
 }
 
 // call runs the handler's call through its breaker, if it has one.
-func (p *Pipeline) call(ctx context.Context, h *handler, attempt int, call func(context.Context) error) error {
+func (p *Pipeline) call(ctx context.Context, h *handler, step int, call func(context.Context) error) error {
 	if h.downstream == "" {
 		return call(ctx)
 	}
@@ -246,7 +254,7 @@ func (p *Pipeline) call(ctx context.Context, h *handler, attempt int, call func(
 	case errors.As(err, &open):
 		return queue.Defer(open.Until, err)
 	case errors.Is(err, breaker.ErrDownstream):
-		return queue.Defer(time.Now().Add(p.cfg.Backoff.Delay(attempt)), err)
+		return queue.DeferCounted(time.Now().Add(p.cfg.Backoff.Delay(step)), err)
 	}
 	return err
 }

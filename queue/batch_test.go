@@ -260,8 +260,8 @@ func TestConsumerBatchFailureSplitsTheBatch(t *testing.T) {
 	}
 }
 
-// A batch that returns Defer defers every event of it, attempts given
-// back, without running them one by one.
+// A batch that returns a deferral defers every event of it, attempts given
+// back, without running them one by one; a counted one counts for each.
 func TestConsumerBatchDeferDefersTheWholeBatch(t *testing.T) {
 	t.Parallel()
 	q, pool, ids := ctBacklog(t, "d", 6)
@@ -277,12 +277,12 @@ func TestConsumerBatchDeferDefersTheWholeBatch(t *testing.T) {
 			if err := btWriteEffects(ctx, tx, evs); err != nil {
 				return err
 			}
-			return queue.Defer(time.Now().Add(time.Hour), errors.New("downstream busy"))
+			return queue.DeferCounted(time.Now().Add(time.Hour), errors.New("downstream busy"))
 		},
 		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
 			// A worker's first chunk holds one event, which runs alone.
 			calls.single(ev)
-			return queue.Defer(time.Now().Add(time.Hour), errors.New("downstream busy"))
+			return queue.DeferCounted(time.Now().Add(time.Hour), errors.New("downstream busy"))
 		},
 	})
 	require.NoError(t, err)
@@ -297,6 +297,7 @@ func TestConsumerBatchDeferDefersTheWholeBatch(t *testing.T) {
 		row := ctGetRow(t, pool, id)
 		require.Zero(t, row.Attempt, "%s: the deferred attempt was not given back", id)
 		require.Empty(t, row.Errors, "%s: a deferral is not a failure", id)
+		require.Equal(t, 1, row.Deferrals, "%s: its deferral counted once", id)
 	}
 	require.Empty(t, ctEffects(t, pool), "the deferred batch's writes must be rolled back")
 	calls.mu.Lock()

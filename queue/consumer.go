@@ -244,10 +244,10 @@ type Consumer struct {
 	// event it runs, in nanoseconds; zero until one has committed.
 	perEvent atomic.Int64
 
-	mu       sync.Mutex
-	active   map[int64]*Event // leases held, for heartbeats
-	wakeup   *time.Timer      // wakes the fetcher when a retry falls due; under mu
-	wakeTime time.Time        // when wakeup fires; zero when none is pending
+	mu        sync.Mutex
+	active    map[int64]*Event // leases held, for heartbeats
+	wakeup    *time.Timer      // wakes the fetcher when a retry falls due; under mu
+	wakeTimes []time.Time      // when to wake it, earliest first; wakeup fires at the first; under mu
 }
 
 // NewConsumer returns a Consumer of q. It returns an error wrapping
@@ -490,32 +490,58 @@ func split(evs []*Event, slots, size int) [][]*Event {
 	return chunks
 }
 
+// maxWakeTimes bounds the wake-up times a Consumer keeps; the latest are
+// dropped beyond it, and the poll finds their events.
+const maxWakeTimes = 64
+
 // wakeAt wakes the fetcher at t, when this process retried or deferred an
 // event due then and t comes before the next poll: a short backoff then
 // costs its own length, not a poll interval. One timer serves, set to the
-// earliest time asked for.
+// earliest time asked for; the later ones are kept for after it, since a
+// wake-up that finds nothing due must not cost a later one (a deferral to
+// the end of an open breaker, while a short retry's wake-up was pending).
 func (c *Consumer) wakeAt(t time.Time) {
-	d := time.Until(t)
-	if d >= c.cfg.PollInterval {
+	if time.Until(t) >= c.cfg.PollInterval {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.wakeTime.IsZero() && !t.Before(c.wakeTime) {
+	i, found := slices.BinarySearchFunc(c.wakeTimes, t, time.Time.Compare)
+	if found || i == maxWakeTimes {
 		return
 	}
-	c.wakeTime = t
-	if c.wakeup == nil {
-		c.wakeup = time.AfterFunc(max(d, 0), c.fire)
-	} else {
-		c.wakeup.Reset(max(d, 0))
+	if len(c.wakeTimes) == maxWakeTimes {
+		c.wakeTimes = c.wakeTimes[:maxWakeTimes-1]
+	}
+	c.wakeTimes = slices.Insert(c.wakeTimes, i, t)
+	if i == 0 {
+		c.armWakeup()
 	}
 }
 
-// fire is the wake-up timer's function.
+// armWakeup sets the timer to the earliest wake-up time. c.mu is held.
+func (c *Consumer) armWakeup() {
+	d := max(time.Until(c.wakeTimes[0]), 0)
+	if c.wakeup == nil {
+		c.wakeup = time.AfterFunc(d, c.fire)
+	} else {
+		c.wakeup.Reset(d)
+	}
+}
+
+// fire is the wake-up timer's function: it drops the times that have
+// come, sets the timer to the next, and wakes the fetcher.
 func (c *Consumer) fire() {
 	c.mu.Lock()
-	c.wakeTime = time.Time{}
+	now := time.Now()
+	passed := 0
+	for passed < len(c.wakeTimes) && !c.wakeTimes[passed].After(now) {
+		passed++
+	}
+	c.wakeTimes = slices.Delete(c.wakeTimes, 0, passed)
+	if len(c.wakeTimes) > 0 {
+		c.armWakeup()
+	}
 	c.mu.Unlock()
 	pgnotify.Poke(c.wake)
 }
@@ -679,24 +705,24 @@ type outcomes struct {
 	done       []*Event
 	failed     []failure
 	deferred   []*Event
-	deferUntil []time.Time
+	deferrals  []DeferError  // how each deferred event goes back
 	retryIn    time.Duration // the soonest retry scheduled, zero for none
 	savepoints int           // events whose handlers opened their savepoint
 }
 
-// due returns when the soonest retried or deferred event of the
-// transaction is due again, if any.
-func (o *outcomes) due(now time.Time) (time.Time, bool) {
-	var at time.Time
+// dueTimes returns when the transaction's retried events (the soonest of
+// them) and each of its deferred events are due again.
+func (o *outcomes) dueTimes(now time.Time) []time.Time {
+	var at []time.Time
 	if o.retryIn > 0 {
-		at = now.Add(o.retryIn)
+		at = append(at, now.Add(o.retryIn))
 	}
-	for _, t := range o.deferUntil {
-		if !t.IsZero() && (at.IsZero() || t.Before(at)) {
-			at = t
+	for _, d := range o.deferrals {
+		if !d.Until.IsZero() {
+			at = append(at, d.Until)
 		}
 	}
-	return at, !at.IsZero()
+	return at
 }
 
 func (o *outcomes) ran() []*Event {
@@ -764,9 +790,9 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 			c.observe(time.Since(start), len(ran))
 		}
 		c.untrack(ran)
-		if at, ok := out.due(time.Now()); ok {
-			c.wakeAt(at)
-		}
+	}
+	for _, at := range out.dueTimes(time.Now()) {
+		c.wakeAt(at)
 	}
 	c.q.notifyIfKeyed(out.ran())
 	return rest
@@ -878,7 +904,7 @@ func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcom
 	var deferred *DeferError
 	if errors.As(err, &deferred) {
 		out.deferred = append(out.deferred, ev)
-		out.deferUntil = append(out.deferUntil, deferred.Until)
+		out.deferrals = append(out.deferrals, *deferred)
 	} else {
 		out.failed = append(out.failed, failureOf(ev, err))
 	}
@@ -912,7 +938,7 @@ func (c *Consumer) runBatch(ctx context.Context, tx pgx.Tx, evs []*Event, out *o
 	if errors.As(err, &deferred) {
 		for _, ev := range evs {
 			out.deferred = append(out.deferred, ev)
-			out.deferUntil = append(out.deferUntil, deferred.Until)
+			out.deferrals = append(out.deferrals, *deferred)
 		}
 	} else {
 		split = true
@@ -974,7 +1000,7 @@ func (c *Consumer) finish(ctx context.Context, tx pgx.Tx, out *outcomes, rest []
 		out.retryIn = soonest
 	}
 	if len(out.deferred) > 0 {
-		if err := c.q.deferEvents(ctx, tx, out.deferred, out.deferUntil); err != nil {
+		if err := c.q.deferEvents(ctx, tx, out.deferred, out.deferrals); err != nil {
 			return err
 		}
 	}
@@ -1009,7 +1035,7 @@ func (c *Consumer) recordFailures(ctx context.Context, out *outcomes) {
 		}
 	}
 	for i, ev := range out.deferred {
-		err := c.q.deferEvents(ctx, c.q.pool, []*Event{ev}, out.deferUntil[i:i+1])
+		err := c.q.deferEvents(ctx, c.q.pool, []*Event{ev}, out.deferrals[i:i+1])
 		if err != nil && !errors.Is(err, ErrLeaseLost) {
 			unrecorded++
 		}

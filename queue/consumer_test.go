@@ -72,6 +72,7 @@ type ctRow struct {
 	Errors     []queue.AttemptError
 	LeaseToken *int64
 	RunAt      time.Time
+	Deferrals  int
 }
 
 func ctGetRow(t testing.TB, pool *pgxpool.Pool, id string) ctRow {
@@ -79,8 +80,8 @@ func ctGetRow(t testing.TB, pool *pgxpool.Pool, id string) ctRow {
 	var r ctRow
 	var errs []byte
 	require.NoError(t, pool.QueryRow(context.Background(),
-		`SELECT state, attempt, errors, lease_token, run_at FROM wharf.queue WHERE event_id = $1`, id).
-		Scan(&r.State, &r.Attempt, &errs, &r.LeaseToken, &r.RunAt), "row of event %q", id)
+		`SELECT state, attempt, errors, lease_token, run_at, deferrals FROM wharf.queue WHERE event_id = $1`, id).
+		Scan(&r.State, &r.Attempt, &errs, &r.LeaseToken, &r.RunAt, &r.Deferrals), "row of event %q", id)
 	require.NoError(t, json.Unmarshal(errs, &r.Errors))
 	return r
 }
@@ -615,6 +616,88 @@ func TestConsumerDeferGivesAttemptBack(t *testing.T) {
 	require.Empty(t, d1[1].Errors)
 	require.Equal(t, map[string]int{"d1": 1, "d2": 1}, ctEffects(t, pool))
 	noOrphans(t, pool)
+}
+
+// With polling all but off, the consumer wakes for each deferred event
+// when it falls due, not only for the soonest: the first wake-up finding
+// only its own event must not cost the later one its own (before the fix,
+// d2 waited for the hour's poll).
+func TestConsumerWakesForEveryDeferral(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{})
+	ctEnqueueAll(t, q, []string{"d1", "d2"})
+
+	var rec ctRecorder
+	delays := map[string]time.Duration{"d1": 50 * time.Millisecond, "d2": 400 * time.Millisecond}
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:      1,
+		TxBatch:      2,
+		PollInterval: time.Hour,
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			if _, earlier := rec.add(ev, 0); earlier == 0 {
+				return queue.Defer(time.Now().Add(delays[ev.ID]), errors.New("not yet"))
+			}
+			return nil
+		},
+	})
+	require.NoError(t, err)
+	runConsumer(t, c)
+	dbtest.Eventually(t, 20*time.Second, "both deferred events run again", func() bool { return ctQueueLen(t, pool) == 0 })
+	require.Len(t, rec.byID()["d2"], 2)
+}
+
+// DeferCounted defers like Defer and counts the deferral in the event's
+// Deferrals, which the next run sees; Defer and Release leave the count
+// as it is. The attempt is given back every time.
+func TestConsumerDeferCountedCountsDeferrals(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, pool := newQueue(t, queue.Config{})
+	ctEnqueueAll(t, q, []string{"c1"})
+
+	type run struct{ attempt, deferrals int }
+	var mu sync.Mutex
+	var runs []run
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers: 1,
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			mu.Lock()
+			runs = append(runs, run{ev.Attempt, ev.Deferrals})
+			n := len(runs)
+			mu.Unlock()
+			reason := errors.New("downstream failed this one")
+			switch n {
+			case 1, 3:
+				return queue.DeferCounted(time.Now(), reason)
+			case 2:
+				return queue.Defer(time.Now(), reason)
+			}
+			return nil
+		},
+	})
+	require.NoError(t, err)
+	stop := runConsumer(t, c)
+	dbtest.Eventually(t, 20*time.Second, "c1 done", func() bool { return ctQueueLen(t, pool) == 0 })
+	stop()
+	mu.Lock()
+	require.Equal(t, []run{{1, 0}, {1, 1}, {1, 1}, {1, 2}}, runs)
+	mu.Unlock()
+
+	// Queue.Defer and Release, outside a Consumer, count nothing.
+	ctEnqueueAll(t, q, []string{"c2"})
+	_, err = pool.Exec(ctx, `UPDATE wharf.queue SET deferrals = 2 WHERE event_id = 'c2'`)
+	require.NoError(t, err)
+	fetchOne := func() *queue.Event {
+		evs, err := q.Fetch(ctx, queue.FetchParams{Limit: 1})
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		require.Equal(t, 1, evs[0].Attempt)
+		require.Equal(t, 2, evs[0].Deferrals)
+		return evs[0]
+	}
+	require.NoError(t, q.Defer(ctx, fetchOne(), time.Time{}))
+	require.NoError(t, q.Release(ctx, fetchOne()))
+	fetchOne()
 }
 
 // 4. An event that always fails runs exactly MaxAttempts times, then is

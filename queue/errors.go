@@ -68,6 +68,8 @@ func (e *InvalidEventError) Unwrap() error { return ErrInvalidEvent }
 type DeferError struct {
 	Until  time.Time
 	Reason error // optional, for logs
+	// Counted adds one to the event's Deferrals (see DeferCounted).
+	Counted bool
 }
 
 func (e *DeferError) Error() string {
@@ -84,6 +86,16 @@ func (e *DeferError) Unwrap() error { return e.Reason }
 // back. Any work the handler did in the transaction is rolled back.
 func Defer(until time.Time, reason error) error {
 	return &DeferError{Until: until, Reason: reason}
+}
+
+// DeferCounted is Defer for an event that ran and failed through no fault
+// of its own, such as a call that a downstream failed while its circuit
+// breaker stayed closed. The attempt is given back all the same, and the
+// event's Deferrals grows by one, so that its handler can wait longer each
+// time: without it, an event that one downstream always rejects would be
+// retried at the same pace forever.
+func DeferCounted(until time.Time, reason error) error {
+	return &DeferError{Until: until, Reason: reason, Counted: true}
 }
 
 // PermanentError marks a handler's failure as one no retry can fix (a

@@ -112,7 +112,11 @@ type Event struct {
 	// an event that kills its worker every time spends only its own
 	// attempts, not those of events leased beside it.
 	Rescued bool
-	Lease   Lease
+	// Deferrals counts the times the event was put back with DeferCounted:
+	// runs that failed through no fault of its own and spent no attempt.
+	// Defer and Release leave it as it is.
+	Deferrals int
+	Lease     Lease
 	// Prepared holds what ConsumerConfig.Prepare left for the Handler;
 	// nil without a Prepare.
 	Prepared any

@@ -362,7 +362,7 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*
 	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Event, error) {
 		ev := &Event{Lease: Lease{Token: token}}
 		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.ReceivedAt,
-			&ev.Attempt, &ev.MaxAttempts, &ev.errorsJSON, &ev.Lease.ExpiresAt, &ev.Rescued, &ev.Body, &ev.headersJSON)
+			&ev.Attempt, &ev.MaxAttempts, &ev.errorsJSON, &ev.Lease.ExpiresAt, &ev.Rescued, &ev.Deferrals, &ev.Body, &ev.headersJSON)
 		if err != nil {
 			return nil, err
 		}
@@ -620,7 +620,7 @@ func (q *Queue) exhaust(ctx context.Context, tx pgx.Tx, evs []*Event, msgs []str
 // zero): the attempt Fetch counted is given back. Use it when the event
 // cannot run yet for a reason that is not its own fault.
 func (q *Queue) Defer(ctx context.Context, ev *Event, until time.Time) error {
-	err := q.deferEvents(ctx, q.pool, []*Event{ev}, []time.Time{until})
+	err := q.deferEvents(ctx, q.pool, []*Event{ev}, []DeferError{{Until: until}})
 	if err == nil {
 		q.notifyIfKeyed([]*Event{ev})
 	}
@@ -629,31 +629,37 @@ func (q *Queue) Defer(ctx context.Context, ev *Event, until time.Time) error {
 
 // DeferTx is Defer inside the caller's transaction.
 func (q *Queue) DeferTx(ctx context.Context, tx pgx.Tx, ev *Event, until time.Time) error {
-	return q.deferEvents(ctx, tx, []*Event{ev}, []time.Time{until})
+	return q.deferEvents(ctx, tx, []*Event{ev}, []DeferError{{Until: until}})
 }
 
 // Release puts events back, due now, with their attempts given back: for a
 // worker that stops before running them (a shutdown).
 func (q *Queue) Release(ctx context.Context, evs ...*Event) error {
-	err := q.deferEvents(ctx, q.pool, evs, make([]time.Time, len(evs)))
+	err := q.deferEvents(ctx, q.pool, evs, make([]DeferError, len(evs)))
 	if err == nil {
 		q.Notify()
 	}
 	return err
 }
 
-func (q *Queue) deferEvents(ctx context.Context, db querier, evs []*Event, until []time.Time) error {
+// deferEvents puts evs back as how says, one DeferError each: due at its
+// Until (now if zero), counting a deferral when it is Counted.
+func (q *Queue) deferEvents(ctx context.Context, db querier, evs []*Event, how []DeferError) error {
 	if len(evs) == 0 {
 		return nil
 	}
 	ids, tokens := leaseArrays(evs)
-	runAts := make([]*time.Time, len(until))
-	for i := range until {
-		if !until[i].IsZero() {
-			runAts[i] = &until[i]
+	runAts := make([]*time.Time, len(how))
+	counted := make([]int32, len(how))
+	for i, d := range how {
+		if !d.Until.IsZero() {
+			runAts[i] = &how[i].Until
+		}
+		if d.Counted {
+			counted[i] = 1
 		}
 	}
-	changed, err := collectIDs(ctx, db, "", q.sql.deferEvents, ids, tokens, runAts)
+	changed, err := collectIDs(ctx, db, "", q.sql.deferEvents, ids, tokens, runAts, counted)
 	if err != nil {
 		return fmt.Errorf("queue: defer: %w", err)
 	}

@@ -180,10 +180,10 @@ claimed AS (
         UNION ALL
         SELECT queue_id FROM key_locks))
     RETURNING q.id, q.source, q.event_id, q.event_type, q.ordering_key, q.handler, q.received_at,
-              q.attempt, q.max_attempts, q.errors, q.lease_expires_at, q.rescued
+              q.attempt, q.max_attempts, q.errors, q.lease_expires_at, q.rescued, q.deferrals
 )
 SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), coalesce(c.handler, ''), c.received_at,
-       c.attempt, c.max_attempts, c.errors, c.lease_expires_at, c.rescued, {payload_columns}
+       c.attempt, c.max_attempts, c.errors, c.lease_expires_at, c.rescued, c.deferrals, {payload_columns}
 FROM claimed c {payload_join}
 ORDER BY c.id`
 
@@ -271,13 +271,14 @@ SELECT id FROM changed`
 
 // deferSQL puts held events back, due at $3 each (now when null), and gives
 // back the attempt the fetch counted: they did not run, or ran for nothing
-// that was their fault.
+// that was their fault. Those marked in $4 count one more deferral.
 var deferSQL = `
 WITH changed AS (
     UPDATE {schema}.queue q
     SET state = 'available',
         run_at = coalesce(` + at("3::timestamptz[]") + `, now()),
         attempt = greatest(q.attempt - 1, 0),
+        deferrals = q.deferrals + ` + at("4::int[]") + `,
         lease_token = NULL, lease_expires_at = NULL, leased_by = NULL
     WHERE ` + heldSQL + `
     RETURNING q.id, q.source, q.ordering_key

@@ -182,6 +182,10 @@ var queueListCommand = &command{
 size of their stored body and their last error. It reads wharf.queue and
 wharf.queue_payloads and changes nothing.
 
+DEFERRALS counts the runs that a downstream failed while its circuit breaker
+stayed closed: they spend no attempt and record no error, so an event that one
+downstream keeps rejecting shows here, waiting longer each time.
+
 States: due (waiting for a worker), scheduled (waiting for a retry's backoff or
 a delayed start), running (leased by a worker), exhausted (out of attempts,
 kept in the queue because no dead letter queue takes them).
@@ -242,6 +246,7 @@ type queuedEvent struct {
 	State       string    `json:"state"`
 	Attempt     int       `json:"attempt"`
 	MaxAttempts int       `json:"max_attempts"`
+	Deferrals   int       `json:"deferrals"`
 	ReceivedAt  time.Time `json:"received_at"`
 	RunAt       time.Time `json:"run_at"`
 	BodyBytes   int64     `json:"body_bytes"`
@@ -256,7 +261,7 @@ func listQueue(ctx context.Context, pool *pgxpool.Pool, schema string, f queueLi
 	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (queuedEvent, error) {
 		var ev queuedEvent
 		err := row.Scan(&ev.ID, &ev.Source, &ev.EventID, &ev.Type, &ev.Handler, &ev.State,
-			&ev.Attempt, &ev.MaxAttempts, &ev.ReceivedAt, &ev.RunAt, &ev.BodyBytes, &ev.LastError)
+			&ev.Attempt, &ev.MaxAttempts, &ev.Deferrals, &ev.ReceivedAt, &ev.RunAt, &ev.BodyBytes, &ev.LastError)
 		return ev, err
 	})
 	if err != nil {
@@ -266,9 +271,9 @@ func listQueue(ctx context.Context, pool *pgxpool.Pool, schema string, f queueLi
 }
 
 func printQueueList(w io.Writer, events []queuedEvent) error {
-	return printList(w, "no events", "ID\tSOURCE\tEVENT\tTYPE\tHANDLER\tSTATE\tATTEMPT\tRECEIVED\tRUN AT\tBYTES\tLAST ERROR", events, func(tw io.Writer, ev queuedEvent) {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%d\t%s\n", ev.ID, ev.Source, ev.EventID, ev.Type,
-			cmp.Or(ev.Handler, "-"), ev.State, ev.Attempt, ev.MaxAttempts, ev.ReceivedAt.Local().Format(time.DateTime),
+	return printList(w, "no events", "ID\tSOURCE\tEVENT\tTYPE\tHANDLER\tSTATE\tATTEMPT\tDEFERRALS\tRECEIVED\tRUN AT\tBYTES\tLAST ERROR", events, func(tw io.Writer, ev queuedEvent) {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%d\t%s\n", ev.ID, ev.Source, ev.EventID, ev.Type,
+			cmp.Or(ev.Handler, "-"), ev.State, ev.Attempt, ev.MaxAttempts, ev.Deferrals, ev.ReceivedAt.Local().Format(time.DateTime),
 			ev.RunAt.Local().Format(time.DateTime), ev.BodyBytes, truncate(ev.LastError, 60))
 	})
 }

@@ -13,7 +13,7 @@ package main
 // occasional look, not a hot path.
 const queueListSQL = `
 SELECT q.id, q.source, q.event_id, q.event_type, coalesce(q.handler, ''), s.state,
-       q.attempt, q.max_attempts, q.received_at, q.run_at,
+       q.attempt, q.max_attempts, q.deferrals, q.received_at, q.run_at,
        coalesce(octet_length(p.body), 0), coalesce(q.errors -> -1 ->> 'error', '')
 FROM {schema}.queue q
 CROSS JOIN LATERAL (SELECT CASE

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/breaker"
 	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/queue"
 )
@@ -200,6 +201,53 @@ func TestPipelineHandleBatchDownstreamOutage(t *testing.T) {
 	for id, attempt := range processed.processedAt {
 		require.Equal(t, 1, attempt, "%s processed on its first counted attempt", id)
 	}
+}
+
+// A batch call that the downstream fails while its breaker stays closed
+// (it rejects one of the events) is deferred whole; its events then run
+// one call each, so the rejected one holds none of the others back.
+func TestPipelineHandleBatchRejectedEventHoldsNoneBack(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 1, MaxTxDuration: batchTx, Breakers: breaker.Config{Default: breaker.Settings{
+		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1000,
+	}}})
+	var calls batchCalls
+	var mu sync.Mutex
+	mostDeferred := 0 // the most deferrals an event processed had
+	require.NoError(t, h.p.HandleBatch("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, evs []wharf.Event) error {
+		calls.add(evs, false)
+		for _, ev := range evs {
+			if ev.ID == "poison" {
+				return &breaker.StatusError{Code: http.StatusInternalServerError}
+			}
+		}
+		mu.Lock()
+		for _, ev := range evs {
+			mostDeferred = max(mostDeferred, ev.Deferrals)
+		}
+		mu.Unlock()
+		return writeEffects(ctx, tx, evs)
+	}, wharf.Downstream("ledger")))
+	h.sendAll("a", "order.paid", 10)
+	require.Equal(t, http.StatusAccepted, h.send("poison", "order.paid"))
+	h.sendAll("b", "order.paid", 10)
+	h.run()
+	h.eventually("every other event processed", func() bool { return h.count(`SELECT count(*) FROM effects WHERE n = 1`) == 20 })
+	h.eventually("the rejected event waiting, its deferrals counted", func() bool {
+		return h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'poison' AND attempt = 0 AND deferrals >= 2`) == 1
+	})
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue`))
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+	calls.mu.Lock()
+	defer calls.mu.Unlock()
+	shared := false
+	for _, c := range calls.calls {
+		shared = shared || (len(c) > 1 && slices.Contains(c, "poison"))
+	}
+	require.True(t, shared, "the rejected event never shared a call")
+	mu.Lock()
+	defer mu.Unlock()
+	require.LessOrEqual(t, mostDeferred, 1, "an event deferred with the rejected one was deferred with it again")
 }
 
 // The observer sees each event of a batch: processed with the batch, or

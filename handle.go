@@ -102,11 +102,12 @@ func HandlerName(name string) HandleOption {
 // handler runs inside the breaker (its errors counted as the breaker's
 // classifier says), its events stay in the queue, unfetched, while the
 // breaker is open, and a failure the breaker counts puts the event back
-// without spending an attempt. Each such failure adds one to the event's
+// without spending an attempt. A failure that leaves the breaker closed
+// (the downstream rejects that event alone) also adds one to the event's
 // Deferrals and one step to its wait (Config.Backoff, from its attempt
-// on), so an event that the downstream rejects alone, while the breaker
-// stays closed, is retried less and less often rather than at the same
-// pace forever. Defaults to none.
+// on), so such an event is retried less and less often rather than at
+// the same pace forever; the failures of an outage (those that open the
+// breaker, probes included) count nothing. Defaults to none.
 func Downstream(name string) HandleOption {
 	return func(h *handler) error {
 		if name == "" {

@@ -301,6 +301,30 @@ func (h *harness) requireOutageSpendsNothing(d *flakyDownstream) {
 	h.eventually("probes to fail repeatedly", func() bool { return d.calls.Load() >= 6 })
 	require.Zero(h.t, h.count(`SELECT count(*) FROM wharf.dead_letters`), "an outage floods nothing into the DLQ")
 	require.Zero(h.t, h.count(`SELECT count(*) FROM wharf.queue WHERE attempt > 1`), "no attempt spent on the outage")
+	require.Zero(h.t, h.count(`SELECT count(*) FROM wharf.queue WHERE deferrals > 1`),
+		"only a failure that left the breaker closed counts a deferral; probes count none")
+}
+
+// An outage counts no deferrals but the one failure that left the
+// breaker closed (it trips on the second): an event that waits through
+// many failed probes is not made to wait longer for each, and runs as
+// soon as the downstream is back.
+func TestPipelineOutageCountsNoDeferrals(t *testing.T) {
+	t.Parallel()
+	h, downstream := newOutageHarness(t)
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if err := downstream.call(); err != nil {
+			return err
+		}
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Downstream("ledger")))
+	require.Equal(t, http.StatusAccepted, h.send("o1", "order.paid"))
+	h.run()
+	h.eventually("the breaker to open and probes to fail", func() bool { return downstream.calls.Load() >= 6 })
+	require.Equal(t, 1, h.count(`SELECT deferrals FROM wharf.queue WHERE event_id = 'o1'`))
+
+	downstream.down.Store(false)
+	h.eventually("the event processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
 }
 
 func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {

@@ -52,7 +52,7 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 	defer release()
 
 	ev := eventOf(qev)
-	err = p.run(ctx, tx, h, backoffStep(qev), func(ctx context.Context, tx pgx.Tx) error { return h.fn(ctx, tx, ev) })
+	err = p.run(ctx, tx, h, stepsOf(qev), func(ctx context.Context, tx pgx.Tx) error { return h.fn(ctx, tx, ev) })
 	if err != nil {
 		return h.retryIn(err, qev.Attempt)
 	}
@@ -67,15 +67,17 @@ func (p *Pipeline) recordProcessed(ctx context.Context, tx pgx.Tx, h *handler, q
 // batchKey is the consumer's BatchKey: events go to calls of their
 // handler's batch function, at most its MaxBatch at a time, when it has
 // one and their claims were won in this transaction by claimAll. Any
-// other event (a duplicate, one without a handler) runs alone through
-// work.
+// other event (a duplicate, one without a handler, one whose downstream
+// failed it before) runs alone through work: a call that the downstream
+// failed while its breaker stayed closed is deferred whole, so its events
+// then run apart, and one that the downstream rejects holds none back.
 func (p *Pipeline) batchKey(qev *queue.Event) (key string, limit int) {
 	c, ok := qev.Prepared.(*preparedClaim)
 	if !ok || !c.First || c.Err != nil {
 		return "", 0
 	}
 	h := p.handlerFor(qev.Source, qev.Type)
-	if h == nil || h.batch == nil || c.pair.Consumer != h.name {
+	if h == nil || h.batch == nil || c.pair.Consumer != h.name || qev.Deferrals > 0 {
 		return "", 0
 	}
 	return h.source + "\x00" + h.typ, h.maxBatch
@@ -106,12 +108,10 @@ func (p *Pipeline) workBatch(ctx context.Context, tx pgx.Tx, qevs []*queue.Event
 	}
 	defer release()
 	evs := make([]Event, len(qevs))
-	step := 0
 	for i, qev := range qevs {
 		evs[i] = eventOf(qev)
-		step = max(step, backoffStep(qev))
 	}
-	err = p.run(ctx, tx, h, step, func(ctx context.Context, tx pgx.Tx) error { return h.batch(ctx, tx, evs) })
+	err = p.run(ctx, tx, h, stepsOf(qevs...), func(ctx context.Context, tx pgx.Tx) error { return h.batch(ctx, tx, evs) })
 	for i := 0; err == nil && i < len(qevs); i++ {
 		err = p.recordProcessed(ctx, tx, h, qevs[i])
 	}
@@ -127,12 +127,22 @@ func eventOf(qev *queue.Event) Event {
 	}
 }
 
-// backoffStep is the step of Config.Backoff that a downstream's failure
-// defers qev by: its attempt, plus one for each earlier such deferral, so
-// that an event that one downstream keeps failing waits longer each time
-// (up to Backoff.Max) without spending attempts.
-func backoffStep(qev *queue.Event) int {
-	return qev.Attempt + qev.Deferrals
+// backoffSteps are the steps of Config.Backoff that a downstream's failure
+// defers a call's events by (the largest among them). plain, their
+// attempt, is for a failure of the outage's (one that opened the breaker);
+// counted adds one per earlier counted deferral, for a failure that left
+// the breaker closed, so that an event that the downstream keeps
+// rejecting alone waits longer each time (up to Backoff.Max) without
+// spending attempts.
+type backoffSteps struct{ plain, counted int }
+
+func stepsOf(qevs ...*queue.Event) backoffSteps {
+	var s backoffSteps
+	for _, qev := range qevs {
+		s.plain = max(s.plain, qev.Attempt)
+		s.counted = max(s.counted, qev.Attempt+qev.Deferrals)
+	}
+	return s
 }
 
 // claim is the event's idempotency claim for handler h: the one claimAll
@@ -196,10 +206,10 @@ func (p *Pipeline) unclaim(ctx context.Context, tx pgx.Tx, evs []*queue.Event) e
 // handler's timeout and through its breaker, and turns the breaker's
 // answers into deferrals: an open breaker, or a failure it counts, is the
 // downstream's fault, not the event's, so the event waits without
-// spending an attempt. step picks the deferral's backoff (backoffStep). A handler
+// spending an attempt. steps pick the deferral's backoff. A handler
 // that returns nil after one of its statements failed gets
 // queue.ErrTxAborted, as the consumer will record it.
-func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, step int, fn func(context.Context, pgx.Tx) error) error {
+func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, steps backoffSteps, fn func(context.Context, pgx.Tx) error) error {
 	restore := func() error { return nil }
 	handlerTx := tx
 	if h.timeout > 0 {
@@ -212,7 +222,7 @@ func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, step int, fn 
 		defer cancel()
 		handlerTx = detachedTx{tx}
 	}
-	err := p.call(ctx, h, step, func(ctx context.Context) error { return fn(ctx, handlerTx) })
+	err := p.call(ctx, h, steps, func(ctx context.Context) error { return fn(ctx, handlerTx) })
 	switch {
 	case err != nil:
 		return err
@@ -239,7 +249,15 @@ func setStatementTimeout(ctx context.Context, tx pgx.Tx, d time.Duration) (resto
 }
 
 // call runs the handler's call through its breaker, if it has one.
-func (p *Pipeline) call(ctx context.Context, h *handler, step int, call func(context.Context) error) error {
+//
+// A failure the breaker counts defers the call's events. One that left
+// the breaker closed may be theirs alone (a downstream that rejects this
+// payload), so it counts a deferral, and each makes them wait a step
+// longer; one that opened it (the failure that tripped it, or a failed
+// probe) belongs to the outage, like the calls the open breaker turns
+// away, and counts nothing: the backlog drains at once when the
+// downstream is back.
+func (p *Pipeline) call(ctx context.Context, h *handler, steps backoffSteps, call func(context.Context) error) error {
 	if h.downstream == "" {
 		return call(ctx)
 	}
@@ -254,7 +272,10 @@ func (p *Pipeline) call(ctx context.Context, h *handler, step int, call func(con
 	case errors.As(err, &open):
 		return queue.Defer(open.Until, err)
 	case errors.Is(err, breaker.ErrDownstream):
-		return queue.DeferCounted(time.Now().Add(p.cfg.Backoff.Delay(step)), err)
+		if st, stErr := p.breakers.State(h.downstream); stErr != nil || st.State != breaker.StateClosed {
+			return queue.Defer(time.Now().Add(p.cfg.Backoff.Delay(steps.plain)), err)
+		}
+		return queue.DeferCounted(time.Now().Add(p.cfg.Backoff.Delay(steps.counted)), err)
 	}
 	return err
 }

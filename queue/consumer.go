@@ -491,8 +491,12 @@ func split(evs []*Event, slots, size int) [][]*Event {
 }
 
 // maxWakeTimes bounds the wake-up times a Consumer keeps; the latest are
-// dropped beyond it, and the poll finds their events.
-const maxWakeTimes = 64
+// dropped beyond it, and the poll finds their events. wakeGranularity is
+// how far apart they are at least.
+const (
+	maxWakeTimes    = 64
+	wakeGranularity = 5 * time.Millisecond
+)
 
 // wakeAt wakes the fetcher at t, when this process retried or deferred an
 // event due then and t comes before the next poll: a short backoff then
@@ -504,6 +508,9 @@ func (c *Consumer) wakeAt(t time.Time) {
 	if time.Until(t) >= c.cfg.PollInterval {
 		return
 	}
+	// Rounded up, so that times a few milliseconds apart (jittered
+	// backoffs) share one wake-up, which never comes early.
+	t = t.Add(wakeGranularity - 1).Truncate(wakeGranularity)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	i, found := slices.BinarySearchFunc(c.wakeTimes, t, time.Time.Compare)

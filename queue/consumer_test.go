@@ -620,21 +620,25 @@ func TestConsumerDeferGivesAttemptBack(t *testing.T) {
 
 // With polling all but off, the consumer wakes for each deferred event
 // when it falls due, not only for the soonest: the first wake-up finding
-// only its own event must not cost the later one its own (before the fix,
-// d2 waited for the hour's poll).
+// only its own event must not cost the later ones theirs (before the fix,
+// d2 and d4 waited for the hour's poll). A warm-up event first lets the
+// transactions grow to two events, so each defers a short and a long one.
 func TestConsumerWakesForEveryDeferral(t *testing.T) {
 	t.Parallel()
 	q, pool := newQueue(t, queue.Config{})
-	ctEnqueueAll(t, q, []string{"d1", "d2"})
 
 	var rec ctRecorder
-	delays := map[string]time.Duration{"d1": 50 * time.Millisecond, "d2": 400 * time.Millisecond}
+	delays := map[string]time.Duration{
+		"d1": 50 * time.Millisecond, "d2": 400 * time.Millisecond,
+		"d3": 60 * time.Millisecond, "d4": 410 * time.Millisecond,
+	}
 	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
-		Workers:      1,
-		TxBatch:      2,
-		PollInterval: time.Hour,
+		Workers:       1,
+		TxBatch:       2,
+		MaxTxDuration: time.Minute,
+		PollInterval:  time.Hour,
 		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
-			if _, earlier := rec.add(ev, 0); earlier == 0 {
+			if _, earlier := rec.add(ev, 0); earlier == 0 && delays[ev.ID] > 0 {
 				return queue.Defer(time.Now().Add(delays[ev.ID]), errors.New("not yet"))
 			}
 			return nil
@@ -642,8 +646,13 @@ func TestConsumerWakesForEveryDeferral(t *testing.T) {
 	})
 	require.NoError(t, err)
 	runConsumer(t, c)
-	dbtest.Eventually(t, 20*time.Second, "both deferred events run again", func() bool { return ctQueueLen(t, pool) == 0 })
-	require.Len(t, rec.byID()["d2"], 2)
+	ctEnqueueAll(t, q, []string{"warm"})
+	dbtest.Eventually(t, 20*time.Second, "the warm-up event done", func() bool { return ctQueueLen(t, pool) == 0 })
+	ctEnqueueAll(t, q, []string{"d1", "d2", "d3", "d4"})
+	dbtest.Eventually(t, 20*time.Second, "every deferred event run again", func() bool { return ctQueueLen(t, pool) == 0 })
+	for id := range delays {
+		require.Len(t, rec.byID()[id], 2, id)
+	}
 }
 
 // DeferCounted defers like Defer and counts the deferral in the event's

@@ -38,7 +38,12 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg wharf.Config) *harness {
 	t.Helper()
-	pool := dbtest.Pool(t)
+	return newHarnessOn(t, dbtest.Pool(t), cfg)
+}
+
+// newHarnessOn is newHarness on the given pool's database.
+func newHarnessOn(t *testing.T, pool *pgxpool.Pool, cfg wharf.Config) *harness {
+	t.Helper()
 	if cfg.Backoff == (queue.Backoff{}) {
 		cfg.Backoff = queue.Backoff{Initial: 5 * time.Millisecond, Max: 10 * time.Millisecond}
 	}
@@ -495,6 +500,66 @@ func TestPipelineDownstreamRejectingOneEventWaitsLongerEachTime(t *testing.T) {
 			require.GreaterOrEqual(t, c.at.Sub(calls[i-1].at), wait, "run %d came before its backoff step", i)
 		}
 	}
+}
+
+// A role or database whose transactions default to REPEATABLE READ must
+// not let a redelivery in twice. The redelivery's insert waits on the
+// payload of an event being dead-lettered; when it goes on, the check that
+// follows must see the dead letter, which only a new snapshot does: the
+// group commit starts its transactions READ COMMITTED (before the fix it
+// answered 202 and queued the dead event again). The workers run there
+// too.
+func TestPipelineRedeliveryRacingDeadLetteringUnderRepeatableRead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(dbtest.Database(t, dbtest.Options{}))
+	require.NoError(t, err)
+	cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "repeatable read"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	h := newHarnessOn(t, pool, wharf.Config{MaxAttempts: 1})
+	require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+
+	require.Equal(t, http.StatusAccepted, h.send("race", "order.paid"))
+	evs, err := h.p.Queue().Fetch(ctx, queue.FetchParams{Limit: 1})
+	require.NoError(t, err)
+	require.Len(t, evs, 1)
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}) // as a worker's
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	exhausted, err := h.p.Queue().RetryTx(ctx, tx, evs[0], queue.Permanent(errors.New("poison")))
+	require.NoError(t, err)
+	require.True(t, exhausted, "moved to the dead letter queue, not yet committed")
+
+	body := []byte(`{"type":"order.paid","data":{"n":1}}`)
+	req, err := http.NewRequest(http.MethodPost, h.url, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header = wharf.SignStandardWebhooks(testSecret, "race", time.Now(), body)
+	status := make(chan int, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			status <- 0
+			return
+		}
+		resp.Body.Close()
+		status <- resp.StatusCode
+	}()
+	h.eventually("the redelivery to wait on the dead-lettering", func() bool {
+		return h.count(`SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`) == 1
+	})
+	require.NoError(t, tx.Commit(ctx))
+	require.Equal(t, http.StatusOK, <-status, "a redelivery of a dead-lettered event is a duplicate")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue`))
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE status = 'dead'`))
+
+	require.Equal(t, http.StatusAccepted, h.send("fine", "order.paid"))
+	h.run()
+	h.eventually("the workers to process an event", func() bool {
+		return h.count(`SELECT count(*) FROM effects WHERE event_id = 'fine'`) == 1
+	})
 }
 
 func TestPipelineStoreDownAnswers503(t *testing.T) {

@@ -34,7 +34,9 @@ func (d *DLQ) Replay(ctx context.Context, q *queue.Queue, ids ...int64) (ReplayR
 		return ReplayResult{}, nil
 	}
 	var res ReplayResult
-	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+	// READ COMMITTED, whatever the role's default: the queue's insert
+	// refuses another when it deduplicates against dead letters.
+	err := pgx.BeginTxFunc(ctx, d.pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, d.sql.lockDead, ids)
 		if err != nil {
 			return err
@@ -179,7 +181,10 @@ func (d *DLQ) ReplayMatching(ctx context.Context, q *queue.Queue, f Filter, opts
 }
 
 // Discard sets dead entries aside: they stop counting as dead and are kept
-// for audit until purged. It returns how many it discarded.
+// for audit until purged. A discarded entry no longer makes a delivery of
+// its event a duplicate: if the provider sends the event again (a resend
+// from its dashboard), it is taken as new, which is the only way such an
+// event runs again. It returns how many it discarded.
 func (d *DLQ) Discard(ctx context.Context, ids ...int64) (int, error) {
 	tag, err := d.pool.Exec(ctx, d.sql.discard, ids)
 	if err != nil {

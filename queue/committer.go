@@ -137,13 +137,13 @@ func (c *committer) write(batch []*enqueueRequest) {
 	for i, req := range live {
 		evs[i] = req.ev
 	}
-	results, err := c.q.insert(ctx, c.q.pool, ownEnqueueSQL, evs)
+	results, err := c.q.insert(ctx, c.q.pool, true, evs)
 	if err != nil && len(live) > 1 {
 		c.q.cfg.Logger.Warn("queue: group commit failed; writing its events one by one",
 			"events", len(live), "error", err)
 		stored := false
 		for _, req := range live {
-			res, err := c.q.insert(ctx, c.q.pool, ownEnqueueSQL, []*NewEvent{req.ev})
+			res, err := c.q.insert(ctx, c.q.pool, true, []*NewEvent{req.ev})
 			if err == nil {
 				req.reply <- enqueueReply{res: res[0]}
 				stored = stored || !res[0].Duplicate

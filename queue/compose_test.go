@@ -71,6 +71,43 @@ func TestDuplicateIfRefusesInsideTheInsert(t *testing.T) {
 	require.Equal(t, 2, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`), "a refused event leaves no payload")
 }
 
+// With a DuplicateIf, EnqueueTx refuses a transaction that is not READ
+// COMMITTED and stores nothing: its recheck would reuse the insert's
+// snapshot and miss an event removed while the insert waited. A queue
+// without a condition has no recheck and takes any transaction.
+func TestDuplicateIfNeedsReadCommitted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	deduplicating, err := queue.New(pool, queue.Config{DuplicateIf: `t.event_id = 'refused'`})
+	require.NoError(t, err)
+	t.Cleanup(deduplicating.Close)
+	plain, err := queue.New(pool, queue.Config{})
+	require.NoError(t, err)
+	t.Cleanup(plain.Close)
+
+	enqueueIn := func(q *queue.Queue, iso pgx.TxIsoLevel, id string) error {
+		return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: iso}, func(tx pgx.Tx) error {
+			_, err := q.EnqueueTx(ctx, tx, event("s", id))
+			if err != nil {
+				return err
+			}
+			_, err = q.EnqueueBatchTx(ctx, tx, []queue.NewEvent{event("s", id+"-batch")})
+			return err
+		})
+	}
+	for _, iso := range []pgx.TxIsoLevel{pgx.RepeatableRead, pgx.Serializable} {
+		err := enqueueIn(deduplicating, iso, "r-"+string(iso))
+		require.ErrorIs(t, err, queue.ErrNotReadCommitted, iso)
+		require.ErrorContains(t, err, string(iso), "the error names the level")
+	}
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`), "nothing stored")
+
+	require.NoError(t, enqueueIn(deduplicating, pgx.ReadCommitted, "rc"))
+	require.NoError(t, enqueueIn(plain, pgx.RepeatableRead, "plain"))
+	require.Equal(t, 4, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
+}
+
 func TestPermanentFailureExhaustsAtOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

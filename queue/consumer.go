@@ -868,7 +868,7 @@ func alone(evs []*Event) [][]*Event {
 // round trip.
 func (c *Consumer) begin(ctx context.Context) (pgx.Tx, error) {
 	b := &pgx.Batch{}
-	b.BeginTx(pgx.TxOptions{})
+	b.BeginTx(readCommitted)
 	b.Queue(syncCommitSQL)
 	br := c.q.pool.SendBatch(ctx, b)
 	var err error
@@ -1033,7 +1033,7 @@ func (c *Consumer) recover(ctx context.Context, out *outcomes, cause error) {
 func (c *Consumer) recordFailures(ctx context.Context, out *outcomes) {
 	var unrecorded int
 	for _, f := range out.failed {
-		err := pgx.BeginFunc(ctx, c.q.pool, func(tx pgx.Tx) error {
+		err := pgx.BeginTxFunc(ctx, c.q.pool, readCommitted, func(tx pgx.Tx) error {
 			_, err := c.q.fail(ctx, tx, []failure{f})
 			return err
 		})

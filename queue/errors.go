@@ -28,6 +28,14 @@ var (
 	// ErrClosed is returned by Enqueue after Close.
 	ErrClosed = errors.New("queue: closed")
 
+	// ErrNotReadCommitted is wrapped by the error of EnqueueTx and
+	// EnqueueBatchTx in a transaction that is not READ COMMITTED, when
+	// Config.DuplicateIf is set: the check that follows the insert must
+	// see what commits while the insert waits on a key, and a transaction
+	// that keeps one snapshot would let an event in twice. Nothing was
+	// stored.
+	ErrNotReadCommitted = errors.New("queue: the transaction must be READ COMMITTED to enqueue with a DuplicateIf condition")
+
 	// ErrTxOwned is returned when a Handler tries to commit or roll back the
 	// transaction the Consumer gave it: the Consumer commits it together
 	// with the event's completion.

@@ -90,12 +90,15 @@ func (q *Queue) Enqueue(ctx context.Context, ev NewEvent) (EnqueueResult, error)
 // durable, when the caller commits. It sets synchronous_commit on for that
 // transaction. Consumers are not woken (a notification sent before the
 // caller commits would find nothing): call Notify after committing, or the
-// event is picked up within the consumers' poll interval.
+// event is picked up within the consumers' poll interval. With
+// Config.DuplicateIf, the transaction must be READ COMMITTED (Postgres's
+// default): in another, EnqueueTx stores nothing and returns an error
+// wrapping ErrNotReadCommitted.
 func (q *Queue) EnqueueTx(ctx context.Context, tx pgx.Tx, ev NewEvent) (EnqueueResult, error) {
 	if err := ev.validate(); err != nil {
 		return EnqueueResult{}, err
 	}
-	res, err := q.insert(ctx, tx, syncCommitSQL, []*NewEvent{&ev})
+	res, err := q.insert(ctx, tx, false, []*NewEvent{&ev})
 	if err != nil {
 		return EnqueueResult{}, err
 	}
@@ -111,7 +114,7 @@ func (q *Queue) EnqueueBatch(ctx context.Context, evs []NewEvent) ([]EnqueueResu
 	if err != nil {
 		return nil, err
 	}
-	res, err := q.insert(ctx, q.pool, ownEnqueueSQL, ptrs)
+	res, err := q.insert(ctx, q.pool, true, ptrs)
 	if err == nil {
 		q.Notify()
 	}
@@ -125,7 +128,7 @@ func (q *Queue) EnqueueBatchTx(ctx context.Context, tx pgx.Tx, evs []NewEvent) (
 	if err != nil {
 		return nil, err
 	}
-	return q.insert(ctx, tx, syncCommitSQL, ptrs)
+	return q.insert(ctx, tx, false, ptrs)
 }
 
 func validateAll(evs []NewEvent) ([]*NewEvent, error) {
@@ -141,11 +144,11 @@ func validateAll(evs []NewEvent) ([]*NewEvent, error) {
 
 // insert writes validated events in one round trip: the settings (which
 // turn synchronous_commit on) and the INSERT travel as one pipelined batch,
-// which runs in one transaction (the caller's, or an implicit one committed
-// at its end).
+// which runs in one transaction: the caller's, or, when own, an implicit
+// one of its own, started READ COMMITTED and committed at its end.
 // Events get ids in the order given, which orders events of one ordering
 // key.
-func (q *Queue) insert(ctx context.Context, db querier, settings string, evs []*NewEvent) ([]EnqueueResult, error) {
+func (q *Queue) insert(ctx context.Context, db querier, own bool, evs []*NewEvent) ([]EnqueueResult, error) {
 	if len(evs) == 0 {
 		return nil, nil
 	}
@@ -191,7 +194,13 @@ func (q *Queue) insert(ctx context.Context, db querier, settings string, evs []*
 	}
 
 	b := &pgx.Batch{}
-	b.Queue(settings)
+	if own {
+		b.Queue(readCommittedSQL)
+		b.Queue(ownEnqueueSQL)
+	} else {
+		b.Queue(syncCommitSQL)
+	}
+	settings := b.Len()
 	b.Queue(q.sql.insert, sources, ids, types, orderingKeys, maxAttempts, runAts, bodies, headers, handlers)
 	if q.cfg.DuplicateIf != "" {
 		b.Queue(q.sql.recheck, sources, ids)
@@ -199,8 +208,10 @@ func (q *Queue) insert(ctx context.Context, db querier, settings string, evs []*
 	br := db.SendBatch(ctx, b)
 	inserted := make(map[[2]string]int64, len(ids))
 	err := func() error {
-		if _, err := br.Exec(); err != nil {
-			return err
+		for range settings {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
 		}
 		rows, err := br.Query()
 		if err != nil {
@@ -208,13 +219,17 @@ func (q *Queue) insert(ctx context.Context, db querier, settings string, evs []*
 		}
 		var id *int64
 		var source, eventID *string
-		if _, err := pgx.ForEachRow(rows, []any{&id, &source, &eventID}, func() error {
+		var isolation string
+		if _, err := pgx.ForEachRow(rows, []any{&id, &source, &eventID, &isolation}, func() error {
 			if id != nil { // a row of NULLs: nothing inserted
 				inserted[[2]string{*source, *eventID}] = *id
 			}
 			return nil
 		}); err != nil {
 			return err
+		}
+		if q.cfg.DuplicateIf != "" && isolation != "read committed" {
+			return fmt.Errorf("%w (this one is %s; nothing was stored)", ErrNotReadCommitted, isolation)
 		}
 		if q.cfg.DuplicateIf == "" {
 			return nil
@@ -332,9 +347,10 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*
 		worker = q.worker
 	}
 	token := rand.Int64()
-	// Both statements travel in one round trip and run in one implicit
-	// transaction, so the JIT setting applies to the fetch only.
+	// The statements travel in one round trip and run in one implicit
+	// transaction, so the settings apply to the fetch only.
 	b := &pgx.Batch{}
+	b.Queue(readCommittedSQL)
 	b.Queue(fetchSettingsSQL)
 	args := []any{p.Limit, token, q.cfg.LeaseDuration.Milliseconds(), worker}
 	if len(p.Only) > 0 {
@@ -352,8 +368,10 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*
 	b.Queue(statements[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], args...)
 	br := q.pool.SendBatch(ctx, b)
 	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, fmt.Errorf("queue: fetch: %w", err)
+	for range 2 { // the settings
+		if _, err := br.Exec(); err != nil {
+			return nil, fmt.Errorf("queue: fetch: %w", err)
+		}
 	}
 	rows, err := br.Query()
 	if err != nil {
@@ -486,7 +504,7 @@ func (q *Queue) complete(ctx context.Context, db querier, settings string, evs [
 // If that was its last attempt, or cause is Permanent, it is exhausted
 // instead (see Config.OnExhausted) and Retry reports true.
 func (q *Queue) Retry(ctx context.Context, ev *Event, cause error) (exhausted bool, err error) {
-	err = pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginTxFunc(ctx, q.pool, readCommitted, func(tx pgx.Tx) error {
 		exhausted, err = q.RetryTx(ctx, tx, ev, cause)
 		return err
 	})
@@ -704,7 +722,7 @@ func (q *Queue) Heartbeat(ctx context.Context, evs ...*Event) (int, error) {
 // fetch by hand.
 func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 	var n int
-	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginTxFunc(ctx, q.pool, readCommitted, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, q.sql.expired, limit)
 		if err != nil {
 			return err

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/wharfhq/wharf/internal/sqlschema"
 )
 
@@ -19,6 +21,9 @@ import (
 // batches lock keys in one order, so they cannot deadlock. Only events
 // whose payload was new get a queue row; RETURNING names them, and the
 // others were duplicates. {duplicate_if} is Config.DuplicateIf, or false.
+// With a DuplicateIf, {read_committed} stores nothing unless the
+// transaction is READ COMMITTED, which recheckSQL needs; each row returned
+// names the isolation level, so that the caller can say why.
 // The ids inserted are also left in wharf.inserted, for recheckSQL; the
 // one-row join makes sure the setting is made even when nothing was
 // inserted (then the statement returns one row of NULLs). queue_id_seq is
@@ -30,6 +35,7 @@ WITH input AS (
     SELECT t.*, nextval('{schema}.queue_id_seq'::regclass) AS id
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::bytea[], $8::jsonb[], $9::text[])
         WITH ORDINALITY AS t(source, event_id, event_type, ordering_key, max_attempts, run_at, body, headers, handler, ord)
+    WHERE {read_committed}
     ORDER BY t.ord
 ),
 stored AS (
@@ -49,7 +55,7 @@ inserted AS (
     ORDER BY i.id
     RETURNING id, source, event_id
 )
-SELECT i.id, i.source, i.event_id
+SELECT i.id, i.source, i.event_id, current_setting('transaction_isolation')
 FROM (SELECT set_config('wharf.inserted', (SELECT coalesce(array_agg(id), '{}')::text FROM inserted), true)) AS noted
 LEFT JOIN inserted i ON true`
 
@@ -80,6 +86,16 @@ payloads AS (
     DELETE FROM {schema}.queue_payloads p WHERE p.queue_id = ANY (ARRAY(SELECT id FROM dup))
 )
 SELECT id FROM dup`
+
+// readCommittedSQL starts the queue's own transactions: statements that
+// must see what other transactions commit while they wait (the recheck
+// after the insert, a fetch after a lock wait) rely on READ COMMITTED,
+// which a role or database may have changed with
+// default_transaction_isolation. Sent first, before any query.
+const readCommittedSQL = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`
+
+// readCommitted is the same for the queue's transactions begun with BEGIN.
+var readCommitted = pgx.TxOptions{IsoLevel: pgx.ReadCommitted}
 
 // syncCommitSQL makes the surrounding transaction's commit wait for the
 // WAL flush even when the server or role runs with synchronous_commit off:
@@ -397,11 +413,13 @@ type statements struct {
 }
 
 func render(schema, duplicateIf string) statements {
+	readCommitted := "current_setting('transaction_isolation') = 'read committed'"
 	if duplicateIf == "" {
-		duplicateIf = "false"
+		duplicateIf, readCommitted = "false", "true"
 	}
 	r := func(sql string) string {
-		return sqlschema.Render(strings.Replace(sql, "{duplicate_if}", duplicateIf, 1), schema)
+		sql = strings.NewReplacer("{duplicate_if}", duplicateIf, "{read_committed}", readCommitted).Replace(sql)
+		return sqlschema.Render(sql, schema)
 	}
 	fetches := func(columns, join string) [2][2]string {
 		sql := strings.NewReplacer("{payload_columns}", columns, "{payload_join}", join).Replace(fetchSQL)

@@ -147,3 +147,13 @@ func RetryIn(d time.Duration, err error) error {
 	}
 	return &RetryError{After: max(d, 0), Err: err}
 }
+
+// notReadCommittedError is an insert's refusal to store in a transaction
+// of another isolation level (see ErrNotReadCommitted).
+type notReadCommittedError struct{ isolation string }
+
+func (e *notReadCommittedError) Error() string {
+	return fmt.Sprintf("%v (this one is %s; nothing was stored)", ErrNotReadCommitted, e.isolation)
+}
+
+func (e *notReadCommittedError) Unwrap() error { return ErrNotReadCommitted }

@@ -87,11 +87,13 @@ payloads AS (
 )
 SELECT id FROM dup`
 
-// readCommittedSQL starts the queue's own transactions: statements that
-// must see what other transactions commit while they wait (the recheck
-// after the insert, a fetch after a lock wait) rely on READ COMMITTED,
-// which a role or database may have changed with
-// default_transaction_isolation. Sent first, before any query.
+// readCommittedSQL starts the queue's own implicit transactions:
+// statements that must see what other transactions commit while they wait
+// (the recheck after the insert, a fetch after a lock wait) rely on READ
+// COMMITTED, which a role or database may have changed with
+// default_transaction_isolation. Sent first, before any query: always
+// ahead of a fetch, and ahead of the group commit's insert once it found
+// it needed (Queue.setReadCommitted).
 const readCommittedSQL = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`
 
 // readCommitted is the same for the queue's transactions begun with BEGIN.

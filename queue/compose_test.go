@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/internal/dbtest"
@@ -106,6 +107,34 @@ func TestDuplicateIfNeedsReadCommitted(t *testing.T) {
 	require.NoError(t, enqueueIn(deduplicating, pgx.ReadCommitted, "rc"))
 	require.NoError(t, enqueueIn(plain, pgx.RepeatableRead, "plain"))
 	require.Equal(t, 4, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
+}
+
+// A fetch notices a pool whose transactions default to another isolation
+// level, and the queue's own transactions set READ COMMITTED from then on;
+// at Postgres's default they send nothing more.
+func TestFetchNoticesTheDefaultIsolation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, iso := range []string{"read committed", "repeatable read"} {
+		cfg, err := pgxpool.ParseConfig(dbtest.Database(t, dbtest.Options{}))
+		require.NoError(t, err)
+		cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = iso
+		pool, err := pgxpool.NewWithConfig(ctx, cfg)
+		require.NoError(t, err)
+		t.Cleanup(pool.Close)
+		q, err := queue.New(pool, queue.Config{})
+		require.NoError(t, err)
+		t.Cleanup(q.Close)
+
+		_, err = q.Enqueue(ctx, event("s", "1"))
+		require.NoError(t, err)
+		require.False(t, q.SetsReadCommitted(), "%s: a queue without a DuplicateIf does not check its inserts", iso)
+		evs, err := q.Fetch(ctx, queue.FetchParams{Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		require.Equal(t, iso != "read committed", q.SetsReadCommitted(), iso)
+		require.NoError(t, q.Complete(ctx, evs[0]))
+	}
 }
 
 func TestPermanentFailureExhaustsAtOnce(t *testing.T) {

@@ -17,3 +17,7 @@ func RenderedSQL(q *Queue) (fetch [2][2][2]string, payloads, complete, insert, r
 // Units returns how c's transactions would run evs: one slice per
 // BatchHandler call or per event alone.
 func (c *Consumer) Units(evs []*Event) [][]*Event { return c.units(evs) }
+
+// SetsReadCommitted reports whether q's own transactions now start with
+// SET TRANSACTION ISOLATION LEVEL READ COMMITTED.
+func (q *Queue) SetsReadCommitted() bool { return q.setReadCommitted.Load() }

@@ -28,10 +28,10 @@ type Queue struct {
 	notify    *pgnotify.Notifier
 	committer *committer
 
-	// setReadCommitted is set once an insert in a transaction of the
-	// queue's own found that the pool's transactions default to another
-	// isolation level (a role's or database's setting): from then on
-	// those transactions start with SET TRANSACTION, a statement that
+	// setReadCommitted is set once a fetch or an insert in a transaction
+	// of the queue's own found that the pool's transactions default to
+	// another isolation level (a role's or database's setting): from then
+	// on those transactions start with SET TRANSACTION, a statement that
 	// costs a group commit about a tenth of its time and that the usual
 	// default does not need.
 	setReadCommitted atomic.Bool
@@ -366,7 +366,10 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*
 	// The statements travel in one round trip and run in one implicit
 	// transaction, so the settings apply to the fetch only.
 	b := &pgx.Batch{}
-	b.Queue(readCommittedSQL)
+	setLevel := q.setReadCommitted.Load()
+	if setLevel {
+		b.Queue(readCommittedSQL)
+	}
 	b.Queue(fetchSettingsSQL)
 	args := []any{p.Limit, token, q.cfg.LeaseDuration.Milliseconds(), worker}
 	if len(p.Only) > 0 {
@@ -384,10 +387,19 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*
 	b.Queue(statements[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], args...)
 	br := q.pool.SendBatch(ctx, b)
 	defer br.Close()
-	for range 2 { // the settings
+	if setLevel {
 		if _, err := br.Exec(); err != nil {
 			return nil, fmt.Errorf("queue: fetch: %w", err)
 		}
+	}
+	var isolation string
+	if err := br.QueryRow().Scan(&isolation, nil, nil, nil, nil); err != nil {
+		return nil, fmt.Errorf("queue: fetch: %w", err)
+	}
+	if isolation != "read committed" {
+		// This fetch ran at another level, which at worst fails it on a
+		// row changed meanwhile; the next ones set the level.
+		q.setReadCommitted.Store(true)
 	}
 	rows, err := br.Query()
 	if err != nil {

@@ -91,9 +91,8 @@ SELECT id FROM dup`
 // statements that must see what other transactions commit while they wait
 // (the recheck after the insert, a fetch after a lock wait) rely on READ
 // COMMITTED, which a role or database may have changed with
-// default_transaction_isolation. Sent first, before any query: always
-// ahead of a fetch, and ahead of the group commit's insert once it found
-// it needed (Queue.setReadCommitted).
+// default_transaction_isolation. Sent first, before any query, once a
+// fetch or an insert found it needed (Queue.setReadCommitted).
 const readCommittedSQL = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`
 
 // readCommitted is the same for the queue's transactions begun with BEGIN.
@@ -124,7 +123,7 @@ const indexPlans = `set_config('plan_cache_mode', 'force_generic_plan', true), `
 const (
 	indexPlansSQL    = `SELECT ` + indexPlans
 	ownEnqueueSQL    = `SELECT set_config('synchronous_commit', 'on', true), ` + indexPlans
-	fetchSettingsSQL = `SELECT set_config('jit', 'off', true), ` + indexPlans
+	fetchSettingsSQL = `SELECT current_setting('transaction_isolation'), set_config('jit', 'off', true), ` + indexPlans
 )
 
 // fetchSQL claims up to $1 due events in one statement, under lease token

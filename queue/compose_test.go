@@ -3,10 +3,12 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -73,9 +75,11 @@ func TestDuplicateIfRefusesInsideTheInsert(t *testing.T) {
 }
 
 // With a DuplicateIf, EnqueueTx refuses a transaction that is not READ
-// COMMITTED and stores nothing: its recheck would reuse the insert's
-// snapshot and miss an event removed while the insert waited. A queue
-// without a condition has no recheck and takes any transaction.
+// COMMITTED and stores nothing, even when the caller commits: its recheck
+// would reuse the insert's snapshot and miss an event removed while the
+// insert waited. READ UNCOMMITTED, which Postgres runs as READ COMMITTED,
+// is taken; so is any level by a queue without a condition, which has no
+// recheck.
 func TestDuplicateIfNeedsReadCommitted(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -87,31 +91,41 @@ func TestDuplicateIfNeedsReadCommitted(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(plain.Close)
 
-	enqueueIn := func(q *queue.Queue, iso pgx.TxIsoLevel, id string) error {
-		return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: iso}, func(tx pgx.Tx) error {
-			_, err := q.EnqueueTx(ctx, tx, event("s", id))
-			if err != nil {
-				return err
-			}
-			_, err = q.EnqueueBatchTx(ctx, tx, []queue.NewEvent{event("s", id+"-batch")})
-			return err
-		})
+	// enqueueIn stores id with EnqueueTx and id-batch with EnqueueBatchTx
+	// in one transaction of level iso, commits it whatever they return,
+	// and returns their errors.
+	enqueueIn := func(q *queue.Queue, iso pgx.TxIsoLevel, id string) (single, batch error) {
+		tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: iso})
+		require.NoError(t, err)
+		_, single = q.EnqueueTx(ctx, tx, event("s", id))
+		_, batch = q.EnqueueBatchTx(ctx, tx, []queue.NewEvent{event("s", id+"-batch")})
+		require.NoError(t, tx.Commit(ctx))
+		return single, batch
 	}
 	for _, iso := range []pgx.TxIsoLevel{pgx.RepeatableRead, pgx.Serializable} {
-		err := enqueueIn(deduplicating, iso, "r-"+string(iso))
-		require.ErrorIs(t, err, queue.ErrNotReadCommitted, iso)
-		require.ErrorContains(t, err, string(iso), "the error names the level")
+		single, batch := enqueueIn(deduplicating, iso, "r-"+string(iso))
+		for _, err := range []error{single, batch} {
+			require.ErrorIs(t, err, queue.ErrNotReadCommitted, iso)
+			require.ErrorContains(t, err, string(iso), "the error names the level")
+		}
 	}
 	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`), "nothing stored")
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue_payloads`), "no payload either")
 
-	require.NoError(t, enqueueIn(deduplicating, pgx.ReadCommitted, "rc"))
-	require.NoError(t, enqueueIn(plain, pgx.RepeatableRead, "plain"))
-	require.Equal(t, 4, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
+	for _, iso := range []pgx.TxIsoLevel{pgx.ReadCommitted, pgx.ReadUncommitted} {
+		single, batch := enqueueIn(deduplicating, iso, "ok-"+string(iso))
+		require.NoError(t, single, iso)
+		require.NoError(t, batch, iso)
+	}
+	single, batch := enqueueIn(plain, pgx.RepeatableRead, "plain")
+	require.NoError(t, single)
+	require.NoError(t, batch)
+	require.Equal(t, 6, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
 }
 
 // A fetch notices a pool whose transactions default to another isolation
-// level, and the queue's own transactions set READ COMMITTED from then on;
-// at Postgres's default they send nothing more.
+// level, and the queue's own transactions begin READ COMMITTED from then
+// on; at Postgres's default they send nothing more.
 func TestFetchNoticesTheDefaultIsolation(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -119,6 +133,8 @@ func TestFetchNoticesTheDefaultIsolation(t *testing.T) {
 		cfg, err := pgxpool.ParseConfig(dbtest.Database(t, dbtest.Options{}))
 		require.NoError(t, err)
 		cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = iso
+		var notices atomic.Int32
+		cfg.ConnConfig.OnNotice = func(*pgconn.PgConn, *pgconn.Notice) { notices.Add(1) }
 		pool, err := pgxpool.NewWithConfig(ctx, cfg)
 		require.NoError(t, err)
 		t.Cleanup(pool.Close)
@@ -134,6 +150,15 @@ func TestFetchNoticesTheDefaultIsolation(t *testing.T) {
 		require.Len(t, evs, 1)
 		require.Equal(t, iso != "read committed", q.SetsReadCommitted(), iso)
 		require.NoError(t, q.Complete(ctx, evs[0]))
+
+		// The next ones run READ COMMITTED, without a warning from the
+		// server (as SET TRANSACTION in an implicit transaction gave).
+		_, err = q.EnqueueBatch(ctx, []queue.NewEvent{event("s", "2")})
+		require.NoError(t, err)
+		evs, err = q.Fetch(ctx, queue.FetchParams{Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		require.Zero(t, notices.Load(), iso)
 	}
 }
 

@@ -29,7 +29,8 @@ var (
 	ErrClosed = errors.New("queue: closed")
 
 	// ErrNotReadCommitted is wrapped by the error of EnqueueTx and
-	// EnqueueBatchTx in a transaction that is not READ COMMITTED, when
+	// EnqueueBatchTx in a transaction that is not READ COMMITTED (or READ
+	// UNCOMMITTED, which Postgres runs the same way), when
 	// Config.DuplicateIf is set: the check that follows the insert must
 	// see what commits while the insert waits on a key, and a transaction
 	// that keeps one snapshot would let an event in twice. Nothing was

@@ -204,25 +204,18 @@ func (q *Queue) insert(ctx context.Context, db querier, own bool, evs []*NewEven
 
 	b := &pgx.Batch{}
 	if own {
-		if q.setReadCommitted.Load() {
-			b.Queue(readCommittedSQL)
-		}
 		b.Queue(ownEnqueueSQL)
 	} else {
 		b.Queue(syncCommitSQL)
 	}
-	settings := b.Len()
 	b.Queue(q.sql.insert, sources, ids, types, orderingKeys, maxAttempts, runAts, bodies, headers, handlers)
 	if q.cfg.DuplicateIf != "" {
 		b.Queue(q.sql.recheck, sources, ids)
 	}
-	br := db.SendBatch(ctx, b)
 	inserted := make(map[[2]string]int64, len(ids))
-	err := func() error {
-		for range settings {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
+	read := func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil { // the settings
+			return err
 		}
 		rows, err := br.Query()
 		if err != nil {
@@ -239,7 +232,7 @@ func (q *Queue) insert(ctx context.Context, db querier, own bool, evs []*NewEven
 		}); err != nil {
 			return err
 		}
-		if q.cfg.DuplicateIf != "" && isolation != "read committed" {
+		if q.cfg.DuplicateIf != "" && !readsCommitted(isolation) {
 			return &notReadCommittedError{isolation}
 		}
 		if q.cfg.DuplicateIf == "" {
@@ -255,9 +248,12 @@ func (q *Queue) insert(ctx context.Context, db querier, own bool, evs []*NewEven
 			}
 		}
 		return nil
-	}()
-	if closeErr := br.Close(); err == nil {
-		err = closeErr
+	}
+	var err error
+	if own {
+		err = q.sendOwn(ctx, b, read)
+	} else {
+		err = readBatch(db.SendBatch(ctx, b), read)
 	}
 	var notRC *notReadCommittedError
 	if errors.As(err, &notRC) && own && !q.setReadCommitted.Swap(true) {
@@ -366,10 +362,6 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*
 	// The statements travel in one round trip and run in one implicit
 	// transaction, so the settings apply to the fetch only.
 	b := &pgx.Batch{}
-	setLevel := q.setReadCommitted.Load()
-	if setLevel {
-		b.Queue(readCommittedSQL)
-	}
 	b.Queue(fetchSettingsSQL)
 	args := []any{p.Limit, token, q.cfg.LeaseDuration.Milliseconds(), worker}
 	if len(p.Only) > 0 {
@@ -385,40 +377,90 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*
 		statements = q.sql.fetch
 	}
 	b.Queue(statements[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], args...)
-	br := q.pool.SendBatch(ctx, b)
-	defer br.Close()
-	if setLevel {
-		if _, err := br.Exec(); err != nil {
-			return nil, fmt.Errorf("queue: fetch: %w", err)
+	var events []*Event
+	err := q.sendOwn(ctx, b, func(br pgx.BatchResults) error {
+		var isolation string
+		if err := br.QueryRow().Scan(&isolation, nil, nil, nil, nil); err != nil {
+			return err
 		}
-	}
-	var isolation string
-	if err := br.QueryRow().Scan(&isolation, nil, nil, nil, nil); err != nil {
-		return nil, fmt.Errorf("queue: fetch: %w", err)
-	}
-	if isolation != "read committed" {
-		// This fetch ran at another level, which at worst fails it on a
-		// row changed meanwhile; the next ones set the level.
-		q.setReadCommitted.Store(true)
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return nil, fmt.Errorf("queue: fetch: %w", err)
-	}
-	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Event, error) {
-		ev := &Event{Lease: Lease{Token: token}}
-		err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.ReceivedAt,
-			&ev.Attempt, &ev.MaxAttempts, &ev.errorsJSON, &ev.Lease.ExpiresAt, &ev.Rescued, &ev.Deferrals, &ev.Body, &ev.headersJSON)
+		if !readsCommitted(isolation) {
+			// This fetch ran at another level, which at worst fails it
+			// on a row changed meanwhile; the next ones set the level.
+			q.setReadCommitted.Store(true)
+		}
+		rows, err := br.Query()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		ev.Lease.QueueID = ev.QueueID
-		return ev, nil
+		events, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Event, error) {
+			ev := &Event{Lease: Lease{Token: token}}
+			err := row.Scan(&ev.QueueID, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.ReceivedAt,
+				&ev.Attempt, &ev.MaxAttempts, &ev.errorsJSON, &ev.Lease.ExpiresAt, &ev.Rescued, &ev.Deferrals, &ev.Body, &ev.headersJSON)
+			if err != nil {
+				return nil, err
+			}
+			ev.Lease.QueueID = ev.QueueID
+			return ev, nil
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: fetch: %w", err)
 	}
 	return events, nil
+}
+
+// sendOwn sends b as a transaction of the queue's own and reads its
+// results with read: as one implicit transaction, or, once the pool's
+// connections were found to default to another isolation level
+// (setReadCommitted), between BEGIN ISOLATION LEVEL READ COMMITTED and
+// COMMIT in the same round trip. (SET TRANSACTION at the head of an
+// implicit transaction would do, but makes the server log a warning each
+// time.) A transaction that fails is rolled back before its connection
+// goes back to the pool.
+func (q *Queue) sendOwn(ctx context.Context, b *pgx.Batch, read func(pgx.BatchResults) error) error {
+	if !q.setReadCommitted.Load() {
+		return readBatch(q.pool.SendBatch(ctx, b), read)
+	}
+	conn, err := q.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	wrapped := &pgx.Batch{}
+	wrapped.Queue(beginReadCommittedSQL)
+	wrapped.QueuedQueries = append(wrapped.QueuedQueries, b.QueuedQueries...)
+	wrapped.Queue(`COMMIT`)
+	err = readBatch(conn.SendBatch(ctx, wrapped), func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		if err := read(br); err != nil {
+			return err
+		}
+		_, err := br.Exec()
+		return err
+	})
+	if err != nil && conn.Conn().PgConn().TxStatus() != 'I' {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+	}
+	return err
+}
+
+// readsCommitted reports whether a transaction of isolation level (as
+// transaction_isolation names it) takes a new snapshot for each statement:
+// READ COMMITTED, and READ UNCOMMITTED, which Postgres runs the same way.
+func readsCommitted(level string) bool {
+	return level == "read committed" || level == "read uncommitted"
+}
+
+// readBatch reads br's results with read, then closes it.
+func readBatch(br pgx.BatchResults, read func(pgx.BatchResults) error) error {
+	err := read(br)
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	return err
 }
 
 func boolIndex(b bool) int {

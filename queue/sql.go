@@ -87,13 +87,13 @@ payloads AS (
 )
 SELECT id FROM dup`
 
-// readCommittedSQL starts the queue's own implicit transactions:
-// statements that must see what other transactions commit while they wait
-// (the recheck after the insert, a fetch after a lock wait) rely on READ
-// COMMITTED, which a role or database may have changed with
-// default_transaction_isolation. Sent first, before any query, once a
-// fetch or an insert found it needed (Queue.setReadCommitted).
-const readCommittedSQL = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`
+// beginReadCommittedSQL starts the queue's own transactions once a fetch
+// or an insert found the pool's default isolation level to be another
+// (Queue.sendOwn): statements that must see what other transactions commit
+// while they wait (the recheck after the insert, a fetch after a lock
+// wait) rely on READ COMMITTED, which a role or database may have changed
+// with default_transaction_isolation.
+const beginReadCommittedSQL = `BEGIN ISOLATION LEVEL READ COMMITTED`
 
 // readCommitted is the same for the queue's transactions begun with BEGIN.
 var readCommitted = pgx.TxOptions{IsoLevel: pgx.ReadCommitted}
@@ -414,7 +414,7 @@ type statements struct {
 }
 
 func render(schema, duplicateIf string) statements {
-	readCommitted := "current_setting('transaction_isolation') = 'read committed'"
+	readCommitted := "current_setting('transaction_isolation') IN ('read committed', 'read uncommitted')"
 	if duplicateIf == "" {
 		duplicateIf, readCommitted = "false", "true"
 	}

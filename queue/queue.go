@@ -31,8 +31,8 @@ type Queue struct {
 	// setReadCommitted is set once a fetch or an insert in a transaction
 	// of the queue's own found that the pool's transactions default to
 	// another isolation level (a role's or database's setting): from then
-	// on those transactions start with SET TRANSACTION, a statement that
-	// costs a group commit about a tenth of its time and that the usual
+	// on sendOwn runs those transactions between BEGIN ISOLATION LEVEL
+	// READ COMMITTED and COMMIT, two statements more that the usual
 	// default does not need.
 	setReadCommitted atomic.Bool
 }
@@ -153,8 +153,9 @@ func validateAll(evs []NewEvent) ([]*NewEvent, error) {
 
 // insert writes validated events in one round trip: the settings (which
 // turn synchronous_commit on) and the INSERT travel as one pipelined batch,
-// which runs in one transaction: the caller's, or, when own, an implicit
-// one of its own, started READ COMMITTED and committed at its end.
+// which runs in one transaction: the caller's, or, when own, one of its
+// own (sendOwn), which a refusal for the isolation level sends again at
+// READ COMMITTED.
 // Events get ids in the order given, which orders events of one ordering
 // key.
 func (q *Queue) insert(ctx context.Context, db querier, own bool, evs []*NewEvent) ([]EnqueueResult, error) {
@@ -213,6 +214,7 @@ func (q *Queue) insert(ctx context.Context, db querier, own bool, evs []*NewEven
 		b.Queue(q.sql.recheck, sources, ids)
 	}
 	inserted := make(map[[2]string]int64, len(ids))
+	levelSet := q.setReadCommitted.Load() // sendOwn sets it if this is true
 	read := func(br pgx.BatchResults) error {
 		if _, err := br.Exec(); err != nil { // the settings
 			return err
@@ -256,8 +258,9 @@ func (q *Queue) insert(ctx context.Context, db querier, own bool, evs []*NewEven
 		err = readBatch(db.SendBatch(ctx, b), read)
 	}
 	var notRC *notReadCommittedError
-	if errors.As(err, &notRC) && own && !q.setReadCommitted.Swap(true) {
+	if errors.As(err, &notRC) && own && !levelSet {
 		// Nothing was stored: again, now setting the level.
+		q.setReadCommitted.Store(true)
 		return q.insert(ctx, db, own, evs)
 	}
 	if err != nil {

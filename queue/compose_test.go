@@ -123,10 +123,11 @@ func TestDuplicateIfNeedsReadCommitted(t *testing.T) {
 	require.Equal(t, 6, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
 }
 
-// A fetch notices a pool whose transactions default to another isolation
-// level, and the queue's own transactions begin READ COMMITTED from then
-// on; at Postgres's default they send nothing more.
-func TestFetchNoticesTheDefaultIsolation(t *testing.T) {
+// A queue notices a pool whose transactions default to another isolation
+// level, by its first group commit or its first fetch, and its own
+// transactions run READ COMMITTED from then on; at Postgres's default
+// they send nothing more.
+func TestQueueNoticesTheDefaultIsolation(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	for _, iso := range []string{"read committed", "repeatable read"} {
@@ -138,27 +139,37 @@ func TestFetchNoticesTheDefaultIsolation(t *testing.T) {
 		pool, err := pgxpool.NewWithConfig(ctx, cfg)
 		require.NoError(t, err)
 		t.Cleanup(pool.Close)
-		q, err := queue.New(pool, queue.Config{})
-		require.NoError(t, err)
-		t.Cleanup(q.Close)
+		newQueue := func(c queue.Config) *queue.Queue {
+			q, err := queue.New(pool, c)
+			require.NoError(t, err)
+			t.Cleanup(q.Close)
+			return q
+		}
+		other := iso != "read committed"
 
-		_, err = q.Enqueue(ctx, event("s", "1"))
+		// A queue without a condition notices it at its first group commit.
+		plain := newQueue(queue.Config{})
+		_, err = plain.Enqueue(ctx, event("s", "1"))
 		require.NoError(t, err)
-		require.False(t, q.SetsReadCommitted(), "%s: a queue without a DuplicateIf does not check its inserts", iso)
-		evs, err := q.Fetch(ctx, queue.FetchParams{Limit: 10})
+		require.Equal(t, other, plain.SetsReadCommitted(), "%s: noticed by the insert", iso)
+
+		// A deduplicating queue whose first statement is a fetch notices
+		// it there; its inserts then pass its READ COMMITTED check, which
+		// they would fail if the transaction kept the pool's level.
+		deduplicating := newQueue(queue.Config{DuplicateIf: `t.event_id = 'never'`})
+		evs, err := deduplicating.Fetch(ctx, queue.FetchParams{Limit: 10})
 		require.NoError(t, err)
 		require.Len(t, evs, 1)
-		require.Equal(t, iso != "read committed", q.SetsReadCommitted(), iso)
-		require.NoError(t, q.Complete(ctx, evs[0]))
-
-		// The next ones run READ COMMITTED, without a warning from the
-		// server (as SET TRANSACTION in an implicit transaction gave).
-		_, err = q.EnqueueBatch(ctx, []queue.NewEvent{event("s", "2")})
+		require.Equal(t, other, deduplicating.SetsReadCommitted(), "%s: noticed by the fetch", iso)
+		require.NoError(t, deduplicating.Complete(ctx, evs[0]))
+		_, err = deduplicating.EnqueueBatch(ctx, []queue.NewEvent{event("s", "2")})
 		require.NoError(t, err)
-		evs, err = q.Fetch(ctx, queue.FetchParams{Limit: 10})
+		_, err = deduplicating.Enqueue(ctx, event("s", "3"))
 		require.NoError(t, err)
-		require.Len(t, evs, 1)
-		require.Zero(t, notices.Load(), iso)
+		evs, err = deduplicating.Fetch(ctx, queue.FetchParams{Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, evs, 2)
+		require.Zero(t, notices.Load(), "%s: a warning reached the client", iso)
 	}
 }
 

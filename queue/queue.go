@@ -234,8 +234,16 @@ func (q *Queue) insert(ctx context.Context, db querier, own bool, evs []*NewEven
 		}); err != nil {
 			return err
 		}
-		if q.cfg.DuplicateIf != "" && !readsCommitted(isolation) {
-			return &notReadCommittedError{isolation}
+		if !readsCommitted(isolation) {
+			if q.cfg.DuplicateIf != "" {
+				return &notReadCommittedError{isolation}
+			}
+			if own {
+				// Stored all the same (no recheck needs the level), but
+				// racing inserts of one key would fail where READ
+				// COMMITTED says duplicate: the next ones set it.
+				q.setReadCommitted.Store(true)
+			}
 		}
 		if q.cfg.DuplicateIf == "" {
 			return nil
@@ -445,7 +453,11 @@ func (q *Queue) sendOwn(ctx context.Context, b *pgx.Batch, read func(pgx.BatchRe
 		return err
 	})
 	if err != nil && conn.Conn().PgConn().TxStatus() != 'I' {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		// A connection still in the transaction would be closed by the
+		// pool on release; rolling back keeps it, unless that hangs.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_, _ = conn.Exec(rctx, `ROLLBACK`)
+		cancel()
 	}
 	return err
 }

@@ -30,7 +30,11 @@ and a slice.
 
 Reports requests/s, the acknowledgement latency as the sender sees it
 (p50/p95/p99 of 202 answers), errors by status, wharf ÷ baseline, and the
-ceiling ÷ baseline: the most any endpoint that stores could gain here.
+ceiling ÷ baseline: the most any endpoint that stores could gain here. On
+Linux it also reports the CPU time per request of the bench process
+(senders, server, wharf's committers) and, when the server runs on this
+machine, of every postgres process (its other databases included, so
+keep the server otherwise idle).
 
 Examples:
   wharf bench ingest                      # 32 senders, 10s each side
@@ -79,6 +83,15 @@ type ingestSide struct {
 	PerSecond float64          `json:"requests_per_second"`
 	Ack       latency          `json:"ack_latency"`
 	Errors    map[string]int64 `json:"errors_by_status"`
+	CPU       *requestCPU      `json:"cpu_per_request,omitempty"` // Linux only
+}
+
+// requestCPU is the CPU time one request cost, in microseconds: in the
+// bench process (the senders, the HTTP server and, for wharf, its group
+// committers), and in Postgres, whole server, when it runs on this machine.
+type requestCPU struct {
+	Bench    float64  `json:"bench_us"`
+	Postgres *float64 `json:"postgres_us,omitempty"`
 }
 
 type ingestResult struct {
@@ -140,7 +153,7 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 			}
 			for _, t := range sides {
 				done := prog.start(ctx, fmt.Sprintf("ingest/%s", t.prefix), t.answered.Load, nil)
-				snd.sendFor(ctx, base+"/"+t.prefix, slice, t)
+				t.cpu.during(func() { snd.sendFor(ctx, base+"/"+t.prefix, slice, t) })
 				done()
 			}
 			if err := ctx.Err(); err != nil {
@@ -150,7 +163,7 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 		ceiling := newTally("ceiling")
 		snd.sendN(ctx, base+"/ceiling", 4*o.concurrency, warm)
 		done := prog.start(ctx, "ingest/ceiling", ceiling.answered.Load, nil)
-		snd.sendFor(ctx, base+"/ceiling", slice, ceiling)
+		ceiling.cpu.during(func() { snd.sendFor(ctx, base+"/ceiling", slice, ceiling) })
 		done()
 		if err := ctx.Err(); err != nil {
 			return err
@@ -178,11 +191,20 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 }
 
 func ingestFigures(t *tally) ingestSide {
-	return ingestSide{
+	side := ingestSide{
 		Requests: t.answered.Load(), Accepted: t.accepted.Load(),
 		Seconds: t.elapsed.Seconds(), PerSecond: float64(t.answered.Load()) / t.elapsed.Seconds(),
 		Ack: summarize(t.latencies.Sorted()), Errors: t.errorsByStatus(),
 	}
+	if t.cpu.self > 0 && side.Requests > 0 {
+		perRequest := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(side.Requests) }
+		side.CPU = &requestCPU{Bench: perRequest(t.cpu.self)}
+		if t.cpu.postgresSeen {
+			pg := perRequest(t.cpu.postgres)
+			side.CPU.Postgres = &pg
+		}
+	}
+	return side
 }
 
 // check fails the run when an acknowledged event is not stored: the one
@@ -202,7 +224,22 @@ func (r ingestResult) table(w io.Writer) {
 	writeTable(w, "\trequests\treq/s\tack p50\tp95\tp99\terrors",
 		r.Wharf.row("wharf"), r.Baseline.row(fmt.Sprintf("baseline (1 INSERT/request, %d conns)", r.Conns)),
 		r.Ceiling.row("ceiling (stores nothing)"))
-	fmt.Fprintf(w, "\nratio (wharf ÷ baseline req/s): %.2f×; ceiling ÷ baseline: %.2f×\n%s\n", r.Ratio, r.CeilingRatio, r.Memory)
+	fmt.Fprintf(w, "\nratio (wharf ÷ baseline req/s): %.2f×; ceiling ÷ baseline: %.2f×\n", r.Ratio, r.CeilingRatio)
+	if r.Wharf.CPU != nil {
+		fmt.Fprintf(w, "CPU per request (bench process / Postgres): wharf %s, baseline %s, ceiling %s\n",
+			r.Wharf.CPU, r.Baseline.CPU, r.Ceiling.CPU)
+	}
+	fmt.Fprintf(w, "%s\n", r.Memory)
+}
+
+func (c *requestCPU) String() string {
+	if c == nil {
+		return "-"
+	}
+	if c.Postgres == nil {
+		return fmt.Sprintf("%.0f µs / -", c.Bench)
+	}
+	return fmt.Sprintf("%.0f / %.0f µs", c.Bench, *c.Postgres)
 }
 
 func (s ingestSide) row(name string) string {

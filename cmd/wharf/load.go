@@ -38,6 +38,7 @@ type tally struct {
 	accepted  atomic.Int64 // 202
 	elapsed   time.Duration
 	latencies benchkit.Latencies // accepted requests only
+	cpu       cpuTally
 
 	mu     sync.Mutex
 	errors map[string]int64 // by status code, or "transport"
@@ -126,4 +127,24 @@ func summarize(sorted []time.Duration) latency {
 
 func (l latency) String() string {
 	return fmt.Sprintf("%.1f / %.1f / %.1f ms", l.P50, l.P95, l.P99)
+}
+
+// cpuTally adds up the CPU time spent while one side was measured: the
+// bench process (senders, HTTP server and, for wharf, its committers) and
+// the Postgres server.
+type cpuTally struct {
+	self, postgres time.Duration
+	postgresSeen   bool // in every slice
+	slices         int
+}
+
+// during runs send and adds the CPU time used meanwhile (Linux only).
+func (c *cpuTally) during(send func()) {
+	self0, pg0, seen0 := processCPU()
+	send()
+	self1, pg1, seen1 := processCPU()
+	c.self += self1 - self0
+	c.postgres += max(pg1-pg0, 0)
+	c.postgresSeen = (c.slices == 0 || c.postgresSeen) && seen0 && seen1
+	c.slices++
 }

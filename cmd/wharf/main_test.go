@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -107,6 +108,12 @@ func TestBenchIngest(t *testing.T) {
 		require.Positive(t, side.Ack.P50, name)
 		require.LessOrEqual(t, side.Ack.P50, side.Ack.P95, name)
 		require.LessOrEqual(t, side.Ack.P95, side.Ack.P99, name)
+		if runtime.GOOS == "linux" { // CPU times come from getrusage and /proc
+			require.NotNil(t, side.CPU, name)
+			require.Positive(t, side.CPU.Bench, name)
+			require.NotNil(t, side.CPU.Postgres, "%s: the test server runs on this machine", name)
+			require.Positive(t, *side.CPU.Postgres, "%s: every request reached Postgres", name)
+		}
 	}
 	require.Positive(t, res.Ratio)
 	require.InDelta(t, res.Wharf.PerSecond/res.Baseline.PerSecond, res.Ratio, 1e-9)

@@ -9,6 +9,77 @@ import (
 	"github.com/wharfhq/wharf/internal/jsontext"
 )
 
+// encodeHeaders encodes validated headers for the jsonb column as
+// json.Marshal would, but for the order of the names, which jsonb sets
+// itself. Headers whose names and values need no escapes, nearly all of
+// them, are written directly; anything else goes through encoding/json,
+// which cost the group committers about a sixth of their CPU time.
+func encodeHeaders(h http.Header) []byte {
+	if h == nil {
+		return nil
+	}
+	size := len("{}")
+	for name, values := range h {
+		if !plainJSON(name) {
+			return marshalHeaders(h)
+		}
+		size += len(name) + len(`"":[],`)
+		for _, v := range values {
+			if !plainJSON(v) {
+				return marshalHeaders(h)
+			}
+			size += len(v) + len(`"",`)
+		}
+	}
+	b := make([]byte, 0, size)
+	b = append(b, '{')
+	for name, values := range h {
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, `":`...)
+		if values == nil {
+			b = append(b, "null"...)
+			continue
+		}
+		b = append(b, '[')
+		for i, v := range values {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '"')
+			b = append(b, v...)
+			b = append(b, '"')
+		}
+		b = append(b, ']')
+	}
+	return append(b, '}')
+}
+
+// plainJSON reports whether s can stand between quotes in JSON as it is,
+// and means the same to json.Marshal: printable ASCII without quotes,
+// backslashes, or the characters json.Marshal escapes for HTML (<, >, &).
+// Anything else, rare in headers, is left to encoding/json.
+func plainJSON(s string) bool {
+	for i := range len(s) {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
+
+func marshalHeaders(h http.Header) []byte {
+	b, err := json.Marshal(h)
+	if err != nil {
+		panic(err) // a map of strings always encodes
+	}
+	return b
+}
+
 // decodeHeaders decodes stored headers, a JSON object of string arrays as
 // jsonb prints it ({"Webhook-Id": ["msg_1"], ...}), exactly as
 // json.Unmarshal into an http.Header would. Headers whose names and values

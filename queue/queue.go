@@ -2,11 +2,9 @@ package queue
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"sync/atomic"
 	"time"
@@ -285,17 +283,6 @@ func (q *Queue) insert(ctx context.Context, db querier, own bool, evs []*NewEven
 		}
 	}
 	return out, nil
-}
-
-func encodeHeaders(h http.Header) []byte {
-	if h == nil {
-		return nil
-	}
-	b, err := json.Marshal(h)
-	if err != nil {
-		panic(err) // map[string][]string of validated UTF-8 always encodes
-	}
-	return b
 }
 
 // notifyIfKeyed wakes consumers when any of evs has an ordering key: once

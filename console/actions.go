@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -71,9 +72,10 @@ func (c *Console) redirectToEntry(w http.ResponseWriter, r *http.Request, id int
 
 // bulkPage is the bulk replay confirmation's data.
 type bulkPage struct {
-	Form  filterForm // with Until pinned: the set the count was taken of
-	Count int64
-	List  string // the list of the entries counted
+	Form   filterForm // with Until pinned: the set the count was taken of
+	Count  int64
+	List   string  // the list of the entries counted
+	Notice *notice // why the page is shown again; nil the first time
 }
 
 // bulkFilter reads the filter of a bulk replay, dead entries only, and
@@ -120,11 +122,31 @@ func (c *Console) confirmBulkReplay(w http.ResponseWriter, r *http.Request) {
 
 // bulkReplay serves POST /dlq/replay: it replays every dead entry that
 // matches the confirmed filter and redirects to the list of the replayed
-// ones with the counts.
+// ones with the counts. The form carries the count the operator saw; when
+// the pinned set holds another number now (an entry whose dead-lettering
+// began before the page was loaded, and committed after), it replays
+// nothing and shows the confirmation again, with the new count.
 func (c *Console) bulkReplay(w http.ResponseWriter, r *http.Request) {
 	form, f, err := bulkFilter(r.PostForm, time.Now())
 	if err != nil {
 		c.failErr(w, r, "the bulk replay", err)
+		return
+	}
+	seen, err := strconv.ParseInt(r.PostForm.Get("count"), 10, 64)
+	if err != nil {
+		c.fail(w, r, http.StatusBadRequest, "the form carries no count: replay from the confirmation page")
+		return
+	}
+	n, err := c.parts.dlq.Count(r.Context(), f)
+	if err != nil {
+		c.failErr(w, r, "the dead letter count", err)
+		return
+	}
+	if n != seen {
+		c.render(w, r, http.StatusConflict, "bulk_replay", "Replay dead letters", bulkPage{
+			Form: form, Count: n, List: basePath(r) + "/dlq?" + form.values().Encode(),
+			Notice: &notice{Text: fmt.Sprintf("Nothing replayed: %d dead letters match now, not the %d this page showed. Confirm again.", n, seen), Warn: true},
+		})
 		return
 	}
 	res, err := c.parts.replayMatching(context.WithoutCancel(r.Context()), f)

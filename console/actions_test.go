@@ -199,6 +199,49 @@ func TestBulkReplayOfAFilteredSet(t *testing.T) {
 	require.Equal(t, http.StatusBadRequest, get(t, e.srv, "/dlq/replay?since=soon").Status)
 }
 
+// A bulk replay replays nothing when the pinned set no longer holds the
+// count its confirmation showed (here an entry back to dead; in life, a
+// dead-lettering that began before the page was loaded and committed
+// after): the confirmation comes back with the new count, and replaying
+// from it replays them all.
+func TestBulkReplayRefusesAChangedCount(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, actions)
+	invoices, _ := seedDead(e)
+	ctx := context.Background()
+	_, err := e.p.DLQ().Discard(ctx, invoices[2])
+	require.NoError(t, err)
+
+	hiddenFields := func(body string) url.Values {
+		fields := url.Values{}
+		for _, f := range regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`).FindAllStringSubmatch(body, -1) {
+			fields.Set(f[1], f[2])
+		}
+		return fields
+	}
+	confirm := get(t, e.srv, "/dlq/replay?type=invoice.paid")
+	require.Equal(t, "2", countRE.FindStringSubmatch(confirm.Body)[1])
+	fields := hiddenFields(confirm.Body)
+	require.Equal(t, "2", fields.Get("count"), "the form carries the count shown")
+
+	_, err = e.pool.Exec(ctx, `UPDATE wharf.dead_letters SET status = 'dead', discarded_at = NULL WHERE id = $1`, invoices[2])
+	require.NoError(t, err)
+	again := post(t, e.srv, "/dlq/replay", fields)
+	require.Equal(t, http.StatusConflict, again.Status, again.Body)
+	require.Contains(t, noticeRE.FindStringSubmatch(again.Body)[1], "Nothing replayed: 3 dead letters match now, not the 2 this page showed.")
+	require.Equal(t, "3", countRE.FindStringSubmatch(again.Body)[1])
+	for _, id := range invoices {
+		require.Equal(t, "dead", e.status(id), "nothing replayed")
+	}
+
+	res := post(t, e.srv, "/dlq/replay", hiddenFields(again.Body))
+	require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
+	require.Contains(t, res.Location, "replayed=3&skipped=0")
+
+	delete(fields, "count")
+	require.Equal(t, http.StatusBadRequest, post(t, e.srv, "/dlq/replay", fields).Status, "a form without the count")
+}
+
 func TestAuditLookupByEventID(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)

@@ -26,18 +26,27 @@ func viewBody(body []byte) bodyView {
 	v := bodyView{Size: len(body)}
 	var out []byte
 	var indented bytes.Buffer
+	// JSON with invalid UTF-8 in its strings passes json.Valid; it is
+	// shown as binary, like any body that is not UTF-8.
+	text := utf8.Valid(body)
 	switch {
-	case json.Valid(body) && json.Indent(&indented, body, "", "  ") == nil:
+	case text && json.Valid(body) && json.Indent(&indented, body, "", "  ") == nil:
 		v.Kind, out = "JSON", indented.Bytes()
-	case utf8.Valid(body):
+	case text:
 		v.Kind, out = "text", body
 	default:
 		v.Kind, out = "binary", []byte(hex.Dump(body))
 	}
 	if len(out) > maxBodyShown {
+		// out is UTF-8, so the cut can split at most its last character:
+		// back up to that character's start unless it is whole.
 		out = out[:maxBodyShown]
-		for len(out) > 0 && !utf8.Valid(out) { // do not cut a character in two
-			out = out[:len(out)-1]
+		start := len(out) - 1
+		for start > 0 && !utf8.RuneStart(out[start]) {
+			start--
+		}
+		if !utf8.FullRune(out[start:]) {
+			out = out[:start]
 		}
 		v.Cut = true
 	}

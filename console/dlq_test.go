@@ -108,8 +108,8 @@ func TestDLQListFilters(t *testing.T) {
 		"since=yesterday":                   `since &#34;yesterday&#34; is not a time`,
 		"until=2024-13-01":                  `until &#34;2024-13-01&#34; is not a time`,
 		"since=2024-02-01&until=2024-01-01": `since (2024-02-01) must be before until (2024-01-01)`,
-		"limit=0":                           `limit &#34;0&#34; is not a number from 1 to 1000`,
-		"limit=1001":                        `limit &#34;1001&#34; is not a number from 1 to 1000`,
+		"limit=0":                           `limit &#34;0&#34; is not a number from 1 to 200`,
+		"limit=201":                         `limit &#34;201&#34; is not a number from 1 to 200`,
 		"after=garbage":                     `after &#34;garbage&#34; is not a page cursor`,
 		"after=12-x":                        `after &#34;12-x&#34; is not a page cursor`,
 	} {

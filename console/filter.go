@@ -84,15 +84,20 @@ func (ff filterForm) Empty() bool {
 	return ff.Source == "" && ff.Type == "" && ff.Handler == "" && ff.Error == "" && ff.Since == "" && ff.Until == ""
 }
 
-// readPage reads the page size ("limit", 1 to dlq.MaxListLimit, default
+// maxPageLimit caps the list page's size, under dlq.MaxListLimit: the
+// list reads whole entries, bodies included (up to Config.MaxBodyBytes
+// each), to show a line of each.
+const maxPageLimit = 200
+
+// readPage reads the page size ("limit", 1 to maxPageLimit, default
 // dlq.DefaultListLimit) and the keyset cursor ("after", dlq.Cursor's
 // String) of q.
 func readPage(q url.Values) (dlq.Page, error) {
 	p := dlq.Page{Limit: dlq.DefaultListLimit}
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > dlq.MaxListLimit {
-			return p, &badRequest{fmt.Sprintf("limit %q is not a number from 1 to %d", s, dlq.MaxListLimit)}
+		if err != nil || n < 1 || n > maxPageLimit {
+			return p, &badRequest{fmt.Sprintf("limit %q is not a number from 1 to %d", s, maxPageLimit)}
 		}
 		p.Limit = n
 	}

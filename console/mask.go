@@ -17,7 +17,11 @@ var maskedHeaders = []string{
 
 // maskedWords mask every header whose name contains one of them, for
 // the headers of providers and proxies not listed above.
-var maskedWords = []string{"signature", "secret", "token", "hmac", "auth", "password", "api-key", "apikey", "cookie", "session"}
+// Names are matched in lower case with underscores read as hyphens
+// (X_Api_Key); "-sig" and "-key" catch PayPal's Transmission-Sig and the
+// cloud gateways' subscription and access keys.
+var maskedWords = []string{"signature", "secret", "token", "hmac", "auth", "password", "api-key", "apikey", "cookie", "session",
+	"-sig", "-key", "credential", "verification"}
 
 // maskedValue replaces a masked header's value.
 const maskedValue = "•••• masked"
@@ -34,6 +38,7 @@ func newHeaderMask(extra []string) headerMask {
 }
 
 func (m headerMask) masked(name string) bool {
+	name = strings.ReplaceAll(name, "_", "-")
 	if m[http.CanonicalHeaderKey(name)] {
 		return true
 	}

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 )
@@ -12,7 +13,9 @@ func TestHeaderMask(t *testing.T) {
 	t.Parallel()
 	m := newHeaderMask([]string{"x-tenant-key"})
 	for _, h := range []string{"Authorization", "Stripe-Signature", "webhook-signature", "X-Hub-Signature-256", "X-Slack-Signature",
-		"X-Shopify-Hmac-Sha256", "Cookie", "Set-Cookie", "X-Tenant-Key", "X-Gitlab-Token", "X-Webhook-Secret", "X-Signature", "X-Api-Key"} {
+		"X-Shopify-Hmac-Sha256", "Cookie", "Set-Cookie", "X-Tenant-Key", "X-Gitlab-Token", "X-Webhook-Secret", "X-Signature", "X-Api-Key",
+		"X_Api_Key", "x_api_key", "Paypal-Transmission-Sig", "X-Access-Key", "Ocp-Apim-Subscription-Key", "X-Functions-Key",
+		"X-Amz-Credential", "Plaid-Verification"} {
 		require.True(t, m.masked(h), h)
 	}
 	for _, h := range []string{"Content-Type", "User-Agent", "X-Request-Id", "X-GitHub-Event", "Webhook-Id", "X-Shopify-Topic"} {
@@ -39,4 +42,18 @@ func TestViewBody(t *testing.T) {
 	require.True(t, big.Cut)
 	require.Equal(t, maxBodyShown, big.Shown, "cut between two characters")
 	require.Equal(t, 2*maxBodyShown, big.Size)
+
+	odd := viewBody([]byte("x" + strings.Repeat("é", maxBodyShown/2))) // the cut falls inside a character
+	require.True(t, odd.Cut)
+	require.Equal(t, maxBodyShown-1, odd.Shown, "backed up to the start of the character cut in two")
+	require.True(t, utf8.ValidString(odd.Text))
+
+	// JSON whose string holds a byte that is not UTF-8: json.Valid takes
+	// it, but it is shown as binary (cutting it as text rescanned the
+	// whole output once per byte dropped).
+	badJSON := []byte(`{"a":"` + strings.Repeat("x", 1<<16) + "\xff" + strings.Repeat("y", maxBodyShown) + `"}`)
+	bad := viewBody(badJSON)
+	require.Equal(t, "binary", bad.Kind)
+	require.True(t, bad.Cut)
+	require.True(t, utf8.ValidString(bad.Text))
 }

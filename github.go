@@ -29,8 +29,9 @@ const (
 //
 // GitHub's scheme signs neither a timestamp nor these headers, only the
 // body: whoever captured a delivery could send its body again under a new
-// delivery id, and it would be stored as a new event. Serve the endpoint
-// over HTTPS only.
+// delivery id, and it would be stored as a new event, or under another
+// X-GitHub-Event, and it would reach that type's handler. Serve the
+// endpoint over HTTPS only, and have handlers check the body's shape.
 //
 // A GitHubVerifier is safe for concurrent use; do not change its fields
 // while it is in use.

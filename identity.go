@@ -667,6 +667,15 @@ func splitMask(leaf, deeper uint64, i int, ends bool) (uint64, uint64) {
 	return leaf, deeper | 1<<i
 }
 
+// forget drops what was found for the paths in mask.
+func (s *jsonScanner) forget(mask uint64) {
+	for i := range s.out {
+		if mask&(1<<i) != 0 {
+			s.out[i] = jsonValue{}
+		}
+	}
+}
+
 func (s *jsonScanner) record(leaf uint64, start int) {
 	for i := range s.out {
 		if leaf&(1<<i) != 0 {
@@ -721,6 +730,10 @@ func (s *jsonScanner) object(mask uint64, depth int) error {
 				}
 			}
 			leaf, deeper = s.descendKey(mask, depth, key)
+			// A repeated member replaces the earlier one whole, as
+			// encoding/json reads it: what was found below the earlier
+			// one is gone unless the later one has it too.
+			s.forget(deeper)
 		}
 		start := s.pos
 		if err := s.value(deeper, depth+1); err != nil {

@@ -54,6 +54,7 @@ func FuzzJSONScan(f *testing.F) {
 		`{"\u0061":"escaped key"}`, `{"k.dot":true}`, `{"é":null}`, ` {"a" : [ ] , "b":{"c":{}}} `,
 		`"just a string"`, `-0.5e-7`, `{"a":"\ud800"}`, "{\"a\":\"\xff\"}", `{"a":}`, `{"a":1,}`, `[01]`,
 		`{"a":"\x"}`, "{\"a\":\"\x01\"}", `{"a":tru}`, `{"b":{"c":1}} x`, `{`, `[[[[[[]]]]]]`, ``, `nul`,
+		`{"b":{"c":1},"b":{}}`, `{"b":{"c":1},"b":2}`, `{"x":[0,1],"x":[0]}`, // a repeated member replaces the earlier whole
 	} {
 		f.Add([]byte(seed))
 	}

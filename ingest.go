@@ -137,14 +137,20 @@ func (p *Pipeline) readBody(w http.ResponseWriter, r *http.Request) ([]byte, boo
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(p.cfg.BodyReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.cfg.MaxBodyBytes))
-	// Lift the deadline once the body is in: when it passes, net/http's
-	// background read of the finished request cancels the request's
-	// context, and with it the store of an event that is being committed.
-	_ = rc.SetReadDeadline(time.Time{})
+	if err == nil {
+		// Lift the deadline once the body is in: when it passes,
+		// net/http's background read of the finished request cancels the
+		// request's context, and with it the store of an event that is
+		// being committed.
+		_ = rc.SetReadDeadline(time.Time{})
+		return body, true
+	}
+	// The rest of the body stays unread: the connection closes after the
+	// answer. Otherwise net/http would read up to 256 KiB of it first,
+	// from a sender that may never send it, before answering at all.
+	w.Header().Set("Connection", "close")
 	var tooLarge *http.MaxBytesError
 	switch {
-	case err == nil:
-		return body, true
 	case errors.As(err, &tooLarge):
 		http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
 	case errors.Is(err, os.ErrDeadlineExceeded):

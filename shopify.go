@@ -39,8 +39,9 @@ const (
 //
 // Shopify's scheme signs neither a timestamp nor these headers, only the
 // body: whoever captured a delivery could send its body again under new
-// ids, and it would be stored as a new event. Serve the endpoint over HTTPS
-// only. Shopify's newer Events deliveries (headers without the X- prefix)
+// ids, and it would be stored as a new event, or under another
+// X-Shopify-Topic, and it would reach that topic's handler. Serve the
+// endpoint over HTTPS only, and have handlers check the body's shape. Shopify's newer Events deliveries (headers without the X- prefix)
 // are not covered.
 //
 // A ShopifyVerifier is safe for concurrent use; do not change its fields

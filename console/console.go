@@ -2,18 +2,20 @@ package console
 
 import (
 	"crypto/rand"
-	"embed"
+	_ "embed" // the stylesheet
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
 )
 
-//go:embed static
-var staticFS embed.FS
+// stylesheet is the console's one stylesheet, served as
+// static/console.css.
+//
+//go:embed static/console.css
+var stylesheet []byte
 
 // Console is the web console: an http.Handler serving the overview, the
 // dead-letter pages and the audit lookup, and, when Config.AllowActions is
@@ -74,8 +76,13 @@ func (c *Console) routes() *http.ServeMux {
 	mux.HandleFunc("POST /pauses", c.needQueue(c.action(c.pause)))
 	mux.HandleFunc("POST /pauses/resume", c.needQueue(c.action(c.resume)))
 	mux.HandleFunc("GET /events", c.events)
-	static, _ := fs.Sub(staticFS, "static")
-	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
+	// The one file, rather than a file server: its directory listing,
+	// its redirect of /static (which leaves the mount prefix) and its
+	// error answers (without Cache-Control) are not wanted.
+	mux.HandleFunc("GET /static/console.css", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/css; charset=utf-8")
+		_, _ = w.Write(stylesheet)
+	})
 	return mux
 }
 

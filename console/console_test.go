@@ -99,7 +99,12 @@ func TestOverviewShowsQueueDLQBreakersAndThroughput(t *testing.T) {
 	css := get(t, e.srv, "/static/console.css")
 	require.Equal(t, http.StatusOK, css.Status)
 	require.Contains(t, css.Header.Get("Content-Type"), "text/css")
-	require.Equal(t, http.StatusNotFound, get(t, e.srv, "/nowhere").Status)
+	require.Contains(t, css.Body, "{")
+	for _, path := range []string{"/nowhere", "/static", "/static/", "/static/nope.css"} {
+		pg := get(t, e.srv, path)
+		require.Equal(t, http.StatusNotFound, pg.Status, path)
+		require.Equal(t, "no-store", pg.Header.Get("Cache-Control"), path)
+	}
 }
 
 // A service that uses only the dlq and queue packages gets their pages;

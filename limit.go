@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/wharfhq/wharf/queue"
 )
 
 // RateLimit caps how often a downstream is called, per process: handlers
-// with Downstream(name) wait for their turn before they run. A worker that
-// waits holds its transaction, so keep the rate above what the workers
-// would otherwise reach only briefly.
+// with Downstream(name) wait for their turn before they run, before their
+// Timeout starts. A worker that waits holds its transaction, so it waits
+// at most maxRateWait (a second); an event whose turn is further off goes
+// back to the queue, its attempt given back, due when its turn comes.
 type RateLimit struct {
 	// PerSecond is the sustained rate. Required, positive.
 	PerSecond float64
@@ -22,6 +25,7 @@ type RateLimit struct {
 // limiter is a token bucket in its "virtual scheduling" form: tat is the
 // time at which the bucket would be full again.
 type limiter struct {
+	name     string
 	interval time.Duration
 	burst    int
 
@@ -29,16 +33,22 @@ type limiter struct {
 	tat time.Time
 }
 
+// maxRateWait is the longest a worker waits for a downstream's turn.
+const maxRateWait = time.Second
+
 func newLimiter(name string, rl RateLimit) (*limiter, error) {
 	if rl.PerSecond <= 0 || rl.Burst < 0 {
 		return nil, fmt.Errorf("%w: rate limit of %q: PerSecond must be positive and Burst not negative", ErrInvalidConfig, name)
 	}
 	burst := max(rl.Burst, 1)
-	return &limiter{interval: time.Duration(float64(time.Second) / rl.PerSecond), burst: burst}, nil
+	return &limiter{name: name, interval: time.Duration(float64(time.Second) / rl.PerSecond), burst: burst}, nil
 }
 
-// wait blocks until a call may go, or ctx ends.
-func (l *limiter) wait(ctx context.Context) error {
+// wait blocks until a call may go, for at most longest. A turn further off
+// than that, or a ctx that ends first, returns a queue.DeferError, due at
+// the turn (or now): the event waits in the queue without spending an
+// attempt, and its place is given back unless a later call took one since.
+func (l *limiter) wait(ctx context.Context, longest time.Duration) error {
 	l.mu.Lock()
 	now := time.Now()
 	if l.tat.Before(now) {
@@ -46,9 +56,21 @@ func (l *limiter) wait(ctx context.Context) error {
 	}
 	delay := l.tat.Sub(now) - time.Duration(l.burst-1)*l.interval
 	l.tat = l.tat.Add(l.interval)
+	mine := l.tat
 	l.mu.Unlock()
 	if delay <= 0 {
 		return nil
+	}
+	giveBack := func() {
+		l.mu.Lock()
+		if l.tat.Equal(mine) {
+			l.tat = l.tat.Add(-l.interval)
+		}
+		l.mu.Unlock()
+	}
+	if delay > longest {
+		giveBack()
+		return queue.Defer(now.Add(delay), fmt.Errorf("wharf: downstream %q is rate-limited: its next call in %s", l.name, delay.Round(time.Millisecond)))
 	}
 	t := time.NewTimer(delay)
 	defer t.Stop()
@@ -56,6 +78,7 @@ func (l *limiter) wait(ctx context.Context) error {
 	case <-t.C:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		giveBack()
+		return queue.Defer(time.Now(), ctx.Err())
 	}
 }

@@ -292,10 +292,22 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 			return nil, err
 		}
 	}
+	// From here a failure stops what was started: the audit log's
+	// notifier, the breakers' refresher (which, in shared mode, would poll
+	// the database for the life of the process).
+	fail := func(err error) (*Pipeline, error) {
+		if p.breakers != nil {
+			p.breakers.Close()
+		}
+		if p.audit != nil {
+			p.audit.Close()
+		}
+		return nil, err
+	}
 	breakers := c.Breakers
 	breakers.OnStateChange = p.onBreakerChange(c.Breakers.OnStateChange)
 	if p.breakers, err = breaker.New(breakers); err != nil {
-		return nil, err
+		return fail(err)
 	}
 	p.queue, err = queue.New(pool, queue.Config{
 		Schema:        c.Schema,
@@ -307,7 +319,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 		Logger:        c.Logger,
 	})
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	return p, nil
 }

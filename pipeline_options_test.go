@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -185,6 +186,37 @@ func TestPipelineRateLimitConfig(t *testing.T) {
 	p, err := wharf.New(pool, wharf.Config{RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 50, Burst: 5}}})
 	require.NoError(t, err)
 	p.Close()
+}
+
+// A downstream's rate limit makes events wait, in the worker or back in
+// the queue, without spending attempts or eating into the handler's
+// Timeout: with four workers and two calls a second, every event is
+// processed on its first attempt (before, the waits ran out the Timeout
+// and 11 of 12 events were dead-lettered).
+func TestPipelineRateLimitSpendsNoAttempts(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 4, MaxAttempts: 2,
+		RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 4}}})
+	var mu sync.Mutex
+	attempts := map[string]int{}
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		mu.Lock()
+		attempts[ev.ID] = ev.Attempt
+		mu.Unlock()
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Downstream("ledger"), wharf.Timeout(300*time.Millisecond)))
+	const events = 12
+	for i := range events {
+		require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("o%d", i), "order.paid"))
+	}
+	h.run()
+	h.eventually("every event processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == events })
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+	mu.Lock()
+	defer mu.Unlock()
+	for id, attempt := range attempts {
+		require.Equal(t, 1, attempt, id)
+	}
 }
 
 // Config.RescueInterval reaches the workers: an event whose worker died

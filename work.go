@@ -210,6 +210,12 @@ func (p *Pipeline) unclaim(ctx context.Context, tx pgx.Tx, evs []*queue.Event) e
 // that returns nil after one of its statements failed gets
 // queue.ErrTxAborted, as the consumer will record it.
 func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, steps backoffSteps, fn func(context.Context, pgx.Tx) error) error {
+	if l := p.limits[h.downstream]; l != nil {
+		// Before the Timeout starts: the wait is not the handler's.
+		if err := l.wait(ctx, maxRateWait); err != nil {
+			return err
+		}
+	}
 	restore := func() error { return nil }
 	handlerTx := tx
 	if h.timeout > 0 {
@@ -260,11 +266,6 @@ func setStatementTimeout(ctx context.Context, tx pgx.Tx, d time.Duration) (resto
 func (p *Pipeline) call(ctx context.Context, h *handler, steps backoffSteps, call func(context.Context) error) error {
 	if h.downstream == "" {
 		return call(ctx)
-	}
-	if l := p.limits[h.downstream]; l != nil {
-		if err := l.wait(ctx); err != nil {
-			return err
-		}
 	}
 	err := p.breakers.Execute(ctx, h.downstream, call)
 	var open *breaker.OpenError

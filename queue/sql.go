@@ -95,7 +95,8 @@ SELECT id FROM dup`
 // with default_transaction_isolation.
 const beginReadCommittedSQL = `BEGIN ISOLATION LEVEL READ COMMITTED`
 
-// readCommitted is the same for the queue's transactions begun with BEGIN.
+// readCommitted begins the queue's explicit transactions (a consumer's,
+// Retry's, Rescue's) at READ COMMITTED, whatever the pool's default.
 var readCommitted = pgx.TxOptions{IsoLevel: pgx.ReadCommitted}
 
 // syncCommitSQL makes the surrounding transaction's commit wait for the

@@ -99,9 +99,10 @@ func (r *Registry) Open() []Status {
 // Blocking lists, by name, the breakers that turn every call away now: the
 // open ones, and the half-open ones whose probes are all in flight
 // (Status.Probing). Their work should wait in the queue: fetched, it would
-// only be put back. A Probing breaker stops blocking as soon as a probe
-// finishes, so work waiting on it is held back for the length of a call,
-// not of a timeout.
+// only be put back. A Probing breaker stops blocking when its probes have
+// finished (at the first that fails, or when all have succeeded), so work
+// waiting on it is held back for the length of its calls, not of a
+// timeout; a probe that never returns holds it back until it does.
 func (r *Registry) Blocking() []Status {
 	return r.statusesWhere(Status.Blocking)
 }
@@ -128,6 +129,9 @@ func (r *Registry) statusesWhere(keep func(Status) bool) []Status {
 // Transport returns an http.RoundTripper that sends requests through base
 // (http.DefaultTransport when nil) under the breaker named name; see
 // Transport. An invalid name returns an error wrapping ErrInvalidName.
+// Do not call through it inside a call of the same breaker (a wharf
+// handler registered with Downstream of the same name): each failure
+// would count twice, and the inner call would need a probe of its own.
 func (r *Registry) Transport(name string, base http.RoundTripper) (*Transport, error) {
 	b, err := r.Breaker(name)
 	if err != nil {

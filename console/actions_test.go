@@ -145,6 +145,18 @@ func TestReplayAndDiscardOneEntry(t *testing.T) {
 
 var countRE = regexp.MustCompile(`<strong id="count">(\d+)</strong>`)
 
+var hiddenRE = regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`)
+
+// hiddenFields returns the hidden fields of the form in body, to submit it
+// as it is.
+func hiddenFields(body string) url.Values {
+	fields := url.Values{}
+	for _, f := range hiddenRE.FindAllStringSubmatch(body, -1) {
+		fields.Set(f[1], f[2])
+	}
+	return fields
+}
+
 // Bulk replay: a confirmation page with the count (changing nothing),
 // then the replay of exactly the filtered dead entries.
 func TestBulkReplayOfAFilteredSet(t *testing.T) {
@@ -169,11 +181,7 @@ func TestBulkReplayOfAFilteredSet(t *testing.T) {
 	}
 
 	// Submit the confirmation form as it is.
-	fields := url.Values{}
-	for _, f := range regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`).FindAllStringSubmatch(confirm.Body, -1) {
-		fields.Set(f[1], f[2])
-	}
-	res := post(t, e.srv, "/dlq/replay", fields)
+	res := post(t, e.srv, "/dlq/replay", hiddenFields(confirm.Body))
 	require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
 	require.Regexp(t, `^/wharf/dlq\?replayed=2&skipped=0&status=replayed&type=invoice.paid&until=`, res.Location)
 	done := get(t, e.srv, res.Location[len("/wharf"):])
@@ -212,13 +220,6 @@ func TestBulkReplayRefusesAChangedCount(t *testing.T) {
 	_, err := e.p.DLQ().Discard(ctx, invoices[2])
 	require.NoError(t, err)
 
-	hiddenFields := func(body string) url.Values {
-		fields := url.Values{}
-		for _, f := range regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`).FindAllStringSubmatch(body, -1) {
-			fields.Set(f[1], f[2])
-		}
-		return fields
-	}
 	confirm := get(t, e.srv, "/dlq/replay?type=invoice.paid")
 	require.Equal(t, "2", countRE.FindStringSubmatch(confirm.Body)[1])
 	fields := hiddenFields(confirm.Body)

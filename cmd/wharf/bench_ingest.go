@@ -199,7 +199,7 @@ func ingestFigures(t *tally) ingestSide {
 	if t.cpu.self > 0 && side.Requests > 0 {
 		perRequest := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(side.Requests) }
 		side.CPU = &requestCPU{Bench: perRequest(t.cpu.self)}
-		if t.cpu.postgresSeen {
+		if !t.cpu.postgresMissed {
 			pg := perRequest(t.cpu.postgres)
 			side.CPU.Postgres = &pg
 		}

@@ -134,8 +134,7 @@ func (l latency) String() string {
 // the Postgres server.
 type cpuTally struct {
 	self, postgres time.Duration
-	postgresSeen   bool // in every slice
-	slices         int
+	postgresMissed bool // in some slice, no postgres process was visible
 }
 
 // during runs send and adds the CPU time used meanwhile (Linux only).
@@ -145,6 +144,5 @@ func (c *cpuTally) during(send func()) {
 	self1, pg1, seen1 := processCPU()
 	c.self += self1 - self0
 	c.postgres += max(pg1-pg0, 0)
-	c.postgresSeen = (c.slices == 0 || c.postgresSeen) && seen0 && seen1
-	c.slices++
+	c.postgresMissed = c.postgresMissed || !seen0 || !seen1
 }

@@ -107,7 +107,10 @@ func HandlerName(name string) HandleOption {
 // Deferrals and one step to its wait (Config.Backoff, from its attempt
 // on), so such an event is retried less and less often rather than at
 // the same pace forever; the failures of an outage (those that open the
-// breaker, probes included) count nothing. Defaults to none.
+// breaker, probes included) count nothing. Requests the handler sends
+// with its ctx through the same breaker's Transport are part of the
+// handler's call, counted once with it; a panic is the handler's bug and
+// is not counted. Defaults to none.
 func Downstream(name string) HandleOption {
 	return func(h *handler) error {
 		if name == "" {

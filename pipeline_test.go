@@ -277,7 +277,16 @@ func newFlakyDownstream(t *testing.T) *flakyDownstream {
 // call posts to the downstream; a 5xx is a *breaker.StatusError, which
 // the breaker counts as the downstream's failure.
 func (d *flakyDownstream) call() error {
-	resp, err := http.Post(d.URL, "application/json", nil)
+	return d.callWith(context.Background(), http.DefaultClient)
+}
+
+// callWith is call, with ctx and through client.
+func (d *flakyDownstream) callWith(ctx context.Context, client *http.Client) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.URL, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
@@ -366,6 +375,73 @@ func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {
 	for id, attempt := range processedAt {
 		require.Equal(t, 1, attempt, "%s processed on its first counted attempt", id)
 	}
+}
+
+// A handler that runs under Downstream("ledger") and sends through the
+// same breaker's Transport (what the README warns against, but easy to
+// do): each call is counted once, and the half-open probe's own request
+// is not turned away for want of a probe. Before, the breaker stayed
+// half-open for good and every event burnt its attempts on the refusal.
+func TestPipelineHandlerSendingThroughItsOwnBreakerDrainsAfterAnOutage(t *testing.T) {
+	t.Parallel()
+	h, downstream := newOutageHarness(t)
+	transport, err := h.p.Breakers().Transport("ledger", nil)
+	require.NoError(t, err)
+	client := &http.Client{Transport: transport}
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if err := downstream.callWith(ctx, client); err != nil {
+			return err
+		}
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Downstream("ledger"), wharf.MaxAttempts(2)))
+
+	for i := range 5 {
+		require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("o%d", i), "order.paid"))
+	}
+	h.run()
+	h.requireOutageSpendsNothing(downstream)
+
+	downstream.down.Store(false)
+	h.eventually("the backlog drained", func() bool { return h.count(`SELECT count(*) FROM effects`) == 5 })
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+	st, err := h.p.Breakers().State("ledger")
+	require.NoError(t, err)
+	require.Equal(t, breaker.StateClosed, st.State)
+}
+
+// A handler that panics on one event spends that event's attempts and
+// dead-letters it; the panics are not the downstream's failures, so they
+// never open its breaker for the other events.
+func TestPipelinePanickingHandlerDoesNotOpenItsBreaker(t *testing.T) {
+	t.Parallel()
+	var opened atomic.Int32
+	h := newHarness(t, wharf.Config{Breakers: breaker.Config{
+		Default: breaker.Settings{Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 2},
+		OnStateChange: func(c breaker.StateChange) {
+			if c.To == breaker.StateOpen {
+				opened.Add(1)
+			}
+		},
+	}})
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if ev.ID == "poison" {
+			panic("nil map in the handler")
+		}
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Downstream("ledger"), wharf.MaxAttempts(3)))
+
+	require.Equal(t, http.StatusAccepted, h.send("poison", "order.paid"))
+	h.run()
+	h.eventually("the poison event dead-lettered", func() bool {
+		return h.count(`SELECT count(*) FROM wharf.dead_letters WHERE event_id = 'poison'`) == 1
+	})
+	require.Equal(t, 3, h.count(`SELECT attempts FROM wharf.dead_letters WHERE event_id = 'poison'`), "each panic spent an attempt")
+	require.Equal(t, http.StatusAccepted, h.send("o1", "order.paid"))
+	h.eventually("the next event processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+	require.Zero(t, opened.Load(), "the breaker never opened")
+	st, err := h.p.Breakers().State("ledger")
+	require.NoError(t, err)
+	require.Zero(t, st.Counts.Failures)
 }
 
 // While a half-open breaker's only probe is in flight, its backlog stays in

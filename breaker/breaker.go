@@ -49,7 +49,7 @@ type Breaker struct {
 // about it that gobreaker keeps private.
 type instance struct {
 	b       *Breaker
-	cb      *gobreaker.CircuitBreaker[struct{}]
+	cb      *gobreaker.TwoStepCircuitBreaker[struct{}]
 	timeout time.Duration // this instance's open timeout
 	// until is when the next probe is allowed, recorded when it opened.
 	until atomic.Pointer[time.Time]
@@ -68,6 +68,18 @@ var (
 	errForcedTrip      = errors.New("breaker: adopting a shared open")
 )
 
+// gobreakerError is what gobreaker is told of a call with outcome o.
+func (o Outcome) gobreakerError() error {
+	switch o {
+	case Success:
+		return errOutcomeSuccess
+	case Excluded:
+		return errOutcomeExcluded
+	default:
+		return errOutcomeFailure
+	}
+}
+
 func newBreaker(r *Registry, name string, s Settings) *Breaker {
 	b := &Breaker{name: name, settings: s, reg: r}
 	b.cur.Store(b.newInstance(s.OpenTimeout))
@@ -79,7 +91,7 @@ func newBreaker(r *Registry, name string, s Settings) *Breaker {
 func (b *Breaker) newInstance(timeout time.Duration) *instance {
 	s := b.settings
 	inst := &instance{b: b, timeout: timeout}
-	inst.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+	inst.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:          b.name,
 		MaxRequests:   uint32(s.HalfOpenProbes),
 		Interval:      s.Window,
@@ -87,7 +99,7 @@ func (b *Breaker) newInstance(timeout time.Duration) *instance {
 		Timeout:       timeout,
 		ReadyToTrip:   inst.readyToTrip,
 		OnStateChange: inst.onStateChange,
-		IsSuccessful:  func(err error) bool { return err == nil || err == errOutcomeSuccess },
+		IsSuccessful:  func(err error) bool { return err == errOutcomeSuccess },
 		IsExcluded:    func(err error) bool { return err == errOutcomeExcluded },
 	})
 	return inst
@@ -109,44 +121,64 @@ func (b *Breaker) Settings() Settings { return b.settings }
 //     of a half-open probe and the failure that opens the breaker;
 //   - fn's error as it is otherwise (excluded, or classified a success).
 //
-// ctx is passed to fn; Execute itself does not wait on it. If fn panics,
-// the call counts as a failure and the panic continues.
+// ctx, with the call noted in it, is passed to fn; Execute itself does not
+// wait on it. A call made through the same breaker with that context
+// while fn runs (a handler that runs under the breaker and sends through
+// its Transport) is part of this call, not a second one: it is never
+// refused, and a failure of it counts once, as this call's, even if fn
+// then returns nil or an error the Classifier excludes (Execute then
+// returns fn's error in a *DownstreamError).
+//
+// If fn panics, the call counts as neither a success nor a failure (a bug
+// in the caller says nothing about the downstream, and must not open the
+// breaker for every other caller), and the panic continues.
 func (b *Breaker) Execute(ctx context.Context, fn func(ctx context.Context) error) error {
-	inst := b.cur.Load()
-	var (
-		called  bool
-		callErr error
-		outcome Outcome
-	)
-	_, err := inst.cb.Execute(func() (struct{}, error) {
-		called = true
-		callErr = fn(ctx)
-		if callErr == nil {
-			return struct{}{}, nil
-		}
-		outcome = b.settings.Classify(callErr)
-		switch outcome {
-		case Success:
-			return struct{}{}, errOutcomeSuccess
-		case Excluded:
-			return struct{}{}, errOutcomeExcluded
-		default:
-			outcome = Failure
-			return struct{}{}, errOutcomeFailure
-		}
-	})
-	if b.hasPending.Load() {
-		b.flush()
+	if outer := callOf(ctx, b); outer != nil {
+		return outer.nested(ctx, fn)
 	}
-	switch {
-	case !called:
+	inst := b.cur.Load()
+	done, err := inst.cb.Allow()
+	if err != nil {
+		b.flush()
 		return b.rejection(inst, err)
+	}
+	c := newCall(ctx, b)
+	returned := false
+	defer func() {
+		if !returned {
+			done(errOutcomeExcluded)
+			b.flush()
+		}
+	}()
+	callErr := fn(c)
+	returned = true
+	outcome := Success
+	if callErr != nil {
+		outcome = b.classify(callErr)
+	}
+	if c.failed.Load() {
+		outcome = Failure
+	}
+	done(outcome.gobreakerError())
+	b.flush()
+	switch {
 	case callErr == nil:
 		return nil
 	case outcome == Failure:
 		return &DownstreamError{Breaker: b.name, Err: callErr}
 	default:
 		return callErr
+	}
+}
+
+// classify is the Settings' Classifier, with anything but Success or
+// Excluded taken as Failure.
+func (b *Breaker) classify(err error) Outcome {
+	switch o := b.settings.Classify(err); o {
+	case Success, Excluded:
+		return o
+	default:
+		return Failure
 	}
 }
 
@@ -243,7 +275,9 @@ func (inst *instance) onStateChange(_ string, from, to gobreaker.State) {
 // trip opens a fresh instance on purpose, without calling anything.
 func (inst *instance) trip() {
 	inst.forcing.Store(true)
-	_, _ = inst.cb.Execute(func() (struct{}, error) { return struct{}{}, errForcedTrip })
+	if done, err := inst.cb.Allow(); err == nil {
+		done(errForcedTrip)
+	}
 	inst.forcing.Store(false)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -376,16 +377,37 @@ func TestWindowForgetsOldFailures(t *testing.T) {
 	})
 }
 
-func TestPanicCountsAsFailureAndPropagates(t *testing.T) {
+func TestPanicIsNotCountedAndPropagatesWithItsStack(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		r := newRegistry(t, breaker.Settings{Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1}, nil)
-		require.PanicsWithValue(t, "boom", func() {
-			_ = r.Execute(ctx, "billing", func(context.Context) error { panic("boom") })
-		})
-		requireState(t, r, "billing", breaker.StateOpen)
+		r := newRegistry(t, breaker.Settings{
+			Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
+			OpenTimeout: 5 * time.Second, HalfOpenProbes: 1,
+		}, nil)
+		var stack string
+		func() {
+			defer func() {
+				require.Equal(t, "boom", recover())
+				stack = string(debug.Stack())
+			}()
+			_ = r.Execute(ctx, "billing", panickingCall)
+		}()
+		require.Contains(t, stack, "breaker_test.panickingCall", "the panic goes on from where it was raised")
+		st := requireState(t, r, "billing", breaker.StateClosed)
+		require.Equal(t, uint32(0), st.Counts.Failures, "a bug in the caller says nothing about the downstream")
+		require.Equal(t, uint32(1), st.Counts.Excluded)
+
+		// A probe that panics gives its turn back: the next call probes.
+		require.ErrorIs(t, r.Execute(ctx, "billing", (&downstream{err: errRefused}).call), breaker.ErrDownstream)
+		time.Sleep(5*time.Second + time.Nanosecond)
+		require.Panics(t, func() { _ = r.Execute(ctx, "billing", panickingCall) })
+		requireState(t, r, "billing", breaker.StateHalfOpen)
+		require.NoError(t, r.Execute(ctx, "billing", (&downstream{}).call))
+		requireState(t, r, "billing", breaker.StateClosed)
 	})
 }
+
+func panickingCall(context.Context) error { panic("boom") }
 
 func TestBreakersAreIndependent(t *testing.T) {
 	t.Parallel()

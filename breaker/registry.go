@@ -129,9 +129,9 @@ func (r *Registry) statusesWhere(keep func(Status) bool) []Status {
 // Transport returns an http.RoundTripper that sends requests through base
 // (http.DefaultTransport when nil) under the breaker named name; see
 // Transport. An invalid name returns an error wrapping ErrInvalidName.
-// Do not call through it inside a call of the same breaker (a wharf
-// handler registered with Downstream of the same name): each failure
-// would count twice, and the inner call would need a probe of its own.
+// Inside a call of the same breaker (a wharf handler registered with
+// Downstream of the same name), a request sent with the call's context is
+// part of that call: counted once, with it (see Breaker.Execute).
 func (r *Registry) Transport(name string, base http.RoundTripper) (*Transport, error) {
 	b, err := r.Breaker(name)
 	if err != nil {

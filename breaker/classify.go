@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"syscall"
 )
 
@@ -65,6 +66,13 @@ type Classifier func(err error) Outcome
 //     from an http.Client, ECONNREFUSED, ECONNRESET, ECONNABORTED, EPIPE,
 //     EHOSTUNREACH, ENETUNREACH, and io.ErrUnexpectedEOF (the connection
 //     closed mid-answer);
+//   - but a *url.Error for a request the http.Client would not send or
+//     whose redirects it would not follow (a URL that does not parse, has
+//     no host or a scheme it does not speak; an invalid method or header;
+//     more than 10 redirects, a Location that does not parse) is
+//     Excluded, like a 4xx: it comes again for that request however well
+//     the downstream is, so the event spends attempts instead of waiting
+//     for ever;
 //   - every other error is Excluded: treated as the event's fault, so an
 //     event that fails that way spends its attempts and reaches the dead
 //     letter queue instead of retrying for ever. Wrap the outage errors of
@@ -148,7 +156,9 @@ func (f *facts) visit(err error) {
 		f.downstream = true
 		return
 	case *url.Error:
-		f.connection = true
+		if !requestFault(e) {
+			f.connection = true
+		}
 		return
 	case syscall.Errno:
 		// syscall.Errno satisfies net.Error, but most errnos (ENOENT from
@@ -200,6 +210,37 @@ func (f *facts) visit(err error) {
 			f.downstream = true
 		}
 	}
+}
+
+// requestFaults begin the errors that net/http's Client returns, inside a
+// *url.Error, for a request it refuses to send or redirects it refuses to
+// follow. net/http gives them no types; TestDefaultClassifierOverRealHTTP
+// makes each happen, so a change of wording in a Go release fails it.
+var requestFaults = []string{
+	"unsupported protocol scheme",
+	"http: no Host in request URL",
+	"http: nil Request.",
+	"net/http: invalid ",
+	"stopped after ",
+	"failed to parse Location header",
+}
+
+// requestFault reports whether e is an http.Client's refusal of the request
+// itself, or url.Parse's (http.NewRequest returns its *url.Error).
+func requestFault(e *url.Error) bool {
+	if e.Op == "parse" {
+		return true
+	}
+	if e.Err == nil {
+		return false
+	}
+	msg := e.Err.Error()
+	for _, prefix := range requestFaults {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // MarkBusiness marks err as the event's own fault (a business rule

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"syscall"
@@ -136,4 +138,78 @@ func TestOutcomeAndStateNames(t *testing.T) {
 	require.Equal(t, "open", breaker.StateOpen.String())
 	require.Equal(t, "consecutive-failures", breaker.TripOnConsecutiveFailures.String())
 	require.Equal(t, "breaker: downstream answered 503 Service Unavailable", (&breaker.StatusError{Code: 503}).Error())
+}
+
+// The errors of a real http.Client: a request it refuses to send or whose
+// redirects it refuses to follow is the request's fault, whatever
+// *url.Error it comes in; a downstream that cannot be reached, or drops
+// the connection, is a failure.
+func TestDefaultClassifierOverRealHTTP(t *testing.T) {
+	t.Parallel()
+	loop := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, r.URL.Path, http.StatusFound)
+	}))
+	t.Cleanup(loop.Close)
+	badLocation := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Location", "http://[::1")
+		w.WriteHeader(http.StatusFound)
+	}))
+	t.Cleanup(badLocation.Close)
+	hangUp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}))
+	t.Cleanup(hangUp.Close)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+
+	get := func(target string) error {
+		req, err := http.NewRequest(http.MethodGet, target, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	badHeader := func() error {
+		req, err := http.NewRequest(http.MethodGet, hangUp.URL, nil)
+		require.NoError(t, err)
+		req.Header.Set("X-Tenant", "a\nb")
+		_, err = http.DefaultClient.Do(req)
+		return err
+	}
+	badMethod := func() error {
+		req, err := http.NewRequest(http.MethodGet, hangUp.URL, nil)
+		require.NoError(t, err)
+		req.Method = "GET /"
+		_, err = http.DefaultClient.Do(req)
+		return err
+	}
+	cases := []struct {
+		name string
+		err  error
+		want breaker.Outcome
+	}{
+		{"a URL that does not parse", get("http://[::1"), breaker.Excluded},
+		{"a scheme the client does not speak", get("ftp://billing.test/charge"), breaker.Excluded},
+		{"no scheme", get("billing.test/charge"), breaker.Excluded},
+		{"no host", get("http:///charge"), breaker.Excluded},
+		{"an invalid header", badHeader(), breaker.Excluded},
+		{"an invalid method", badMethod(), breaker.Excluded},
+		{"a redirect loop", get(loop.URL + "/charge"), breaker.Excluded},
+		{"a Location that does not parse", get(badLocation.URL), breaker.Excluded},
+		{"a refused connection", get(closed.URL), breaker.Failure},
+		{"a connection closed before the answer", get(hangUp.URL), breaker.Failure},
+	}
+	for _, c := range cases {
+		require.Error(t, c.err, c.name)
+		var ue *url.Error
+		require.ErrorAs(t, c.err, &ue, c.name)
+		require.Equal(t, c.want, breaker.DefaultClassifier(c.err), "%s: %v", c.name, c.err)
+	}
 }

@@ -36,9 +36,10 @@
 //		// Called, and counted as the downstream's failure (a timeout, a
 //		// refused connection, a 5xx or 429): not the event's fault.
 //	case err != nil:
-//		// Called, and not counted: the event's own fault (a 4xx, an error
-//		// marked with MarkBusiness, an error the classifier does not
-//		// recognise). It spends an attempt.
+//		// Called, and not counted: the event's own fault (a 4xx, a request
+//		// the http.Client refused to send, an error marked with
+//		// MarkBusiness, an error the classifier does not recognise). It
+//		// spends an attempt.
 //	}
 //
 // An http.Client to a downstream can go through a breaker as a whole:

@@ -273,8 +273,9 @@ func NewConsumer(q *Queue, cfg ConsumerConfig) (*Consumer, error) {
 }
 
 // Run consumes until ctx ends, then shuts down gracefully: it stops
-// fetching, releases fetched events that have not started (attempts given
-// back), lets running handlers finish within ShutdownTimeout, and returns.
+// fetching, releases at once the fetched events that have not started
+// (attempts given back), lets running handlers finish within
+// ShutdownTimeout, and returns.
 // It returns an error only if called while already running.
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
@@ -310,6 +311,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		})
 	}
 	c.fetchLoop(ctx)
+	c.releaseWaiting()
 	close(c.chunks)
 
 	finished := make(chan struct{})
@@ -328,6 +330,25 @@ func (c *Consumer) Run(ctx context.Context) error {
 	stopBackground()
 	background.Wait()
 	return nil
+}
+
+// releaseWaiting gives back, at once, the chunks fetched ahead that no
+// worker has taken: their workers may be busy with a handler for up to
+// ShutdownTimeout, and a process killed meanwhile would leave them leased,
+// for the rescuer to count an attempt they never had.
+func (c *Consumer) releaseWaiting() {
+	var waiting []*Event
+	for {
+		select {
+		case chunk := <-c.chunks:
+			waiting = append(waiting, chunk...)
+		default:
+			if len(waiting) > 0 {
+				c.release(waiting)
+			}
+			return
+		}
+	}
 }
 
 // prefetchFactor is how many chunks per worker may be fetched ahead: one
@@ -918,10 +939,20 @@ func (c *Consumer) runOne(ctx context.Context, tx pgx.Tx, ev *Event, out *outcom
 	if !htx.savepoint {
 		return nil // the handler wrote nothing
 	}
-	// Undo the handler's writes; the transaction is usable again after this
-	// even if a statement in it failed.
-	if _, rbErr := tx.Exec(ctx, rollbackSavepointSQL); rbErr != nil {
-		return fmt.Errorf("roll back savepoint: %w", rbErr)
+	return rollbackSavepoint(ctx, tx)
+}
+
+// rollbackSavepoint undoes the writes of the handler that ran last; the
+// transaction is usable again after it even if a statement in it failed.
+// It runs on ctx without its cancellation: a handler that outlived the
+// shutdown timeout has its context cancelled, and the rollback must still
+// happen, or the events that completed before it in the transaction
+// would be rolled back too.
+func rollbackSavepoint(ctx context.Context, tx pgx.Tx) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if _, err := tx.Exec(ctx, rollbackSavepointSQL); err != nil {
+		return fmt.Errorf("roll back savepoint: %w", err)
 	}
 	return nil
 }
@@ -957,14 +988,14 @@ func (c *Consumer) runBatch(ctx context.Context, tx pgx.Tx, evs []*Event, out *o
 	if !htx.savepoint {
 		return split, nil
 	}
-	if _, rbErr := tx.Exec(ctx, rollbackSavepointSQL); rbErr != nil {
+	if rbErr := rollbackSavepoint(ctx, tx); rbErr != nil {
 		if split {
 			// They ran, and may have had effects outside the database.
 			for _, ev := range evs {
 				out.failed = append(out.failed, failureOf(ev, fmt.Errorf("batch failed: %v", cmp.Or(err, htx.err, ErrTxAborted))))
 			}
 		}
-		return false, fmt.Errorf("roll back savepoint: %w", rbErr)
+		return false, rbErr
 	}
 	return split, nil
 }

@@ -1488,6 +1488,119 @@ func TestConsumerGracefulShutdown(t *testing.T) {
 		require.Equal(t, 2, calls[0].Attempt)
 		require.Equal(t, map[string]int{"slow": 1}, ctEffects(t, pool))
 	})
+
+	// Events fetched ahead go back as soon as shutdown begins, not when a
+	// worker is free to take them: a process killed while its handlers
+	// finish must not leave them leased, to lose an attempt to the
+	// rescuer.
+	t.Run("events fetched ahead are released at once", func(t *testing.T) {
+		t.Parallel()
+		q, pool := newQueue(t, queue.Config{})
+		ctCreateEffects(t, pool)
+		ctEnqueueAll(t, q, []string{"slow", "next"})
+		entered := make(chan struct{}, 1)
+		unblock := make(chan struct{})
+		c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+			Workers:         1,
+			ShutdownTimeout: time.Minute,
+			Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+				if ev.ID == "slow" {
+					entered <- struct{}{}
+					<-unblock
+				}
+				return ctWriteEffect(ctx, tx, ev.ID)
+			},
+		})
+		require.NoError(t, err)
+		run := ctStart(t, c)
+		var unblockOnce sync.Once
+		t.Cleanup(func() { unblockOnce.Do(func() { close(unblock) }) })
+		ctRecv(t, entered, "the slow handler")
+		require.Equal(t, "running", ctGetRow(t, pool, "next").State, "next was fetched ahead")
+
+		run.cancel()
+		dbtest.Eventually(t, 10*time.Second, "next released while slow still runs", func() bool {
+			return ctGetRow(t, pool, "next").State == "available"
+		})
+		row := ctGetRow(t, pool, "next")
+		require.Equal(t, 0, row.Attempt, "next never started: its attempt is given back")
+		require.Nil(t, row.LeaseToken)
+		unblockOnce.Do(func() { close(unblock) })
+		require.NoError(t, run.wait(t))
+		require.Equal(t, map[string]int{"slow": 1}, ctEffects(t, pool))
+		noOrphans(t, pool)
+	})
+
+	// A handler that outlives the timeout fails alone: the events that
+	// completed before it in the same transaction still commit. Before,
+	// the rollback to its savepoint ran on its cancelled context, failed,
+	// and took the whole transaction with it.
+	t.Run("handler outlives timeout after others completed", func(t *testing.T) {
+		t.Parallel()
+		q, pool := newQueue(t, queue.Config{Backoff: ctSmallBackoff})
+		ctCreateEffects(t, pool)
+		warm := make([]string, 20)
+		for i := range warm {
+			warm[i] = fmt.Sprintf("w%d", i)
+		}
+		ctEnqueueAll(t, q, warm)
+
+		entered := make(chan struct{}, 1)
+		var mu sync.Mutex
+		txOf := map[string]int64{}
+		c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+			Workers:         1,
+			TxBatch:         10,
+			MaxTxDuration:   10 * time.Second,
+			ShutdownTimeout: 200 * time.Millisecond,
+			Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+				var txid int64
+				if err := tx.QueryRow(ctx, `SELECT txid_current()`).Scan(&txid); err != nil {
+					return err
+				}
+				mu.Lock()
+				txOf[ev.ID] = txid
+				mu.Unlock()
+				if err := ctWriteEffect(ctx, tx, ev.ID); err != nil {
+					return err
+				}
+				if ev.ID == "e1" {
+					entered <- struct{}{}
+					<-ctx.Done()
+					return ctx.Err()
+				}
+				return nil
+			},
+		})
+		require.NoError(t, err)
+		run := ctStart(t, c)
+		// Warmed up, the worker's chunks grow to hold several events.
+		dbtest.Eventually(t, 20*time.Second, "the warm-up drained", func() bool { return ctQueueLen(t, pool) == 0 })
+		// Six events for two chunks (one running, one fetched ahead):
+		// e0, e1 and e2 share the first.
+		others := []string{"e2", "e3", "e4", "e5"}
+		ctEnqueueAll(t, q, append([]string{"e0", "e1"}, others...))
+		ctRecv(t, entered, "the slow handler")
+		run.cancel()
+		require.NoError(t, run.wait(t))
+
+		mu.Lock()
+		require.Equal(t, txOf["e0"], txOf["e1"], "e0 and e1 ran in one transaction")
+		mu.Unlock()
+		effects := ctEffects(t, pool)
+		require.Equal(t, 1, effects["e0"], "e0 completed before the timeout: its work commits")
+		require.Zero(t, effects["e1"], "the cancelled handler's writes are rolled back")
+		require.Equal(t, 5, ctQueueLen(t, pool))
+		row := ctGetRow(t, pool, "e1")
+		require.Equal(t, "available", row.State)
+		require.Equal(t, 1, row.Attempt, "the cancelled run counts its attempt")
+		for _, id := range others {
+			row = ctGetRow(t, pool, id)
+			require.Equal(t, "available", row.State, id)
+			require.Equal(t, 0, row.Attempt, "%s never started: its attempt is given back", id)
+		}
+		noOrphans(t, pool)
+	})
 }
 
 // 9. An idle consumer with an hour-long poll interval wakes for new events:

@@ -85,6 +85,9 @@ const (
 	DefaultMaxBodyBytes    = 5 << 20
 	DefaultBodyReadTimeout = 10 * time.Second
 	DefaultWorkers         = queue.DefaultWorkers
+	// DefaultIdempotencyPruneInterval is how often Run prunes processed
+	// event ids.
+	DefaultIdempotencyPruneInterval = time.Hour
 )
 
 // Config configures a Pipeline. The zero value is usable.
@@ -171,6 +174,12 @@ type Config struct {
 	// IdempotencyRetention is how long processed event ids are kept; a
 	// redelivery within it is a duplicate. Defaults to 7 days.
 	IdempotencyRetention time.Duration
+	// IdempotencyPruneInterval is how often Run deletes processed event
+	// ids older than IdempotencyRetention (also once when it starts; on
+	// several replicas the extra runs are harmless). A negative value
+	// leaves pruning to the caller (Idempotency().Prune, from a cron job,
+	// say). Defaults to 1h.
+	IdempotencyPruneInterval time.Duration
 
 	// Logger receives warnings and errors. Defaults to discarding them.
 	Logger *slog.Logger
@@ -194,6 +203,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = queue.DefaultMaxAttempts
+	}
+	if c.IdempotencyPruneInterval == 0 {
+		c.IdempotencyPruneInterval = DefaultIdempotencyPruneInterval
 	}
 	c.Backoff = withBackoffDefaults(c.Backoff)
 	if c.Logger == nil {

@@ -246,3 +246,24 @@ func TestPipelineRescueInterval(t *testing.T) {
 	}
 	h.eventually("the effect", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
 }
+
+// Run prunes processed event ids past IdempotencyRetention, when it starts
+// and every IdempotencyPruneInterval, and keeps the recent ones: a
+// redelivery within the retention is still a duplicate.
+func TestPipelineRunPrunesProcessedEventIDs(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{IdempotencyRetention: time.Hour, IdempotencyPruneInterval: 50 * time.Millisecond})
+	require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+	require.Equal(t, http.StatusAccepted, h.send("recent", "order.paid"))
+	h.run()
+	h.eventually("the event processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+
+	_, err := h.pool.Exec(context.Background(), `INSERT INTO wharf.processed_events (consumer, key, mode, processed_at)
+		VALUES ('acme/order.paid', 'acme:old', 'tx', now() - interval '30 days')`)
+	require.NoError(t, err)
+	h.eventually("the old id pruned", func() bool {
+		return h.count(`SELECT count(*) FROM wharf.processed_events WHERE key = 'acme:old'`) == 0
+	})
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.processed_events`), "the recent id is kept")
+	require.Equal(t, http.StatusOK, h.send("recent", "order.paid"), "a redelivery within the retention is a duplicate")
+}

@@ -3,6 +3,8 @@ package wharf
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/wharfhq/wharf/queue"
 )
@@ -11,6 +13,8 @@ import (
 // fetching, gives fetched events that have not started back to the queue
 // (attempts returned), and lets running handlers finish within
 // Config.ShutdownTimeout; their contexts are not cancelled by ctx itself.
+// It also prunes processed event ids past their retention (see
+// Config.IdempotencyPruneInterval).
 // Workers fetch only the (source, type) pairs with a handler, and leave
 // out those whose downstream breaker turns calls away (open, or half-open
 // with its probes in flight). Run may run in a process of its own, apart
@@ -52,7 +56,31 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var maintenance sync.WaitGroup
+	maintenance.Go(func() { p.pruneProcessed(ctx) })
+	defer maintenance.Wait()
 	return consumer.Run(ctx)
+}
+
+// pruneProcessed deletes processed event ids older than
+// Config.IdempotencyRetention now and every Config.IdempotencyPruneInterval
+// until ctx ends; without it the table grows for ever.
+func (p *Pipeline) pruneProcessed(ctx context.Context) {
+	if p.cfg.IdempotencyPruneInterval < 0 {
+		return
+	}
+	tick := time.NewTicker(p.cfg.IdempotencyPruneInterval)
+	defer tick.Stop()
+	for {
+		if _, err := p.claims.Prune(ctx); err != nil && ctx.Err() == nil {
+			p.cfg.Logger.Warn("wharf: cannot prune processed event ids; trying again at the next interval", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // kinds returns what the workers fetch, and the kinds behind each

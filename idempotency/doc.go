@@ -84,7 +84,8 @@
 // longest retry window of every provider (Stripe retries for up to 3
 // days): a redelivery after its key was pruned runs again. Prune deletes
 // older keys in batches, each batch a short transaction, and
-// never a key whose external-mode lock is still live. Call it periodically.
+// never a key whose external-mode lock is still live. Call it periodically;
+// a wharf.Pipeline's Run does, hourly.
 //
 // # Table
 //

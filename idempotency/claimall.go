@@ -134,6 +134,9 @@ func (o pairOrder) Swap(i, j int) {
 // that failed after them; see ClaimAll. Give it only pairs tx claimed
 // first: it deletes whatever tx-mode claim a pair has.
 func (s *Store) Unclaim(ctx context.Context, tx pgx.Tx, pairs []Pair) error {
+	if tx == nil {
+		return &KeyError{Err: ErrInvalidArgument, Reason: "Unclaim needs the caller's transaction, got nil"}
+	}
 	if len(pairs) == 0 {
 		return nil
 	}

@@ -121,10 +121,11 @@ func TestClaimAllConcurrentOverlaps(t *testing.T) {
 	require.Equal(t, keys, rows(t, pool))
 }
 
-func TestClaimAllNeedsATransaction(t *testing.T) {
+func TestClaimAllAndUnclaimNeedATransaction(t *testing.T) {
 	t.Parallel()
 	store, _ := newStore(t, idempotency.Config{})
 	_, err := store.ClaimAll(context.Background(), nil, []idempotency.Pair{{Consumer: "c", Key: "k"}})
 	require.ErrorIs(t, err, idempotency.ErrInvalidArgument)
+	require.ErrorIs(t, store.Unclaim(context.Background(), nil, []idempotency.Pair{{Consumer: "c", Key: "k"}}), idempotency.ErrInvalidArgument)
 	require.True(t, strings.Contains(err.Error(), "transaction"))
 }

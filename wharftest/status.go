@@ -128,9 +128,14 @@ func (h *Harness) status(source, id string) (EventStatus, error) {
 }
 
 // RequireProcessedOnce fails the test unless the event was processed by
-// exactly one handler and is neither queued nor dead-lettered. (A handler
-// cannot have processed it twice: its claim is the primary key of
-// processed_events, committed with the handler's writes.)
+// exactly one handler and is neither queued nor dead-lettered: its
+// handler's work committed once (the claim is the primary key of
+// processed_events, committed with the handler's writes). It does not
+// count the handler's calls: a run that failed or was deferred before
+// the one that committed had its database writes rolled back, but what it
+// did outside the database happened. To assert the handler was called
+// once, count its calls in the test, or check the audit Trail for
+// wharf.AuditAttemptFailed records.
 func (h *Harness) RequireProcessedOnce(source, id string) {
 	h.t.Helper()
 	st := h.Status(source, id)

@@ -29,10 +29,13 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 		return fmt.Errorf("%w: %v", ErrNotReady, err)
 	}
 	if st.Current < st.Latest {
-		return fmt.Errorf("%w: schema %q is at migration %d, this code needs %d: run wharf.Migrate", ErrNotReady, st.Schema, st.Current, st.Latest)
+		return fmt.Errorf("%w: schema %q is at migration %d, this code needs %d: %w", ErrNotReady, st.Schema, st.Current, st.Latest, errMigrationsMissing)
 	}
 	return nil
 }
+
+// errMigrationsMissing ends Ready's error for a schema behind this code.
+var errMigrationsMissing = errors.New("run wharf.Migrate")
 
 // HealthHandler answers readiness probes with Ready: 200 "ok", or 503 and
 // the reason. It reads only schema_migrations, whatever the queue holds. Mount it

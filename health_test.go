@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -58,6 +60,21 @@ func TestHealthNotReadyBeforeMigrate(t *testing.T) {
 	require.NoError(t, wharf.Migrate(ctx, pool))
 	code, _ = probe(t, p)
 	require.Equal(t, http.StatusOK, code)
+}
+
+// Run refuses a schema behind this code at once, saying what to do,
+// instead of logging a failed fetch at every poll.
+func TestRunRefusesASchemaBehindTheCode(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.PoolWith(t, dbtest.Options{Empty: true})
+	p := pipelineOn(t, pool)
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	require.NoError(t, p.Handle("acme", "order.paid", func(context.Context, pgx.Tx, wharf.Event) error { return nil }))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := p.Run(ctx)
+	require.ErrorIs(t, err, wharf.ErrNotReady)
+	require.ErrorContains(t, err, "run wharf.Migrate")
 }
 
 func TestHealthNotReadyWhenDatabaseDown(t *testing.T) {

@@ -2,6 +2,7 @@ package wharf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -14,7 +15,8 @@ import (
 // (attempts returned), and lets running handlers finish within
 // Config.ShutdownTimeout; their contexts are not cancelled by ctx itself.
 // It also prunes processed event ids past their retention (see
-// Config.IdempotencyPruneInterval).
+// Config.IdempotencyPruneInterval). It returns at once an error wrapping
+// ErrNotReady if the schema lacks migrations this code needs.
 // Workers fetch only the (source, type) pairs with a handler, and leave
 // out those whose downstream breaker turns calls away (open, or half-open
 // with its probes in flight). Run may run in a process of its own, apart
@@ -24,6 +26,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		return fmt.Errorf("wharf: Run called twice: %w", ErrRunning)
 	}
 	defer p.running.Store(false)
+	// A schema behind this code would fail every fetch, logged over and
+	// over; say so once. A database that does not answer yet is the
+	// workers' to wait for.
+	if err := p.Ready(ctx); errors.Is(err, errMigrationsMissing) {
+		return err
+	}
 	only, downstreams := p.kinds()
 	if len(only) == 0 {
 		return fmt.Errorf("%w: no handlers registered (Handle) and Unhandled is LeaveUnhandled: nothing to run", ErrInvalidConfig)

@@ -85,8 +85,11 @@ func run(ctx context.Context, databaseURL string, out io.Writer, o options) erro
 	}
 	defer pool.Close()
 	// Every replica of either role may migrate at start: one applies the
-	// migrations, the others wait for it and find nothing to do.
-	if err := wharf.Migrate(ctx, pool); err != nil {
+	// migrations, the others wait for it and find nothing to do. A schema
+	// that a newer release already migrated is fine: migrations only add,
+	// so an old replica restarting mid-rollout (or after a rollback) runs
+	// on against it.
+	if err := wharf.Migrate(ctx, pool); err != nil && !errors.Is(err, wharf.ErrSchemaNewer) {
 		return fmt.Errorf("migrate (is PostgreSQL running at %s?): %w", databaseURL, err)
 	}
 	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS split_orders (

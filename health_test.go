@@ -77,6 +77,15 @@ func TestRunRefusesASchemaBehindTheCode(t *testing.T) {
 	require.ErrorContains(t, err, "run wharf.Migrate")
 }
 
+func TestRunAfterCloseIsRefused(t *testing.T) {
+	t.Parallel()
+	p := pipelineOn(t, dbtest.Pool(t))
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	require.NoError(t, p.Handle("acme", "order.paid", func(context.Context, pgx.Tx, wharf.Event) error { return nil }))
+	p.Close()
+	require.ErrorIs(t, p.Run(context.Background()), wharf.ErrClosed)
+}
+
 func TestHealthNotReadyWhenDatabaseDown(t *testing.T) {
 	t.Parallel()
 	// Nothing listens on port 1; the pool connects lazily, so New succeeds.

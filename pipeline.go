@@ -25,6 +25,10 @@ import (
 // set of events a worker fetches is fixed when it starts.
 var ErrRunning = errors.New("wharf: the pipeline is running")
 
+// ErrClosed is returned by Run after Close: the queue's wake-ups, the
+// shared breakers' refresh and the audit log are stopped.
+var ErrClosed = errors.New("wharf: the pipeline is closed")
+
 // ErrInvalidConfig is wrapped by every error about a Config, a source or a
 // handler registration that cannot work.
 var ErrInvalidConfig = errors.New("wharf: invalid config")
@@ -257,6 +261,7 @@ type Pipeline struct {
 	limits map[string]*limiter
 
 	running atomic.Bool
+	closed  atomic.Bool
 	mu      sync.RWMutex
 	sources map[string]*source
 	routes  map[route]*handler
@@ -375,6 +380,7 @@ const duplicateIfSQL = `EXISTS (
 // Close stops the background work of the queue, the breakers and the audit
 // log. Call it after Run has returned and the HTTP server has stopped.
 func (p *Pipeline) Close() {
+	p.closed.Store(true)
 	p.queue.Close()
 	p.breakers.Close()
 	if p.audit != nil {

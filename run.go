@@ -16,7 +16,8 @@ import (
 // Config.ShutdownTimeout; their contexts are not cancelled by ctx itself.
 // It also prunes processed event ids past their retention (see
 // Config.IdempotencyPruneInterval). It returns at once an error wrapping
-// ErrNotReady if the schema lacks migrations this code needs.
+// ErrNotReady if the schema lacks migrations this code needs, and ErrClosed
+// after Close.
 // Workers fetch only the (source, type) pairs with a handler, and leave
 // out those whose downstream breaker turns calls away (open, or half-open
 // with its probes in flight). Run may run in a process of its own, apart
@@ -26,6 +27,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		return fmt.Errorf("wharf: Run called twice: %w", ErrRunning)
 	}
 	defer p.running.Store(false)
+	if p.closed.Load() {
+		return ErrClosed
+	}
 	// A schema behind this code would fail every fetch, logged over and
 	// over; say so once. A database that does not answer yet is the
 	// workers' to wait for.

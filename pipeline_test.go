@@ -800,3 +800,15 @@ func TestPipelineRegistrationErrors(t *testing.T) {
 	t.Cleanup(empty.Close)
 	require.ErrorIs(t, empty.Run(context.Background()), wharf.ErrInvalidConfig, "nothing to run")
 }
+
+// A Svix delivery under Svix's default header names is stored under its
+// svix-id, over real HTTP, and its redelivery is a duplicate.
+func TestPipelineAcceptsSvixHeaderNames(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{})
+	body := []byte(`{"type":"order.paid","data":{"n":1}}`)
+	header := svixHeaders(wharf.SignStandardWebhooks(testSecret, "msg_svix_1", time.Now(), body))
+	require.Equal(t, http.StatusAccepted, h.post(body, header))
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'msg_svix_1'`))
+	require.Equal(t, http.StatusOK, h.post(body, header.Clone()))
+}

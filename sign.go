@@ -32,9 +32,9 @@ func SignStandardWebhooks(secret, id string, ts time.Time, body []byte) http.Hea
 	unix := strconv.FormatInt(ts.Unix(), 10)
 	mac := macOf(sha256.New, key, []byte(id+"."+unix+"."), body)
 	h := http.Header{}
-	h.Set(swHeaderID, id)
-	h.Set(swHeaderTimestamp, unix)
-	h.Set(swHeaderSignature, "v1,"+base64.StdEncoding.EncodeToString(mac))
+	h.Set(swStandardHeaders.id, id)
+	h.Set(swStandardHeaders.timestamp, unix)
+	h.Set(swStandardHeaders.signature, "v1,"+base64.StdEncoding.EncodeToString(mac))
 	return h
 }
 

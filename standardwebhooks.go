@@ -3,17 +3,32 @@ package wharf
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
 )
 
-// Standard Webhooks header names (https://www.standardwebhooks.com).
-const (
-	swHeaderID        = "Webhook-Id"
-	swHeaderTimestamp = "Webhook-Timestamp"
-	swHeaderSignature = "Webhook-Signature"
+// swHeaders names the three headers of one family: the specification's
+// own (https://www.standardwebhooks.com), or Svix's, which Svix and the
+// providers built on it send unless an account has white-labelled them.
+type swHeaders struct{ id, timestamp, signature string }
+
+var (
+	swStandardHeaders = swHeaders{"Webhook-Id", "Webhook-Timestamp", "Webhook-Signature"}
+	swSvixHeaders     = swHeaders{"Svix-Id", "Svix-Timestamp", "Svix-Signature"}
 )
+
+// swHeadersOf returns the family a request is read from: Svix's when it
+// carries svix-signature and no webhook-signature, else the
+// specification's. All three values come from the one family, so the id
+// deduplicated on is the one that was signed.
+func swHeadersOf(header http.Header) swHeaders {
+	if len(header.Values(swStandardHeaders.signature)) == 0 && len(header.Values(swSvixHeaders.signature)) > 0 {
+		return swSvixHeaders
+	}
+	return swStandardHeaders
+}
 
 const standardWebhooksName = "standard webhooks"
 
@@ -30,11 +45,14 @@ const standardWebhooksName = "standard webhooks"
 // separated by spaces (the sender signs with an old and a new secret during
 // a rotation); one matching v1 signature is enough. Other versions, such as
 // the asymmetric v1a, are ignored: a request signed only with them is
-// refused.
+// refused. Svix's own header names (svix-id, svix-timestamp,
+// svix-signature), which Svix sends unless an account has white-labelled
+// them, are read when the request has no webhook-signature header; the
+// two families are never mixed.
 //
-// Its default identity (see Identify): the id is the webhook-id header, the
-// type is the body's top-level "type" member, and there is no ordering key.
-// The id is covered by the signature.
+// Its default identity (see Identify): the id is the webhook-id (or
+// svix-id) header, the type is the body's top-level "type" member, and
+// there is no ordering key. The id is covered by the signature.
 //
 // A StandardWebhooksVerifier is safe for concurrent use; do not change its
 // fields while it is in use.
@@ -73,15 +91,16 @@ func (v *StandardWebhooksVerifier) Verify(ctx context.Context, header http.Heade
 	if err := v.validate(); err != nil {
 		return err
 	}
-	id := header.Get(swHeaderID)
+	names := swHeadersOf(header)
+	id := header.Get(names.id)
 	if id == "" {
-		return invalidSignature(p, "header %s is missing", swHeaderID)
+		return invalidSignature(p, "header %s is missing", names.id)
 	}
-	ts := header.Get(swHeaderTimestamp)
-	if err := checkUnixTimestamp(p, swHeaderTimestamp, ts, clockNow(v.now), toleranceOrDefault(v.Tolerance)); err != nil {
+	ts := header.Get(names.timestamp)
+	if err := checkUnixTimestamp(p, names.timestamp, ts, clockNow(v.now), toleranceOrDefault(v.Tolerance)); err != nil {
 		return err
 	}
-	sigs, err := parseSignatures(p, swHeaderSignature, splitFields(header.Values(swHeaderSignature)), "", "v1,", base64Signature, sha256.Size)
+	sigs, err := parseSignatures(p, names.signature, splitFields(header.Values(names.signature)), "", "v1,", base64Signature, sha256.Size)
 	if err != nil {
 		return err
 	}
@@ -89,12 +108,19 @@ func (v *StandardWebhooksVerifier) Verify(ctx context.Context, header http.Heade
 	if err != nil {
 		return err
 	}
-	prefix := []byte(id + "." + ts + ".")
-	for _, s := range secrets {
-		key, err := standardWebhooksKey(s)
-		if err != nil {
+	// Every secret is decoded before any is tried, so that a bad one from
+	// the lookup fails the request whatever its place in the list.
+	keys := make([][]byte, len(secrets))
+	for i, s := range secrets {
+		if keys[i], err = standardWebhooksKey(s); err != nil {
+			if v.Lookup != nil {
+				err = fmt.Errorf("%w (returned by the secret lookup)", err)
+			}
 			return err
 		}
+	}
+	prefix := []byte(id + "." + ts + ".")
+	for _, key := range keys {
 		if anyMACMatches(macOf(sha256.New, key, prefix, body), sigs) {
 			return nil
 		}
@@ -136,7 +162,7 @@ func (v *StandardWebhooksVerifier) validate() error {
 var swTypePath = mustJSONPath("type")
 
 // Identify returns the default identity of a verified request: id from the
-// webhook-id header, type from the body's "type" member, no ordering key.
+// webhook-id (or svix-id) header, type from the body's "type" member, no ordering key.
 // Errors wrap ErrInvalidIdentity.
 func (v *StandardWebhooksVerifier) Identify(header http.Header, body []byte) (Identity, error) {
 	return identifyDefaults(v, header, body)
@@ -145,7 +171,8 @@ func (v *StandardWebhooksVerifier) Identify(header http.Header, body []byte) (Id
 func (v *StandardWebhooksVerifier) prepareIdentity(r *identityRequest) { r.addPath(swTypePath) }
 
 func (v *StandardWebhooksVerifier) defaultIdentity(r *identityRequest) (id, typ, key fieldValue) {
-	id = fieldValue{value: r.header.Get(swHeaderID), from: `header "webhook-id"`}
+	name := swHeadersOf(r.header).id
+	id = fieldValue{value: r.header.Get(name), from: fmt.Sprintf("header %q", strings.ToLower(name))}
 	typ = r.json("type", `JSON "type"`)
 	return id, typ, key
 }

@@ -142,3 +142,77 @@ func TestStandardWebhooksIdentity(t *testing.T) {
 	_, err = v.Identify(http.Header{}, []byte(`{"type":"a"}`))
 	require.EqualError(t, err, `wharf: invalid event identity: id from header "webhook-id": is missing`)
 }
+
+// svixHeaders renames a Standard Webhooks request's headers to the names
+// Svix sends by default.
+func svixHeaders(h http.Header) http.Header {
+	out := http.Header{}
+	for _, name := range []string{"id", "timestamp", "signature"} {
+		out.Set("svix-"+name, h.Get("webhook-"+name))
+	}
+	return out
+}
+
+// Svix, and the providers built on it, send svix-id, svix-timestamp and
+// svix-signature unless the account white-labelled them
+// (https://docs.svix.com/receiving/verifying-payloads/how-manual): the
+// published Svix vector, as Svix sends it, verifies, and the id is
+// svix-id. The two families are never mixed.
+func TestStandardWebhooksSvixHeaderNames(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	vec := standardWebhooksVectors[1]
+	require.Equal(t, "svix docs", vec.source)
+	body := []byte(vec.body)
+	h := http.Header{}
+	h.Set("svix-id", vec.id)
+	h.Set("svix-timestamp", strconv.FormatInt(vec.timestamp, 10))
+	h.Set("svix-signature", vec.signature)
+	v := wharf.StandardWebhooks(vec.secret)
+	wharf.SetClock(v, at(time.Unix(vec.timestamp, 0)))
+	require.NoError(t, v.Verify(ctx, h, body))
+	ident, err := v.Identify(h, []byte(`{"type":"ping"}`))
+	require.NoError(t, err)
+	require.Equal(t, vec.id, ident.ID)
+
+	// A webhook-signature makes the request a webhook-* one: a svix-id
+	// beside it is not read, for the signature or the id.
+	mixed := h.Clone()
+	mixed.Set("webhook-signature", vec.signature)
+	require.ErrorIs(t, v.Verify(ctx, mixed, body), wharf.ErrInvalidSignature)
+
+	both := h.Clone()
+	both.Set("webhook-id", vec.id)
+	both.Set("webhook-timestamp", strconv.FormatInt(vec.timestamp, 10))
+	both.Set("webhook-signature", vec.signature)
+	both.Set("svix-id", "msg_not_the_signed_one")
+	require.NoError(t, v.Verify(ctx, both, body))
+	ident, err = v.Identify(both, []byte(`{"type":"ping"}`))
+	require.NoError(t, err)
+	require.Equal(t, vec.id, ident.ID, "the id comes from the family that was verified")
+
+	// Tampering still fails under Svix's names.
+	tampered := h.Clone()
+	tampered.Set("svix-id", "msg_other")
+	require.ErrorIs(t, v.Verify(ctx, tampered, body), wharf.ErrInvalidSignature)
+}
+
+// A secret lookup that returns a secret that is not base64 fails the
+// request as a misconfigured source, whatever the bad secret's place in
+// the list: before, a genuine request was refused or accepted depending
+// on the order.
+func TestStandardWebhooksLookupWithABadSecret(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	good := swSecret("the tenant's key")
+	body := []byte(`{"type":"ping"}`)
+	h := wharf.SignStandardWebhooks(good, "msg_1", time.Now(), body)
+	for _, secrets := range [][]string{{"not-base64!", good}, {good, "not-base64!"}} {
+		v := &wharf.StandardWebhooksVerifier{Lookup: func(context.Context, http.Header, []byte) ([]string, error) {
+			return secrets, nil
+		}}
+		err := v.Verify(ctx, h, body)
+		require.ErrorIs(t, err, wharf.ErrInvalidSource, "%q", secrets)
+		require.ErrorContains(t, err, "returned by the secret lookup", "%q", secrets)
+	}
+}

@@ -28,6 +28,9 @@ var ErrHeldOff = errors.New("eventlog: projection held off by a rebuild or anoth
 // exactly once however runners crash. Return an error (or panic) to roll
 // the whole batch back; it is retried after ProjectionConfig.RetryDelay.
 //
+// Events the function appends through tx (AppendTx) reach the projection
+// in a later batch, after this one commits.
+//
 // tx must not be committed or rolled back (that returns ErrTxOwned). ctx
 // is not cancelled when Run's context ends, only when the batch outlives
 // ShutdownTimeout after that.

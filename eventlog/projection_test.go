@@ -528,3 +528,89 @@ func TestRebuildHoldsOffLiveProjection(t *testing.T) {
 	appliedExactlyOnce(t, pool, 35)
 	require.Equal(t, sortedTotals(expected), totalsIn(t, pool))
 }
+
+// beforeTxRead is a pgx tracer that calls inject, once, when a
+// transaction is about to send a batch that reads the log after
+// pg_stat_activity (the read of a projection's batch).
+type beforeTxRead struct {
+	armed  atomic.Bool
+	inject func(context.Context)
+}
+
+func (b *beforeTxRead) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+func (b *beforeTxRead) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData)     {}
+func (b *beforeTxRead) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (b *beforeTxRead) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+func (b *beforeTxRead) TraceBatchStart(ctx context.Context, conn *pgx.Conn, data pgx.TraceBatchStartData) context.Context {
+	q := data.Batch.QueuedQueries
+	if conn.PgConn().TxStatus() == 'T' && len(q) == 2 && strings.Contains(q[0].SQL, "pg_stat_activity") &&
+		strings.Contains(q[1].SQL, "event_log") && b.armed.CompareAndSwap(true, false) {
+		b.inject(ctx)
+	}
+	return ctx
+}
+
+// A projection whose function appends to the log sees those events in a
+// later batch, even when an append with a newer transaction id commits
+// between the batch taking its transaction id (locking the checkpoint) and
+// reading the log. The batch's own id is never in its snapshot's list of
+// running transactions, so the horizon must be capped at it: otherwise the
+// batch read the newer event, moved its checkpoint past its own id, and
+// skipped its own appends for good.
+func TestProjectionSeesItsOwnAppends(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := dbtest.Database(t, dbtest.Options{})
+	other, err := pgxpool.New(ctx, url)
+	require.NoError(t, err)
+	t.Cleanup(other.Close)
+	otherLog, err := eventlog.New(other, eventlog.Config{})
+	require.NoError(t, err)
+	t.Cleanup(otherLog.Close)
+
+	tracer := &beforeTxRead{inject: func(ctx context.Context) {
+		_, err := otherLog.Append(ctx, "order-2", eventlog.NoStream, ev("order.placed", 2))
+		require.NoError(t, err)
+	}}
+	cfg, err := pgxpool.ParseConfig(url)
+	require.NoError(t, err)
+	cfg.ConnConfig.Tracer = tracer
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	l, err := eventlog.New(pool, eventlog.Config{PollOnly: true})
+	require.NoError(t, err)
+	t.Cleanup(l.Close)
+
+	var seen []string
+	p, err := l.NewProjection(eventlog.ProjectionConfig{Name: "audit", Handler: func(ctx context.Context, tx pgx.Tx, events []eventlog.Event) error {
+		for _, e := range events {
+			seen = append(seen, fmt.Sprintf("%s/%d", e.Stream, e.Version))
+			if e.Type == "order.placed" {
+				if _, err := l.AppendTx(ctx, tx, "audit-"+e.Stream, eventlog.NoStream, ev("audited", 0)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}})
+	require.NoError(t, err)
+
+	_, err = l.Append(ctx, "order-1", eventlog.NoStream, ev("order.placed", 1))
+	require.NoError(t, err)
+	readAllUntil(t, l, 1)
+	tracer.armed.Store(true)
+	dbtest.Eventually(t, 30*time.Second, "the projection to reach the head of a log of 4 events", func() bool {
+		_, err := p.CatchUp(ctx)
+		require.NoError(t, err)
+		checkpoint, err := p.Checkpoint(ctx)
+		require.NoError(t, err)
+		head, err := l.Head(ctx)
+		require.NoError(t, err)
+		return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_log`) == 4 && checkpoint == head
+	})
+	require.False(t, tracer.armed.Load(), "the append was injected")
+	require.ElementsMatch(t, []string{"order-1/1", "order-2/1", "audit-order-1/1", "audit-order-2/1"}, seen)
+}

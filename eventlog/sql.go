@@ -144,8 +144,16 @@ ORDER BY version`
 // moment can still hold one read back.
 // (pg_stat_activity shows backend_xid as 32 bits; the in-progress ids are
 // 64-bit xid8, compared modulo 2^32, which is exact while both are live.)
+//
+// The horizon is capped at the reader's own transaction id, if it has one
+// (a projection's batch does: it locks its checkpoint row). Postgres never
+// lists a transaction's own id among its snapshot's running ones, yet the
+// batch is still running and its function may append events with that id:
+// a horizon above it would let the batch read events of newer transactions
+// and move its checkpoint past its own appends, which it would then never
+// read. (least ignores the NULL of a reader without an id.)
 const horizonSQL = `(
-    SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot()))
+    SELECT least(coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot())), pg_current_xact_id_if_assigned())
     FROM pg_snapshot_xip(pg_current_snapshot()) AS x
     WHERE NOT EXISTS (
             SELECT 1 FROM pg_stat_activity a

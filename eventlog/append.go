@@ -73,9 +73,11 @@ type AppendResult struct {
 	// They grow with versions but have holes: never compute one from
 	// another.
 	Positions []int64
-	// TxID is the appending transaction's id: with a position it forms the
-	// event's Cursor.
+	// TxID is the appending transaction's id.
 	TxID uint64
+	// ReadKey is the events' read key (see Event.ReadKey): with a position
+	// it forms an event's Cursor.
+	ReadKey uint64
 }
 
 // Append appends events to stream in a transaction of its own, if the
@@ -172,7 +174,7 @@ func (l *Log) append(ctx context.Context, db querier, own bool, stream string, e
 	var position, version int64
 	rows, err := db.Query(ctx, sql, args...)
 	if err == nil {
-		_, err = pgx.ForEachRow(rows, []any{&position, &version, &res.TxID}, func() error {
+		_, err = pgx.ForEachRow(rows, []any{&position, &version, &res.TxID, &res.ReadKey}, func() error {
 			written = append(written, position, version)
 			res.Version = max(res.Version, version)
 			return nil

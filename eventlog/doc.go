@@ -53,10 +53,15 @@
 // # Reading the whole log
 //
 // ReadAll and ReadCategory (streams with a name prefix) return events
-// after a Cursor, in (transaction id, position) order, and only events of
-// transactions below the transaction-id horizon: the oldest transaction
-// still running that could write to this database. Below it no transaction
-// can commit any more, and none that starts later can get a lower id, so a
+// after a Cursor, in (read key, position) order, and only events whose
+// read key is below the transaction-id horizon: the oldest transaction
+// still running that could write to this database. An event's read key is
+// its transaction's id, raised to the read key of the stream's previous
+// event when that is higher, so each stream's events come in version order
+// (transaction ids are handed out when a transaction first writes, not
+// when it commits; across streams the order is neither commit nor position
+// order). Below the horizon no transaction can commit any more, and none
+// that starts later can get a lower id (nor a lower read key), so a
 // reader that loops on ReadAll with the cursor it returns sees every
 // committed event exactly once and never a rolled-back one, even when an
 // append that drew a lower position commits after others. (Reading by
@@ -79,7 +84,7 @@
 //		slog.Warn("event log tail held back", "events", lag.Events, "pid", lag.HolderPID, "age", lag.HolderAge, "query", lag.HolderQuery)
 //	}
 //
-// Cursors hold transaction ids, which belong to the cluster: they stay
+// Cursors hold read keys, transaction ids, which belong to the cluster: they stay
 // valid on its physical replicas and across pg_upgrade, but a log restored
 // from a logical dump into another cluster needs that cluster's
 // transaction counter moved past the largest tx_id first (pg_resetwal -x),

@@ -37,15 +37,21 @@ type Event struct {
 	RecordedAt time.Time
 	// TxID is the id of the transaction that appended the event.
 	TxID uint64
+	// ReadKey orders the log for ReadAll, with Position: TxID, raised to
+	// the read key of the stream's previous event when that is higher, so
+	// that a stream's events read in version order even when a transaction
+	// that got its id early appended after a newer one.
+	ReadKey uint64
 }
 
-// Cursor returns the event's place in the (TxID, Position) order that
+// Cursor returns the event's place in the (ReadKey, Position) order that
 // ReadAll, ReadCategory and projections read in: pass it as "after" to
 // continue after this event.
-func (e Event) Cursor() Cursor { return Cursor{TxID: e.TxID, Position: e.Position} }
+func (e Event) Cursor() Cursor { return Cursor{TxID: e.ReadKey, Position: e.Position} }
 
-// Cursor is a place in the log's read order: after the event appended by
-// transaction TxID at Position. The zero Cursor is the start of the log.
+// Cursor is a place in the log's read order: after the event with read key
+// TxID (Event.ReadKey, named for the transaction id it usually equals) at
+// Position. The zero Cursor is the start of the log.
 // Store it between runs (String, ParseCursor) to continue where a reader
 // stopped; it stays valid as long as the log lives in the same cluster
 // (and its physical replicas, or a pg_upgrade of it).
@@ -160,8 +166,10 @@ func Load[S any](ctx context.Context, l *Log, stream string, initial S, apply fu
 // of the last event returned, or after itself when there is none. limit 0
 // means DefaultReadLimit; at most MaxReadLimit.
 //
-// Events come in (TxID, Position) order and only once every transaction
-// that could still add an event before them has ended (see the package
+// Events come in (ReadKey, Position) order, which keeps each stream's
+// events in version order (but is neither position nor commit order
+// across streams), and only once every transaction that could still add
+// an event before them has ended (see the package
 // documentation, "Reading the whole log"): a reader that loops on ReadAll
 // with the returned cursor sees every committed event exactly once, and
 // never one that was rolled back, however appends interleave. The price
@@ -283,7 +291,7 @@ func scanEvents(rows pgx.Rows, sizeHint int) ([]Event, error) {
 // scanEvent scans a row of eventColumns into ev.
 func scanEvent(rows pgx.Rows, ev *Event) error {
 	var data, meta []byte
-	if err := rows.Scan(&ev.Position, &ev.Stream, &ev.Version, &ev.Type, &data, &meta, &ev.RecordedAt, &ev.TxID); err != nil {
+	if err := rows.Scan(&ev.Position, &ev.Stream, &ev.Version, &ev.Type, &data, &meta, &ev.RecordedAt, &ev.TxID, &ev.ReadKey); err != nil {
 		return err
 	}
 	ev.Data = data
@@ -304,7 +312,7 @@ const UnparsedMetadataKey = "_unparsed"
 // tail (and every projection) back. See Log.TailLag.
 type TailLag struct {
 	// Horizon is the transaction id below which every transaction has
-	// ended; ReadAll returns only events of transactions below it.
+	// ended; ReadAll returns only events whose read key is below it.
 	Horizon uint64
 	// Events is the number of committed events at or above the horizon:
 	// in the log, but not yet readable by ReadAll. Normally a handful

@@ -491,3 +491,45 @@ func TestHead(t *testing.T) {
 	})
 	require.ElementsMatch(t, []string{"late", "after"}, streams)
 }
+
+// A stream's events are read in version order even when a transaction that
+// got its id early appends after a newer transaction appended to the same
+// stream: transaction ids are not commit order, so ReadAll, ReadCategory
+// and projections order by a read key that never decreases along a stream.
+func TestReadAllKeepsStreamVersionOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l, pool := newLog(t, 8, eventlog.Config{})
+
+	early := begin(t, pool)
+	_, err := early.Exec(ctx, `SELECT pg_current_xact_id()`) // an id taken early, as by an idempotency claim
+	require.NoError(t, err)
+	late := begin(t, pool)
+	_, err = l.AppendTx(ctx, late, "order-1", eventlog.NoStream, ev("order.placed", 1))
+	require.NoError(t, err)
+	require.NoError(t, late.Commit(ctx))
+	res, err := l.AppendTx(ctx, early, "order-1", 1, ev("order.paid", 2))
+	require.NoError(t, err)
+	require.NoError(t, early.Commit(ctx))
+
+	events := readAllUntil(t, l, 2)
+	require.Equal(t, []int64{1, 2}, []int64{events[0].Version, events[1].Version})
+	require.Less(t, events[1].TxID, events[0].TxID, "the second version's transaction has the lower id")
+	require.Equal(t, res.ReadKey, events[1].ReadKey)
+	require.Equal(t, events[1].Cursor(), eventlog.Cursor{TxID: res.ReadKey, Position: res.Positions[0]})
+
+	var versions []int64
+	p, err := l.NewProjection(eventlog.ProjectionConfig{Name: "orders", Category: "order-", Handler: func(_ context.Context, _ pgx.Tx, events []eventlog.Event) error {
+		for _, e := range events {
+			versions = append(versions, e.Version)
+		}
+		return nil
+	}})
+	require.NoError(t, err)
+	dbtest.Eventually(t, 30*time.Second, "the projection to apply both events", func() bool {
+		_, err := p.CatchUp(ctx)
+		require.NoError(t, err)
+		return len(versions) >= 2
+	})
+	require.Equal(t, []int64{1, 2}, versions)
+}

@@ -8,7 +8,7 @@ import (
 
 // The event log's SQL, in one place. event_log is only ever inserted into
 // (triggers reject anything else); event_streams holds each stream's
-// current version and is the lock that serialises appenders to one stream;
+// current version and read key and is the lock that serialises appenders to one stream;
 // event_checkpoints holds projections' cursors.
 
 // appendSQL writes a batch of events to stream $1 in one statement, if the
@@ -17,7 +17,7 @@ import (
 // and returns the version the stream had before (base), or returns no row
 // when the stream is not at the expected version. The events are then
 // inserted as versions base+1 .. base+n, in the order given, so positions
-// grow with versions.
+// grow with versions, with the read key the head returns (see readKeySQL).
 //
 // A conflict is detected by the head returning no row, never by a unique
 // violation: a failed statement would abort the caller's transaction, and
@@ -33,11 +33,11 @@ const appendSQL = `
 WITH head AS (
     {head}
 )
-INSERT INTO {schema}.event_log (stream, version, event_type, data, metadata)
-SELECT $1, head.base + e.ord, e.event_type, e.data, e.metadata
+INSERT INTO {schema}.event_log (stream, version, event_type, data, metadata, read_key)
+SELECT $1, head.base + e.ord, e.event_type, e.data, e.metadata, head.read_key
 FROM head, unnest($3::text[], $4::jsonb[], $5::jsonb[]) WITH ORDINALITY AS e(event_type, data, metadata, ord){sync}
 ORDER BY e.ord
-RETURNING position, version, tx_id`
+RETURNING position, version, tx_id, read_key`
 
 // appendOneSQL is appendSQL for a single event, with scalar parameters:
 // most appends write one event, and array parameters cost more to encode,
@@ -46,10 +46,10 @@ const appendOneSQL = `
 WITH head AS (
     {head}
 )
-INSERT INTO {schema}.event_log (stream, version, event_type, data, metadata)
-SELECT $1, head.base + 1, $3, $4::jsonb, $5::jsonb
+INSERT INTO {schema}.event_log (stream, version, event_type, data, metadata, read_key)
+SELECT $1, head.base + 1, $3, $4::jsonb, $5::jsonb, head.read_key
 FROM head{sync}
-RETURNING position, version, tx_id`
+RETURNING position, version, tx_id, read_key`
 
 // headNewSQL: the stream must not exist (NoStream, or expected version 0;
 // a stream row exists only once it has an event). DO NOTHING, rather than
@@ -58,14 +58,14 @@ RETURNING position, version, tx_id`
 // to the stream meanwhile. A concurrent creator that has not committed yet
 // is waited for: if it commits this is a conflict, if it rolls back this
 // insert goes ahead.
-const headNewSQL = `INSERT INTO {schema}.event_streams (stream, version) VALUES ($1, $2)
+const headNewSQL = `INSERT INTO {schema}.event_streams (stream, version, read_key) VALUES ($1, $2, pg_current_xact_id())
     ON CONFLICT (stream) DO NOTHING
-    RETURNING 0::bigint AS base`
+    RETURNING 0::bigint AS base, read_key`
 
 // headAnySQL: AnyVersion; creates the stream or moves it forward.
-const headAnySQL = `INSERT INTO {schema}.event_streams AS s (stream, version) VALUES ($1, $2)
-    ON CONFLICT (stream) DO UPDATE SET version = s.version + excluded.version
-    RETURNING s.version - $2 AS base`
+const headAnySQL = `INSERT INTO {schema}.event_streams AS s (stream, version, read_key) VALUES ($1, $2, pg_current_xact_id())
+    ON CONFLICT (stream) DO UPDATE SET version = s.version + excluded.version, read_key = greatest(s.read_key, excluded.read_key)
+    RETURNING s.version - $2 AS base, s.read_key`
 
 // headExpectedSQL: the stream must be at version $6 (>= 1). Under READ
 // COMMITTED an UPDATE that waited for a concurrent appender re-checks its
@@ -74,9 +74,9 @@ const headAnySQL = `INSERT INTO {schema}.event_streams AS s (stream, version) VA
 // READ or SERIALIZABLE, Postgres reports that case as a serialization
 // failure instead.) A losing appender that waited keeps the row locked
 // until its own transaction ends, as Postgres keeps every row lock it took.
-const headExpectedSQL = `UPDATE {schema}.event_streams SET version = version + $2
+const headExpectedSQL = `UPDATE {schema}.event_streams SET version = version + $2, read_key = greatest(read_key, pg_current_xact_id())
     WHERE stream = $1 AND version = $6
-    RETURNING version - $2 AS base`
+    RETURNING version - $2 AS base, read_key`
 
 // streamVersionSQL reads a stream's version, 0 when it has no events. After
 // a conflict it runs as a statement of its own, so under READ COMMITTED its
@@ -97,8 +97,19 @@ const streamVersionSQL = `SELECT coalesce((SELECT version FROM {schema}.event_st
 const syncCommitFilter = `
 WHERE set_config('synchronous_commit', 'on', true) = 'on'`
 
+// readKeySQL is an event's read key, which ReadAll orders by (with
+// position): the appending transaction's id, raised to the stream's
+// previous read key when that is higher (event_streams.read_key), so a
+// stream's events read in version order even when a transaction that got
+// its id early appends after a newer one. It is never below its writer's
+// id, so every event that commits after a read has a read key at or above
+// that read's horizon. Rows appended before migration 11 have no read_key
+// and keep their tx_id; event_log_read_key_position_idx is built on this
+// expression.
+const readKeySQL = `coalesce(read_key, tx_id)`
+
 // eventColumns is what every read returns, in the order scanEvent expects.
-const eventColumns = `position, stream, version, event_type, data, metadata, recorded_at, tx_id`
+const eventColumns = `position, stream, version, event_type, data, metadata, recorded_at, tx_id, ` + readKeySQL
 
 // readStreamSQL reads one stream by version. A stream's events commit in
 // version order (its appenders are serialised by the stream row's lock),
@@ -168,8 +179,8 @@ const horizonSQL = `(
 // was at this first use, until the transaction ends; see horizonSQL.
 const statusFirstSQL = `SELECT count(*) FROM pg_stat_activity`
 
-// readAllSQL reads the log in (tx_id, position) order after a cursor and
-// below the horizon: one range scan of event_log_tx_position_idx (the row
+// readAllSQL reads the log in (read key, position) order after a cursor
+// and below the horizon: one range scan of event_log_read_key_position_idx (the row
 // comparison and the horizon are both index conditions). Ordering by
 // position alone would skip events whose transaction drew a lower position
 // but committed after the reader had passed it. {filter} is empty, or the
@@ -177,26 +188,26 @@ const statusFirstSQL = `SELECT count(*) FROM pg_stat_activity`
 const readAllSQL = `
 SELECT ` + eventColumns + `
 FROM {schema}.event_log
-WHERE (tx_id, position) > ($1::xid8, $2::bigint)
-  AND tx_id < ` + horizonSQL + `{filter}
-ORDER BY tx_id, position
+WHERE (` + readKeySQL + `, position) > ($1::xid8, $2::bigint)
+  AND ` + readKeySQL + ` < ` + horizonSQL + `{filter}
+ORDER BY ` + readKeySQL + `, position
 LIMIT $3`
 
 // headSQL is the cursor of the last event ReadAll can return now: the
-// greatest (tx_id, position) below the horizon, one backward step of
-// event_log_tx_position_idx. Every event committed later sorts after it:
-// below the horizon, every transaction had ended when the snapshot was
+// greatest (read key, position) below the horizon, one backward step of
+// event_log_read_key_position_idx. Every event committed later sorts after
+// it: below the horizon, every transaction had ended when the snapshot was
 // taken, so its events are all in the snapshot.
 const headSQL = `
-SELECT tx_id, position
+SELECT ` + readKeySQL + `, position
 FROM {schema}.event_log
-WHERE tx_id < ` + horizonSQL + `
-ORDER BY tx_id DESC, position DESC
+WHERE ` + readKeySQL + ` < ` + horizonSQL + `
+ORDER BY ` + readKeySQL + ` DESC, position DESC
 LIMIT 1`
 
 // categoryFilter restricts a read to streams whose name starts with a
 // prefix: $4 is the prefix with LIKE's metacharacters escaped, then '%'.
-// The planner scans the (tx_id, position) index and filters, or, for a
+// The planner scans the (read key, position) index and filters, or, for a
 // rare category, scans the prefix's range of the (stream, version) index
 // (stream is COLLATE "C", so LIKE 'prefix%' is a range) and sorts.
 const categoryFilter = `
@@ -223,7 +234,7 @@ holder AS (
     LIMIT 1
 )
 SELECT h.xmin,
-       (SELECT count(*) FROM {schema}.event_log e WHERE e.tx_id >= h.xmin),
+       (SELECT count(*) FROM {schema}.event_log e WHERE ` + readKeySQL + ` >= h.xmin),
        coalesce(holder.pid, 0), coalesce(holder.age_s, 0), coalesce(holder.query, ''), coalesce(holder.gid, '')
 FROM h LEFT JOIN holder ON true`
 
@@ -243,7 +254,7 @@ ON CONFLICT (name) DO NOTHING`
 const pendingSQL = `
 SELECT EXISTS (
     SELECT 1 FROM {schema}.event_log
-    WHERE (tx_id, position) > ($1::xid8, $2::bigint){filter})`
+    WHERE (` + readKeySQL + `, position) > ($1::xid8, $2::bigint){filter})`
 
 // holdSQL takes the projection's lock shared, for the running projection's
 // batch transaction; a Rebuild holds it exclusively for its whole run.
@@ -286,7 +297,7 @@ ON CONFLICT (name) DO UPDATE SET tx_id = '0', position = 0, updated_at = now()`
 const readCheckpointSQL = `SELECT tx_id, position FROM {schema}.event_checkpoints WHERE name = $1`
 
 // countSQL counts the events below the horizon, for Rebuild's progress.
-const countSQL = `SELECT count(*) FROM {schema}.event_log WHERE tx_id < ` + horizonSQL + `{filter}`
+const countSQL = `SELECT count(*) FROM {schema}.event_log WHERE ` + readKeySQL + ` < ` + horizonSQL + `{filter}`
 
 // Rebuild's session lock, held exclusively on the rebuild's own connection;
 // its batches run on that same connection, where it does not block them.

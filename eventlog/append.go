@@ -208,10 +208,12 @@ func (l *Log) append(ctx context.Context, db querier, own bool, stream string, e
 
 // appendError names the stream in a database error, and reports data that
 // Postgres refused although it passed the checks in Go (a number out of
-// jsonb's range, say) as an invalid event.
+// jsonb's range, or a value whose jsonb form exceeds jsonb's size limit,
+// say) as an invalid event.
 func (l *Log) appendError(stream string, events []NewEvent, err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22") { // class 22: data exception
+	// Class 22: data exception; 54000: program limit exceeded, jsonb's size.
+	if errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || pgErr.Code == "54000") {
 		index, typ := -1, ""
 		if len(events) == 1 {
 			index, typ = 0, events[0].Type
@@ -318,6 +320,8 @@ func checkJSON(data []byte) string {
 	switch {
 	case len(data) == 0:
 		return "is empty; an event without data uses {} or null"
+	case len(data) > MaxDataLen:
+		return fmt.Sprintf("is %d bytes, over jsonb's limit of %d (MaxDataLen)", len(data), MaxDataLen)
 	case !json.Valid(data):
 		return "is not valid JSON"
 	case !utf8.Valid(data):

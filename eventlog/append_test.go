@@ -352,3 +352,32 @@ func TestConfigValidation(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "p", p.Name())
 }
+
+// Data over jsonb's size limit is an invalid event, refused before it is
+// sent: Append writes nothing, and AppendTx leaves the caller's
+// transaction usable. (Postgres would refuse it with SQLSTATE 54000 and
+// abort the transaction.)
+func TestDataOverJSONBLimitIsInvalid(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l, pool := newLog(t, 4, eventlog.Config{})
+	big := make([]byte, eventlog.MaxDataLen+1) // a JSON string one byte over
+	for i := range big {
+		big[i] = 'a'
+	}
+	big[0], big[len(big)-1] = '"', '"'
+	event := eventlog.NewEvent{Type: "big", Data: big}
+
+	_, err := l.Append(ctx, "s", eventlog.AnyVersion, event)
+	var ie *eventlog.InvalidEventError
+	require.ErrorAs(t, err, &ie)
+	require.Equal(t, "data", ie.Field)
+
+	tx := begin(t, pool)
+	_, err = l.AppendTx(ctx, tx, "s", eventlog.AnyVersion, event)
+	require.ErrorIs(t, err, eventlog.ErrInvalidEvent)
+	var one int
+	require.NoError(t, tx.QueryRow(ctx, `SELECT 1`).Scan(&one), "the transaction is still usable")
+	require.NoError(t, tx.Rollback(ctx))
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.event_log`))
+}

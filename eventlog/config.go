@@ -18,6 +18,11 @@ const (
 	MaxTypeLen = 255
 	// MaxProjectionNameLen is the longest projection name.
 	MaxProjectionNameLen = 255
+	// MaxDataLen is the longest event Data, in bytes: jsonb cannot hold a
+	// value over 256 MB (its offsets are 28 bits), so longer Data is
+	// refused in Go instead of failing in the database, which would abort
+	// an AppendTx caller's transaction.
+	MaxDataLen = 1<<28 - 1
 	// MaxEventsPerAppend caps how many events one Append writes.
 	MaxEventsPerAppend = 10_000
 	// DefaultReadLimit is the number of events a read returns when its

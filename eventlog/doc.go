@@ -85,7 +85,9 @@
 //	}
 //
 // Cursors hold read keys, transaction ids, which belong to the cluster: they stay
-// valid on its physical replicas and across pg_upgrade, but a log restored
+// valid on its physical replicas (where the horizon is the snapshot's
+// xmin, so a running transaction of any database of the cluster holds the
+// tail) and across pg_upgrade, but a log restored
 // from a logical dump into another cluster needs that cluster's
 // transaction counter moved past the largest tx_id first (pg_resetwal -x),
 // or new events would sort before old ones.

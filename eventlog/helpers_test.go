@@ -81,3 +81,38 @@ func begin(t testing.TB, pool *pgxpool.Pool) pgx.Tx {
 	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
 	return tx
 }
+
+// logOn returns a Log on the database at url through a pool of its own,
+// configured by configure (when not nil), both closed at cleanup.
+func logOn(t testing.TB, url string, configure func(*pgxpool.Config)) (*eventlog.Log, *pgxpool.Pool) {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	require.NoError(t, err)
+	if configure != nil {
+		configure(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	l, err := eventlog.New(pool, eventlog.Config{PollOnly: true})
+	require.NoError(t, err)
+	t.Cleanup(l.Close)
+	return l, pool
+}
+
+// writeElsewhere begins a transaction in another, empty database of the
+// cluster and gives it a transaction id; it is rolled back at cleanup
+// unless it ended before.
+func writeElsewhere(t testing.TB) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	other, err := pgxpool.New(ctx, dbtest.Database(t, dbtest.Options{Empty: true}))
+	require.NoError(t, err)
+	t.Cleanup(other.Close)
+	tx, err := other.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	_, err = tx.Exec(ctx, `SELECT pg_current_xact_id()`)
+	require.NoError(t, err)
+	return tx
+}

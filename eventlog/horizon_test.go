@@ -22,16 +22,9 @@ func TestHorizonIgnoresOtherDatabases(t *testing.T) {
 	ctx := context.Background()
 	l, pool := newLog(t, 8, eventlog.Config{})
 
-	other, err := pgxpool.New(ctx, dbtest.Database(t, dbtest.Options{Empty: true}))
-	require.NoError(t, err)
-	t.Cleanup(other.Close)
-	elsewhere, err := other.Begin(ctx)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = elsewhere.Rollback(ctx) })
-	_, err = elsewhere.Exec(ctx, `CREATE TABLE held (x int)`) // takes a transaction id
-	require.NoError(t, err)
+	writeElsewhere(t)
 
-	_, err = l.Append(ctx, "order-1", eventlog.NoStream, ev("order.placed", 1))
+	_, err := l.Append(ctx, "order-1", eventlog.NoStream, ev("order.placed", 1))
 	require.NoError(t, err)
 	// Polled: this database's own short transactions (the NOTIFY that
 	// Append sends after it returns) can hold a read back for a moment.
@@ -112,4 +105,36 @@ func TestReadsNotHeldBackByOtherDatabasesEndingTransactions(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, cursor, head, "read %d: Head short of the last event", i)
 	}
+}
+
+// On a physical replica the horizon is the snapshot's xmin, which any
+// running transaction of the cluster holds: there Postgres keeps the
+// running transactions out of pg_snapshot_xip, and the primary's backends
+// out of pg_stat_activity. The recovery branch is taken here on a primary
+// by a pg_is_in_recovery that returns true, found first on the search_path:
+// a write transaction of another database, which the primary's horizon
+// ignores, then holds the tail back.
+func TestHorizonDuringRecoveryIsSnapshotXmin(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := dbtest.Database(t, dbtest.Options{})
+	setup, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	_, err = setup.Exec(ctx, `CREATE SCHEMA recovering;
+		CREATE FUNCTION recovering.pg_is_in_recovery() RETURNS boolean LANGUAGE sql AS 'SELECT true'`)
+	require.NoError(t, err)
+	require.NoError(t, setup.Close(ctx))
+	l, _ := logOn(t, url, func(cfg *pgxpool.Config) {
+		cfg.ConnConfig.RuntimeParams["search_path"] = "recovering, pg_catalog, public"
+	})
+	elsewhere := writeElsewhere(t)
+
+	_, err = l.Append(ctx, "order-1", eventlog.NoStream, ev("order.placed", 1))
+	require.NoError(t, err)
+	events, _, err := l.ReadAll(ctx, eventlog.Cursor{}, 10)
+	require.NoError(t, err)
+	require.Empty(t, events, "during recovery a transaction of another database holds the tail")
+
+	require.NoError(t, elsewhere.Rollback(ctx))
+	readAllUntil(t, l, 1)
 }

@@ -563,26 +563,13 @@ func TestProjectionSeesItsOwnAppends(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	url := dbtest.Database(t, dbtest.Options{})
-	other, err := pgxpool.New(ctx, url)
-	require.NoError(t, err)
-	t.Cleanup(other.Close)
-	otherLog, err := eventlog.New(other, eventlog.Config{})
-	require.NoError(t, err)
-	t.Cleanup(otherLog.Close)
+	otherLog, _ := logOn(t, url, nil)
 
 	tracer := &beforeTxRead{inject: func(ctx context.Context) {
 		_, err := otherLog.Append(ctx, "order-2", eventlog.NoStream, ev("order.placed", 2))
 		require.NoError(t, err)
 	}}
-	cfg, err := pgxpool.ParseConfig(url)
-	require.NoError(t, err)
-	cfg.ConnConfig.Tracer = tracer
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	l, err := eventlog.New(pool, eventlog.Config{PollOnly: true})
-	require.NoError(t, err)
-	t.Cleanup(l.Close)
+	l, pool := logOn(t, url, func(cfg *pgxpool.Config) { cfg.ConnConfig.Tracer = tracer })
 
 	var seen []string
 	p, err := l.NewProjection(eventlog.ProjectionConfig{Name: "audit", Handler: func(ctx context.Context, tx pgx.Tx, events []eventlog.Event) error {

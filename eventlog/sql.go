@@ -163,8 +163,16 @@ ORDER BY version`
 // a horizon above it would let the batch read events of newer transactions
 // and move its checkpoint past its own appends, which it would then never
 // read. (least ignores the NULL of a reader without an id.)
+//
+// On a physical replica (pg_is_in_recovery) the horizon is the snapshot's
+// xmin: during recovery Postgres lists every running transaction in the
+// snapshot's subtransaction list, not pg_snapshot_xip, and the primary's
+// backends are not in pg_stat_activity, so the list would come back empty
+// and the horizon would pass transactions still running on the primary.
+// There, transactions of every database of the cluster hold the tail.
 const horizonSQL = `(
-    SELECT least(coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot())), pg_current_xact_id_if_assigned())
+    SELECT CASE WHEN pg_is_in_recovery() THEN pg_snapshot_xmin(pg_current_snapshot())
+           ELSE least(coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot())), pg_current_xact_id_if_assigned()) END
     FROM pg_snapshot_xip(pg_current_snapshot()) AS x
     WHERE NOT EXISTS (
             SELECT 1 FROM pg_stat_activity a

@@ -19,7 +19,9 @@ var ErrInvalidSchema = errors.New("wharf: invalid schema name")
 // ErrSchemaNewer is returned by Migrate when the database was migrated by a
 // newer release of wharf than this one. Migrate refuses to touch such a
 // schema; the rest of this release keeps working against it, because newer
-// migrations only add, so old replicas run on during a rolling deploy.
+// migrations keep every column and table older code uses (they add, and
+// may replace an index, which can make an old release's reads slower), so
+// old replicas run on during a rolling deploy.
 var ErrSchemaNewer = migrate.ErrSchemaNewer
 
 // MigratorConfig configures a Migrator.

@@ -19,7 +19,9 @@
 -- append-only: no UPDATE reaches it) and are read at coalesce(read_key,
 -- tx_id), their old place, so stored cursors and checkpoints stay valid.
 -- The index is built on that expression and replaces the (tx_id,
--- position) one; building it reads the whole log once.
+-- position) one; building it reads the whole log once. An older release
+-- still running during a rolling deploy reads in tx_id order without an
+-- index for it: correct, but slower, until it is replaced.
 ALTER TABLE {schema}.event_log ADD COLUMN read_key xid8;
 
 ALTER TABLE {schema}.event_streams ADD COLUMN read_key xid8 NOT NULL DEFAULT '0';

@@ -155,7 +155,9 @@ type Config struct {
 	// ReadHeaderTimeout still has to bound the headers. Defaults to 10s.
 	BodyReadTimeout time.Duration
 	// ShutdownTimeout is how long Run waits for running handlers after its
-	// context ends. Defaults to 30s.
+	// context ends; then it cancels their contexts (a run cut off counts
+	// its attempt) and waits for them to return, so a handler that ignores
+	// its context keeps Run from returning. Defaults to 30s.
 	ShutdownTimeout time.Duration
 
 	// Unhandled says what happens to events no handler takes. Defaults to

@@ -108,9 +108,10 @@ type ConsumerConfig struct {
 	RescueInterval time.Duration
 
 	// ShutdownTimeout is how long Run waits, after its context ends, for
-	// running handlers to finish before cancelling their contexts. Events
-	// fetched but not started are released at once with their attempts
-	// given back. Defaults to 30s.
+	// running handlers to finish before cancelling their contexts; it then
+	// waits for them to return, so a handler that ignores its context
+	// keeps Run from returning. Events fetched but not started are
+	// released at once with their attempts given back. Defaults to 30s.
 	ShutdownTimeout time.Duration
 
 	// Prepare, when set, runs at the start of each worker transaction with

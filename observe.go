@@ -1,10 +1,14 @@
 package wharf
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,8 +20,11 @@ import (
 // traces (the wharfotel module implements it with OpenTelemetry). Both
 // methods are called from many goroutines at once and must not block: they
 // sit between a provider and its acknowledgement, and inside a worker's
-// open transaction. Set it as Config.Observer; without one the Pipeline
-// pays a nil check and nothing else.
+// open transaction. A panic in them, or in the end funcs they return, is
+// logged (Config.Logger) and goes no further: an observer's bug must
+// neither fail an event's processing nor cut off an acknowledgement. Set
+// it as Config.Observer; without one the Pipeline pays a nil check and
+// nothing else.
 type Observer interface {
 	// StartIngest is called when a request reaches an endpoint (Handler),
 	// before anything else is done with it. The request is served in the
@@ -130,17 +137,71 @@ type AttemptResult struct {
 	Duration time.Duration
 }
 
+// guardedObserver is Config.Observer as the Pipeline calls it: a panic in
+// the observer is logged instead of raised, and each end func runs once.
+type guardedObserver struct {
+	observer Observer
+	log      *slog.Logger
+}
+
+func (g guardedObserver) StartIngest(ctx context.Context, source string) (context.Context, func(IngestResult)) {
+	outCtx, end := ctx, func(IngestResult) {}
+	g.protect("StartIngest", func() {
+		if c, e := g.observer.StartIngest(ctx, source); e != nil {
+			outCtx, end = cmp.Or(c, ctx), e
+		}
+	})
+	return outCtx, endOnce(g, "StartIngest's end", end)
+}
+
+func (g guardedObserver) StartAttempt(ctx context.Context, a Attempt) (context.Context, func(AttemptResult)) {
+	outCtx, end := ctx, func(AttemptResult) {}
+	g.protect("StartAttempt", func() {
+		if c, e := g.observer.StartAttempt(ctx, a); e != nil {
+			outCtx, end = cmp.Or(c, ctx), e
+		}
+	})
+	return outCtx, endOnce(g, "StartAttempt's end", end)
+}
+
+// endOnce returns end, guarded, to be run at most once.
+func endOnce[R any](g guardedObserver, what string, end func(R)) func(R) {
+	var once sync.Once
+	return func(r R) { once.Do(func() { g.protect(what, func() { end(r) }) }) }
+}
+
+// protect runs fn, logging a panic instead of raising it.
+func (g guardedObserver) protect(what string, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			g.log.Error("wharf: the Observer panicked; the Pipeline carries on", "call", what, "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	fn()
+}
+
 // observeIngest serves one request through p.ingest, telling the observer.
+// A request whose serving panics (a Verifier's or secret lookup's bug) is
+// reported as a 500 before the panic goes on to net/http.
 func (p *Pipeline) observeIngest(w http.ResponseWriter, r *http.Request, source string) {
 	start := time.Now()
 	ctx, end := p.cfg.Observer.StartIngest(r.Context(), source)
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 	var id Identity
+	ended := func(status int) {
+		end(IngestResult{
+			Source: source, EventID: id.ID, EventType: id.Type,
+			Status: status, Outcome: ingestOutcome(status, id), Duration: time.Since(start),
+		})
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			ended(http.StatusInternalServerError)
+			panic(r)
+		}
+	}()
 	p.ingest(sw, r.WithContext(ctx), source, &id)
-	end(IngestResult{
-		Source: source, EventID: id.ID, EventType: id.Type,
-		Status: sw.status, Outcome: ingestOutcome(sw.status, id), Duration: time.Since(start),
-	})
+	ended(sw.status)
 }
 
 // ingestOutcome classifies an answer by its status: every 2xx but 202

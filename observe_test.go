@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,4 +178,92 @@ func TestObserverAttempts(t *testing.T) {
 	require.Equal(t, wharf.AttemptDeadLettered, poison[0].Outcome)
 	require.Equal(t, 1, poison[0].Number)
 	require.ErrorContains(t, poison[0].Err, "cannot parse")
+}
+
+// panickyObserver panics where it is told to, and counts its end calls.
+type panickyObserver struct {
+	inStart, inEnd   bool
+	ingestEndsTotal  atomic.Int32
+	attemptEndsTotal atomic.Int32
+}
+
+func (o *panickyObserver) StartIngest(ctx context.Context, source string) (context.Context, func(wharf.IngestResult)) {
+	if o.inStart {
+		panic("observer bug in StartIngest")
+	}
+	return ctx, func(wharf.IngestResult) {
+		o.ingestEndsTotal.Add(1)
+		if o.inEnd {
+			panic("observer bug in StartIngest's end")
+		}
+	}
+}
+
+func (o *panickyObserver) StartAttempt(ctx context.Context, a wharf.Attempt) (context.Context, func(wharf.AttemptResult)) {
+	if o.inStart {
+		panic("observer bug in StartAttempt")
+	}
+	return ctx, func(wharf.AttemptResult) {
+		o.attemptEndsTotal.Add(1)
+		if o.inEnd {
+			panic("observer bug in StartAttempt's end")
+		}
+	}
+}
+
+// An Observer's panic goes no further than a log line: the event is
+// acknowledged and processed once, on its first attempt, and each end
+// func runs once. Before, a panic in an attempt's end failed every
+// attempt (and dead-lettered the event), and one in an ingest's end cut
+// the connection off without the 202 of an event already stored.
+func TestObserverPanicsChangeNothing(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name           string
+		inStart, inEnd bool
+	}{{"in start", true, false}, {"in end", false, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			obs := &panickyObserver{inStart: c.inStart, inEnd: c.inEnd}
+			h := newHarness(t, wharf.Config{Observer: obs, MaxAttempts: 2})
+			require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+			require.Equal(t, http.StatusAccepted, h.send("evt_1", "order.paid"))
+			h.run()
+			h.eventually("the event processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+			h.eventually("the queue empty", func() bool { return h.count(`SELECT count(*) FROM wharf.queue`) == 0 })
+			require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+			require.Equal(t, 1, h.count(`SELECT n FROM effects WHERE event_id = 'evt_1'`))
+			if c.inEnd {
+				require.EqualValues(t, 1, obs.ingestEndsTotal.Load(), "one end per request")
+				require.EqualValues(t, 1, obs.attemptEndsTotal.Load(), "one end per attempt")
+			}
+		})
+	}
+}
+
+// panicVerifier is a custom Verifier with a bug.
+type panicVerifier struct{}
+
+func (panicVerifier) Verify(context.Context, http.Header, []byte) error { panic("verifier bug") }
+
+// A request whose serving panics (here a custom Verifier's bug) is still
+// reported, as a 500, before net/http takes the panic.
+func TestObserverSeesARequestThatPanics(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	h := newHarness(t, wharf.Config{Observer: rec})
+	require.NoError(t, h.p.Source("custom", panicVerifier{}, wharf.SourceFields{ID: wharf.FromHeader("X-Id"), Type: wharf.FromHeader("X-Type")}))
+	srv := httptest.NewServer(h.p.Handler("custom"))
+	t.Cleanup(srv.Close)
+	req, err := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader(`{}`))
+	require.NoError(t, err)
+	req.Header.Set("X-Id", "evt_1")
+	req.Header.Set("X-Type", "order.paid")
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	h.eventually("the request reported", func() bool { return len(rec.ingested()) == 1 })
+	res := rec.ingested()[0]
+	require.Equal(t, http.StatusInternalServerError, res.Status)
+	require.Equal(t, wharf.IngestUnavailable, res.Outcome)
 }

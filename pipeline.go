@@ -217,6 +217,9 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Observer != nil {
+		c.Observer = guardedObserver{observer: c.Observer, log: c.Logger}
+	}
 	return c
 }
 

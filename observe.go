@@ -40,9 +40,13 @@ type Observer interface {
 	// before the worker's batch transaction commits. If that transaction
 	// then fails to commit, the queue counts a failed attempt for every
 	// event in it, those reported processed included, and the observer
-	// sees their next attempts. A handler that returns nil after one of
-	// its statements failed is reported as failing with
-	// queue.ErrTxAborted, as the queue records it.
+	// sees their next attempts; an event for which it was the last
+	// attempt goes to the dead letter queue without another report. So
+	// does an event of a failed HandleBatch call (reported split) when
+	// shutdown comes before its run alone: that call counts as its failed
+	// attempt. A handler that returns nil after one of its statements
+	// failed is reported as failing with queue.ErrTxAborted, as the queue
+	// records it.
 	StartAttempt(ctx context.Context, a Attempt) (_ context.Context, end func(AttemptResult))
 }
 
@@ -122,7 +126,8 @@ const (
 	// AttemptSplit: the event ran in a batch (Pipeline.HandleBatch) that
 	// failed; the batch's writes were rolled back and the event runs again
 	// alone, without spending an attempt. That run is reported as an
-	// attempt of its own, with the same number.
+	// attempt of its own, with the same number. (If shutdown comes first,
+	// the failed call counts as the event's attempt; see StartAttempt.)
 	AttemptSplit AttemptOutcome = "split"
 )
 

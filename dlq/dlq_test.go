@@ -387,6 +387,26 @@ func TestListFiltersAndPagination(t *testing.T) {
 	require.NotNil(t, entries[0].DiscardedAt)
 }
 
+func TestListOmitBody(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	f.deadEvent(t, "stripe", "evt_1", "invoice.paid", "boom", time.Minute)
+	f.deadEvent(t, "stripe", "evt_2", "invoice.paid", "boom", 2*time.Minute)
+
+	whole, _, err := f.dead.List(ctx, dlq.Filter{}, dlq.Page{})
+	require.NoError(t, err)
+	bare, _, err := f.dead.List(ctx, dlq.Filter{}, dlq.Page{OmitBody: true})
+	require.NoError(t, err)
+	require.Len(t, bare, 2)
+	for i := range whole {
+		require.NotEmpty(t, whole[i].Body)
+		require.Nil(t, bare[i].Body, "no body read")
+		whole[i].Body = nil
+	}
+	require.Equal(t, whole, bare, "everything else as listed with bodies")
+}
+
 func TestReplayMatching(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

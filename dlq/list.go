@@ -31,6 +31,10 @@ type Page struct {
 	Limit int
 	// After continues a listing after the entry this cursor names.
 	After *Cursor
+	// OmitBody leaves Entry.Body nil, for a listing that shows no bodies:
+	// a body can be megabytes, and is then not read at all. Defaults to
+	// false: bodies are read.
+	OmitBody bool
 }
 
 // args returns the filter's SQL arguments ($1 to $7 of filterSQL).
@@ -95,8 +99,12 @@ func (d *DLQ) List(ctx context.Context, f Filter, p Page) ([]Entry, *Cursor, err
 	if p.After != nil {
 		afterAt, afterID = &p.After.DeadAt, p.After.ID
 	}
+	query := d.sql.list
+	if p.OmitBody {
+		query = d.sql.listWithoutBodies
+	}
 	// One more than asked, to know whether another page follows.
-	rows, err := d.pool.Query(ctx, d.sql.list, append(args, afterAt, afterID, limit+1)...)
+	rows, err := d.pool.Query(ctx, query, append(args, afterAt, afterID, limit+1)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dlq: list: %w", err)
 	}

@@ -145,7 +145,7 @@ func (d *DLQ) ReplayMatching(ctx context.Context, q *queue.Queue, f Filter, opts
 	var after *Cursor
 	start := time.Now()
 	for {
-		entries, next, err := d.List(ctx, f, Page{Limit: batch, After: after})
+		entries, next, err := d.List(ctx, f, Page{Limit: batch, After: after, OmitBody: true}) // Replay reads the bodies it queues
 		if err != nil {
 			return res, err
 		}

@@ -1,6 +1,10 @@
 package dlq
 
-import "github.com/wharfhq/wharf/internal/sqlschema"
+import (
+	"strings"
+
+	"github.com/wharfhq/wharf/internal/sqlschema"
+)
 
 // moveSQL records exhausted events, one row per element of the parallel
 // arrays. If the event is already dead (a second copy of it was queued by a
@@ -28,8 +32,10 @@ SET event_type = excluded.event_type,
     handler = excluded.handler,
     dead_at = now()`
 
-// entryColumns is what List and Get read, in Entry's scan order.
-const entryColumns = `id, source, event_id, event_type, coalesce(ordering_key, ''), body, headers,
+// entryColumns is what List and Get read, in Entry's scan order. {body} is
+// the body column, or NULL for a listing without bodies (Page.OmitBody):
+// the body is not even read from its TOAST storage then.
+const entryColumns = `id, source, event_id, event_type, coalesce(ordering_key, ''), {body}, headers,
     received_at, attempts, max_attempts, errors, handler, dead_at, status, replay_count,
     last_replayed_at, discarded_at`
 
@@ -56,6 +62,12 @@ LIMIT $10`
 const countSQL = `SELECT count(*) FROM {schema}.dead_letters` + filterSQL
 
 const getSQL = `SELECT ` + entryColumns + ` FROM {schema}.dead_letters WHERE id = $1`
+
+// withBody and withoutBody fill entryColumns' {body}.
+var (
+	withBody    = strings.NewReplacer("{body}", "body")
+	withoutBody = strings.NewReplacer("{body}", "NULL::bytea")
+)
 
 // lockDeadSQL locks the still-dead entries among $1 for replay. A
 // concurrent replay of the same entry waits here, then finds it no longer
@@ -89,19 +101,20 @@ WHERE id = ANY (ARRAY(
     LIMIT $2))`
 
 type statements struct {
-	move, list, count, get, lockDead, markReplayed, discard, purge string
+	move, list, listWithoutBodies, count, get, lockDead, markReplayed, discard, purge string
 }
 
 func render(schema string) statements {
 	r := func(sql string) string { return sqlschema.Render(sql, schema) }
 	return statements{
-		move:         r(moveSQL),
-		list:         r(listSQL),
-		count:        r(countSQL),
-		get:          r(getSQL),
-		lockDead:     r(lockDeadSQL),
-		markReplayed: r(markReplayedSQL),
-		discard:      r(discardSQL),
-		purge:        r(purgeSQL),
+		move:              r(moveSQL),
+		list:              r(withBody.Replace(listSQL)),
+		listWithoutBodies: r(withoutBody.Replace(listSQL)),
+		count:             r(countSQL),
+		get:               r(withBody.Replace(getSQL)),
+		lockDead:          r(lockDeadSQL),
+		markReplayed:      r(markReplayedSQL),
+		discard:           r(discardSQL),
+		purge:             r(purgeSQL),
 	}
 }

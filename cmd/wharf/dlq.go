@@ -114,7 +114,7 @@ Examples:
 			}
 			return nil
 		})
-		var p dlq.Page
+		p := dlq.Page{OmitBody: true} // ls shows no bodies
 		fs.IntVar(&p.Limit, "limit", dlq.DefaultListLimit, fmt.Sprintf("the most entries to list, 1 to %d", dlq.MaxListLimit))
 		fs.Func("after", "list the page after this cursor (printed after the previous page)", func(s string) (err error) {
 			p.After, err = parseCursor(s)

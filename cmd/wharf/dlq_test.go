@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"runtime"
 	"strconv"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/wharfhq/wharf"
 	"github.com/wharfhq/wharf/dlq"
 	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/internal/dbtest"
 )
 
 // dlqPage is the JSON of dlq ls.
@@ -206,4 +208,29 @@ func TestDLQReplayOfAProcessedEventQueuesNothing(t *testing.T) {
 	var queued int
 	require.NoError(t, f.pool.QueryRow(ctx, `SELECT count(*) FROM wharf.queue WHERE event_id = 'evt_done'`).Scan(&queued))
 	require.Zero(t, queued, "a processed event is not queued again")
+}
+
+// TestDLQListReadsNoBodies: dlq ls shows no bodies, so it must not load
+// them (20 entries of 5 MB once took 117 MB). Not parallel: it measures the
+// process's allocations while no other test runs.
+func TestDLQListReadsNoBodies(t *testing.T) {
+	ctx := context.Background()
+	url := dbtest.Database(t, dbtest.Options{})
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	const entries, bodyBytes = 20, 1 << 20
+	_, err = conn.Exec(ctx, `INSERT INTO wharf.dead_letters (source, event_id, event_type, body, received_at,
+		attempts, max_attempts, errors, last_error, handler)
+		SELECT 'stripe', 'evt_' || g, 'invoice.paid', convert_to(repeat('x', $2), 'UTF8'), now(), 1, 1, '[]', 'boom', 'stripe/invoice.paid'
+		FROM generate_series(1, $1) g`, entries, bodyBytes)
+	require.NoError(t, err)
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	page := listDLQ(t, url, "--limit", strconv.Itoa(entries))
+	runtime.ReadMemStats(&after)
+	require.Len(t, page.Entries, entries)
+	allocated := after.TotalAlloc - before.TotalAlloc
+	require.Less(t, allocated, uint64(entries*bodyBytes/2), "dlq ls allocated %d MiB for %d MiB of bodies it does not show", allocated>>20, entries*bodyBytes>>20)
 }

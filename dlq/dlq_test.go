@@ -432,6 +432,45 @@ func TestReplayMatching(t *testing.T) {
 	require.EqualValues(t, 3, n, "the github entries are still dead")
 }
 
+// Filter.UpTo leaves out what died after the bound, ties included: a bulk
+// replay replays what was counted for its confirmation.
+func TestReplayMatchingUpTo(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	for i := range 5 {
+		f.deadEvent(t, "stripe", fmt.Sprintf("old%d", i), "x", "timeout", time.Duration(5-i)*time.Minute)
+	}
+	newest, _, err := f.dead.List(ctx, dlq.Filter{Source: "stripe"}, dlq.Page{Limit: 1, OmitBody: true})
+	require.NoError(t, err)
+	require.Len(t, newest, 1)
+	bounded := dlq.Filter{Source: "stripe", UpTo: &dlq.Cursor{DeadAt: newest[0].DeadAt, ID: newest[0].ID}}
+	n, err := f.dead.Count(ctx, bounded)
+	require.NoError(t, err)
+	require.EqualValues(t, 5, n)
+
+	// Entries that die after the bound was fixed: one later, one at the
+	// same time with a higher id.
+	f.deadEvent(t, "stripe", "later", "x", "timeout", 0)
+	tie := f.deadEvent(t, "stripe", "tie", "x", "timeout", 0)
+	_, err = f.pool.Exec(ctx, `UPDATE wharf.dead_letters SET dead_at = $1 WHERE id = $2`, newest[0].DeadAt, tie)
+	require.NoError(t, err)
+
+	listed, _, err := f.dead.List(ctx, bounded, dlq.Page{OmitBody: true})
+	require.NoError(t, err)
+	require.Len(t, listed, 5)
+	var progress [][2]int64
+	res, err := f.dead.ReplayMatching(ctx, f.q, bounded, dlq.ReplayOptions{
+		BatchSize: 2, Progress: func(done, total int64) { progress = append(progress, [2]int64{done, total}) }})
+	require.NoError(t, err)
+	require.Equal(t, dlq.ReplayResult{Replayed: 5}, res)
+	require.Equal(t, [][2]int64{{2, 5}, {4, 5}, {5, 5}}, progress)
+	require.Zero(t, f.count(t, `SELECT count(*) FROM wharf.queue WHERE event_id IN ('later', 'tie')`))
+	n, err = f.dead.Count(ctx, dlq.Filter{Source: "stripe"})
+	require.NoError(t, err)
+	require.EqualValues(t, 2, n, "the entries that died after the bound are still dead")
+}
+
 func TestDiscardAndPurge(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -23,6 +23,11 @@ type Filter struct {
 	ErrorContains string
 	// Since and Until bound the time the entry died: Since <= dead_at < Until.
 	Since, Until time.Time
+	// UpTo keeps the entries listed at or after the entry it names (newest
+	// first): (dead_at, id) <= (UpTo.DeadAt, UpTo.ID). Fixed to the newest
+	// matching entry before a bulk replay is confirmed, it keeps entries
+	// that die meanwhile out of the replay. Defaults to nil: no bound.
+	UpTo *Cursor
 }
 
 // Page bounds one listing.
@@ -37,7 +42,7 @@ type Page struct {
 	OmitBody bool
 }
 
-// args returns the filter's SQL arguments ($1 to $7 of filterSQL).
+// args returns the filter's SQL arguments ($1 to $9 of filterSQL).
 func (f Filter) args() ([]any, error) {
 	status := f.Status
 	if status == "" {
@@ -51,8 +56,13 @@ func (f Filter) args() ([]any, error) {
 	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
 		return nil, fmt.Errorf("%w: Since %s is not before Until %s", ErrInvalidFilter, f.Since, f.Until)
 	}
+	var upToAt *time.Time
+	var upToID int64
+	if f.UpTo != nil {
+		upToAt, upToID = &f.UpTo.DeadAt, f.UpTo.ID
+	}
 	return []any{string(status), textOrNil(f.Source), textOrNil(f.Type), textOrNil(f.Handler),
-		likePattern(f.ErrorContains), timeOrNil(f.Since), timeOrNil(f.Until)}, nil
+		likePattern(f.ErrorContains), timeOrNil(f.Since), timeOrNil(f.Until), upToAt, upToID}, nil
 }
 
 func textOrNil(s string) *string {

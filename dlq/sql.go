@@ -51,13 +51,14 @@ WHERE status = $1
         SELECT 1 FROM jsonb_array_elements(errors) AS e
         WHERE e->>'error' ILIKE $5 ESCAPE '\'))
   AND ($6::timestamptz IS NULL OR dead_at >= $6)
-  AND ($7::timestamptz IS NULL OR dead_at < $7)`
+  AND ($7::timestamptz IS NULL OR dead_at < $7)
+  AND ($8::timestamptz IS NULL OR (dead_at, id) <= ($8, $9::bigint))`
 
-// listSQL pages newest first, by keyset on (dead_at, id) after $8, $9.
+// listSQL pages newest first, by keyset on (dead_at, id) after $10, $11.
 const listSQL = `SELECT ` + entryColumns + ` FROM {schema}.dead_letters` + filterSQL + `
-  AND ($8::timestamptz IS NULL OR (dead_at, id) < ($8, $9))
+  AND ($10::timestamptz IS NULL OR (dead_at, id) < ($10, $11))
 ORDER BY dead_at DESC, id DESC
-LIMIT $10`
+LIMIT $12`
 
 const countSQL = `SELECT count(*) FROM {schema}.dead_letters` + filterSQL
 

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -14,6 +15,7 @@ import (
 	"github.com/wharfhq/wharf/dlq"
 	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
 )
 
 // dlqPage is the JSON of dlq ls.
@@ -233,4 +235,38 @@ func TestDLQListReadsNoBodies(t *testing.T) {
 	require.Len(t, page.Entries, entries)
 	allocated := after.TotalAlloc - before.TotalAlloc
 	require.Less(t, allocated, uint64(entries*bodyBytes/2), "dlq ls allocated %d MiB for %d MiB of bodies it does not show", allocated>>20, entries*bodyBytes>>20)
+}
+
+// A replay by filter replays the entries it counted and asked about, not
+// those that die while the question waits.
+func TestDLQReplayByFilterReplaysWhatWasConfirmed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	for _, id := range []string{"evt_1", "evt_2", "evt_3"} {
+		f.send(t, "invoice.paid", id)
+	}
+	f.deadLetter(t, 3)
+
+	stdin := &answerAfter{answer: "y\n", meanwhile: func() error {
+		return pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+			var evs []*queue.Event
+			for _, id := range []string{"evt_late1", "evt_late2"} {
+				evs = append(evs, &queue.Event{Source: "stripe", ID: id, Type: "invoice.paid", Body: []byte(`{}`),
+					ReceivedAt: time.Now(), Attempt: 1, MaxAttempts: 1})
+			}
+			return f.p.DLQ().Move(ctx, tx, evs)
+		})
+	}}
+	code, out, stderr := opsRunWith(ctx, f.url, stdin, "dlq", "replay", "--confirm-above", "1", "--source", "stripe")
+	require.NoError(t, stdin.err)
+	require.Equal(t, exitOK, code, stderr)
+	require.Contains(t, stderr, "replay 3 dead-letter entries into the queue? [y/N]")
+	require.Contains(t, out, "replayed 3\n")
+	require.Contains(t, stderr, "replayed 3 of 3\n")
+	left := listDLQ(t, f.url)
+	require.Len(t, left.Entries, 2, "the entries that died while the question waited are still dead")
+	for _, en := range left.Entries {
+		require.Contains(t, []string{"evt_late1", "evt_late2"}, en.EventID)
+	}
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +29,11 @@ import (
 // (given as $DATABASE_URL), with stdin, and returns its exit code, stdout
 // and stderr.
 func opsRun(ctx context.Context, url, stdin string, args ...string) (int, string, string) {
+	return opsRunWith(ctx, url, strings.NewReader(stdin), args...)
+}
+
+// opsRunWith is opsRun with any stdin.
+func opsRunWith(ctx context.Context, url string, stdin io.Reader, args ...string) (int, string, string) {
 	var stdout, stderr syncBuffer
 	getenv := func(k string) string {
 		if k == "DATABASE_URL" {
@@ -34,8 +41,26 @@ func opsRun(ctx context.Context, url, stdin string, args ...string) (int, string
 		}
 		return ""
 	}
-	code := run(ctx, args, &env{stdout: &stdout, stderr: &stderr, stdin: strings.NewReader(stdin), getenv: getenv})
+	code := run(ctx, args, &env{stdout: &stdout, stderr: &stderr, stdin: stdin, getenv: getenv})
 	return code, stdout.String(), stderr.String()
+}
+
+// answerAfter is a stdin that, when first read (a confirmation question
+// waits for its answer), runs meanwhile, then answers answer.
+type answerAfter struct {
+	meanwhile func() error
+	answer    string
+	once      sync.Once
+	err       error // meanwhile's
+	rest      io.Reader
+}
+
+func (r *answerAfter) Read(p []byte) (int, error) {
+	r.once.Do(func() {
+		r.err = r.meanwhile()
+		r.rest = strings.NewReader(r.answer)
+	})
+	return r.rest.Read(p)
 }
 
 // mustRun is opsRun that requires exit code 0 and returns stdout.

@@ -28,7 +28,8 @@ by filter (every dead entry matching the flags, newest first, in batches, with
 a progress line on stderr). Each entry is marked replayed in the transaction
 that queues it, so a replay run twice, or concurrently, queues an event once;
 entries no longer dead are skipped. Above --confirm-above entries it asks for
-confirmation on stdin, unless --yes.
+confirmation on stdin, unless --yes. A replay by filter replays the entries it
+counted (and asked about), not those that die meanwhile.
 
 It does what Pipeline.Replay does, with one difference, since the service's
 Config is not at hand: the "replayed" audit record goes into a delivery's
@@ -111,12 +112,21 @@ func replayIDs(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, ids []in
 }
 
 // replayMatching replays the dead entries matching f, with a progress line
-// per batch.
+// per batch: those that matched when it counted them, bounded by the
+// newest of them, so that entries dying while the question waits are not
+// replayed unconfirmed.
 func replayMatching(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, f dlq.Filter, opts dlq.ReplayOptions, yes bool, confirmAbove int) error {
 	f.Status = dlq.StatusDead
-	n, err := d.Count(ctx, f)
+	newest, _, err := d.List(ctx, f, dlq.Page{Limit: 1, OmitBody: true})
 	if err != nil {
 		return err
+	}
+	var n int64
+	if len(newest) > 0 {
+		f.UpTo = &dlq.Cursor{DeadAt: newest[0].DeadAt, ID: newest[0].ID}
+		if n, err = d.Count(ctx, f); err != nil {
+			return err
+		}
 	}
 	if n == 0 {
 		fmt.Fprintln(e.stdout, "no dead entries match")

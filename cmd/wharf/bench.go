@@ -47,14 +47,16 @@ type benchOptions struct {
 	json        bool
 	progress    time.Duration
 	getenv      func(string) string
+	// connectTimeout is env.connectTimeout.
+	connectTimeout time.Duration
 }
 
 func (o *benchOptions) server() string { return serverURL(o.databaseURL, o.getenv) }
 
 func (o *benchOptions) register(fs *flag.FlagSet, e *env) {
-	o.getenv = e.getenv
+	o.getenv, o.connectTimeout = e.getenv, e.connectTimeout
 	fs.StringVar(&o.databaseURL, "database-url", "",
-		"the PostgreSQL server; defaults to $DATABASE_URL, else "+defaultDatabaseURL+". Its own database is only used to create and drop the scratch database")
+		"the PostgreSQL server; defaults to $DATABASE_URL, else "+defaultDatabaseURL+". Its own database is only used to create and drop the scratch database"+connectTimeoutNote)
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch database instead of dropping it, to look at it with psql")
 	fs.BoolVar(&o.json, "json", false, "print the summary as one JSON object")
 	fs.DurationVar(&o.progress, "progress", time.Second, "how often the progress line on stderr is updated; 0 for none")
@@ -71,9 +73,9 @@ type scratch struct {
 // openScratch creates and migrates a scratch database on o's server, with
 // benchkit's tables, and a pool of maxConns on it.
 func openScratch(ctx context.Context, o *benchOptions, maxConns int32, stderr io.Writer) (*scratch, error) {
-	cfg, err := pgxpool.ParseConfig(o.server())
+	cfg, err := poolConfig(o.server(), o.connectTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("database url: %w", err)
+		return nil, err
 	}
 	admin, err := pgx.ConnectConfig(ctx, cfg.ConnConfig.Copy())
 	if err != nil {

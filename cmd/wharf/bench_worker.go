@@ -63,9 +63,9 @@ func benchWorker(ctx context.Context, e *env, o *workerOptions) error {
 	if o.database == "" || o.databaseURL == "" {
 		return &usageError{"wharf bench worker", errors.New("-database-url and -database are required (bench drain -procs starts this command)")}
 	}
-	cfg, err := pgxpool.ParseConfig(o.databaseURL)
+	cfg, err := poolConfig(o.databaseURL, e.connectTimeout)
 	if err != nil {
-		return fmt.Errorf("database url: %w", err)
+		return err
 	}
 	cfg.ConnConfig.Database = o.database
 	cfg.MaxConns = int32(o.workers + 3) // the workers, the fetcher, maintenance, one spare

@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Exit codes, documented in the package comment.
@@ -24,6 +25,9 @@ type env struct {
 	stdout, stderr io.Writer
 	stdin          io.Reader
 	getenv         func(string) string
+	// connectTimeout bounds connecting to the server when its URL sets no
+	// connect_timeout. Defaults to defaultConnectTimeout; tests shorten it.
+	connectTimeout time.Duration
 }
 
 // command is one node of the command tree: a group with subcommands, or a
@@ -55,7 +59,8 @@ var root = &command{
 	name: "wharf",
 	help: `wharf is the operators' tool for wharf, the PostgreSQL-backed webhook pipeline.
 The server comes from --database-url, or $DATABASE_URL, or
-postgres://postgres@127.0.0.1:5432/postgres.`,
+postgres://postgres@127.0.0.1:5432/postgres. Connecting gives up after ` + defaultConnectTimeout.String() + `
+unless the URL sets connect_timeout (in seconds, e.g. ?connect_timeout=30).`,
 	subcommands: []*command{migrateCommand, queueCommand, pauseCommand, resumeCommand, dlqCommand, logCommand, sendCommand, benchCommand},
 }
 

@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"net"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -72,4 +76,48 @@ func TestNoServer(t *testing.T) {
 	require.Contains(t, stderr, "wharf: connect to the server: ")
 	require.Contains(t, stderr, "is PostgreSQL running? set --database-url or $DATABASE_URL")
 	require.Empty(t, stdout)
+}
+
+// TestSilentServer: a server that accepts the connection and never
+// answers is given up on after the connect timeout (shortened here) when
+// the URL sets none, by every command that connects.
+func TestSilentServer(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed at cleanup
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	url := "postgres://postgres@" + ln.Addr().String() + "/postgres"
+	for _, args := range [][]string{
+		{"migrate", "status"}, {"queue", "stats"}, {"dlq", "ls"}, {"pause", "--source", "s"}, {"log", "stream", "s"}, {"bench", "drain", "-n", "10"},
+	} {
+		// A hang ends with the context, as Ctrl-C would: exit 130.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var stdout, stderr syncBuffer
+		code := run(ctx, args, &env{stdout: &stdout, stderr: &stderr, stdin: strings.NewReader(""),
+			getenv: func(string) string { return url }, connectTimeout: 200 * time.Millisecond})
+		cancel()
+		require.Equal(t, exitFailure, code, "%q: %s", args, stderr.String())
+		require.Contains(t, stderr.String(), "timeout", "%q", args)
+		require.Contains(t, stderr.String(), "is PostgreSQL running", "%q", args)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"text/tabwriter"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -21,6 +22,28 @@ import (
 // $DATABASE_URL is given.
 const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres"
 
+// defaultConnectTimeout bounds connecting to the server when the URL sets
+// no connect_timeout (or 0): pgx has no default, and would wait for ever on
+// a server that accepts the connection and never answers.
+const defaultConnectTimeout = 10 * time.Second
+
+// connectTimeoutNote ends the help of each --database-url flag.
+var connectTimeoutNote = ". Connecting gives up after " + defaultConnectTimeout.String() + " unless the URL sets connect_timeout (seconds)"
+
+// poolConfig parses the server's URL into a pool's config whose
+// connections give up after connectTimeout (0 for defaultConnectTimeout)
+// unless the URL sets its own connect_timeout.
+func poolConfig(url string, connectTimeout time.Duration) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("database url: %w", err)
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = cmp.Or(connectTimeout, defaultConnectTimeout)
+	}
+	return cfg, nil
+}
+
 // serverURL is the server a command talks to: its --database-url flag,
 // else $DATABASE_URL, else the default.
 func serverURL(flag string, getenv func(string) string) string {
@@ -30,14 +53,15 @@ func serverURL(flag string, getenv func(string) string) string {
 // dbOptions are the flags of every command that works on the wharf schema
 // of one database (all but bench, which works in a scratch database).
 type dbOptions struct {
-	databaseURL string
-	schema      string
-	getenv      func(string) string
+	databaseURL    string
+	schema         string
+	getenv         func(string) string
+	connectTimeout time.Duration // env.connectTimeout
 }
 
 func (o *dbOptions) register(fs *flag.FlagSet, e *env) {
-	o.getenv = e.getenv
-	fs.StringVar(&o.databaseURL, "database-url", "", "the database holding wharf's tables; defaults to $DATABASE_URL, else "+defaultDatabaseURL)
+	o.getenv, o.connectTimeout = e.getenv, e.connectTimeout
+	fs.StringVar(&o.databaseURL, "database-url", "", "the database holding wharf's tables; defaults to $DATABASE_URL, else "+defaultDatabaseURL+connectTimeoutNote)
 	o.schema = sqlschema.Default
 	fs.Func("schema", "the schema holding wharf's tables, the service's Config.Schema (default \""+sqlschema.Default+"\")", func(s string) error {
 		o.schema = s
@@ -49,9 +73,9 @@ func (o *dbOptions) register(fs *flag.FlagSet, e *env) {
 // so that an unreachable server is reported once, with a hint, instead of
 // as the failure of the command's first query.
 func (o *dbOptions) connect(ctx context.Context) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(serverURL(o.databaseURL, o.getenv))
+	cfg, err := poolConfig(serverURL(o.databaseURL, o.getenv), o.connectTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("database url: %w", err)
+		return nil, err
 	}
 	cfg.MaxConns = 4
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

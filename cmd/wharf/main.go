@@ -16,8 +16,9 @@
 // Run wharf help, or wharf <command> -h, for the flags and more examples.
 //
 // Exit codes: 0 success; 1 the command failed (the server cannot be
-// reached, a bench's consistency check failed); 2 a bad command line;
-// 130 interrupted (Ctrl-C or SIGTERM), after cleaning up.
+// reached, a bench's consistency check failed, wharf send got an answer
+// other than 2xx); 2 a bad command line; 130 interrupted (Ctrl-C or
+// SIGTERM), after cleaning up.
 package main
 
 import (

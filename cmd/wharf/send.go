@@ -82,7 +82,8 @@ var sendCommand = &command{
 	help: `wharf send signs a webhook the way a provider does and POSTs it to URL (like
 stripe trigger), then prints the answer's status and body: 202 when the
 endpoint stored it, 200 when it was a duplicate (send the same --id twice),
-401 when the signature does not match the endpoint's secret.
+401 when the signature does not match the endpoint's secret. Any answer but
+2xx exits 1.
 
 Without --body, the body is the provider's minimal event carrying --id and
 --type where wharf's verifier reads them (the body for Stripe, Standard
@@ -159,6 +160,9 @@ Examples:
 			fmt.Fprintf(e.stdout, "event %s: %s\n%s", *id, resp.Status, answer)
 			if len(answer) > 0 && !bytes.HasSuffix(answer, []byte("\n")) {
 				fmt.Fprintln(e.stdout)
+			}
+			if resp.StatusCode < 200 || resp.StatusCode > 299 {
+				return fmt.Errorf("event %s: the endpoint answered %s, not 2xx", *id, resp.Status)
 			}
 			return nil
 		}

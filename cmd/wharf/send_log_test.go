@@ -29,12 +29,20 @@ func TestSend(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(5), st.Due+st.Running, "one event per provider")
 
-	// A body from stdin, verbatim; a wrong secret gets 401.
+	// A body from stdin, verbatim.
 	out := mustRun(t, f.url, `{"id": "evt_stdin", "type": "invoice.paid"}`, "send", "--provider", "stripe", "--secret", stripeSecret, "--body", "-", f.srv.URL+"/stripe")
 	require.Contains(t, out, "202 Accepted")
-	out = mustRun(t, f.url, "", "send", "--provider", "stripe", "--secret", "wrong", "--type", "invoice.paid", f.srv.URL+"/stripe")
+	// An answer other than 2xx (a wrong secret's 401, a wrong path's 404)
+	// is printed and fails.
+	code, out, stderr := opsRun(context.Background(), f.url, "", "send", "--provider", "stripe", "--secret", "wrong", "--type", "invoice.paid", "--id", "evt_bad", f.srv.URL+"/stripe")
+	require.Equal(t, exitFailure, code, stderr)
 	require.Contains(t, out, "401 Unauthorized\ninvalid signature")
-	code, _, stderr := opsRun(context.Background(), f.url, "", "send", "--provider", "standard-webhooks", "--secret", "whsec_!!", "--type", "x", f.srv.URL)
+	require.Contains(t, stderr, "wharf: event evt_bad: the endpoint answered 401 Unauthorized, not 2xx")
+	code, out, stderr = opsRun(context.Background(), f.url, "", "send", "--provider", "stripe", "--secret", stripeSecret, "--type", "invoice.paid", f.srv.URL+"/nowhere")
+	require.Equal(t, exitFailure, code, stderr)
+	require.Contains(t, out, "404 Not Found")
+	require.Contains(t, stderr, "the endpoint answered 404 Not Found")
+	code, _, stderr = opsRun(context.Background(), f.url, "", "send", "--provider", "standard-webhooks", "--secret", "whsec_!!", "--type", "x", f.srv.URL)
 	require.Equal(t, exitFailure, code)
 	require.Contains(t, stderr, "wharf: sign: ")
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/wharfhq/wharf"
 	"github.com/wharfhq/wharf/dlq"
+	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/internal/dbtest"
 	"github.com/wharfhq/wharf/queue"
 )
@@ -237,4 +238,44 @@ func TestQueueStatsListAndPause(t *testing.T) {
 	require.Len(t, st.Paused, 1)
 	require.Equal(t, "github", st.Paused[0].Source)
 	require.True(t, pauses[1].PausedAt.Equal(st.Paused[0].PausedAt))
+}
+
+// TestPauseWarnsAboutAnUnknownName: a source or handler that no queued
+// event, dead letter or processed event has is paused, with a warning.
+func TestPauseWarnsAboutAnUnknownName(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	f.send(t, "invoice.paid", "evt_1") // queued: stripe, stripe/invoice.paid
+	require.NoError(t, pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+		if _, err := f.p.Idempotency().Claim(ctx, tx, "github/push", idempotency.Key("github", "evt_9")); err != nil {
+			return err // processed: github, github/push
+		}
+		return f.p.DLQ().Move(ctx, tx, []*queue.Event{{Source: "slack", ID: "evt_7", Type: "message", Handler: "slack/message",
+			Body: []byte(`{}`), ReceivedAt: time.Now(), Attempt: 1, MaxAttempts: 1}}) // dead: slack, slack/message
+	}))
+
+	for _, args := range [][]string{
+		{"--source", "stripe"}, {"--source", "github"}, {"--source", "slack"},
+		{"--handler", "stripe/invoice.paid"}, {"--handler", "github/push"}, {"--handler", "slack/message"},
+	} {
+		code, out, stderr := opsRun(ctx, f.url, "", append([]string{"pause"}, args...)...)
+		require.Equal(t, exitOK, code, "%q: %s", args, stderr)
+		require.Contains(t, out, "paused ", "%q", args)
+		require.Empty(t, stderr, "%q", args)
+	}
+	for _, tc := range []struct{ args []string }{
+		{[]string{"--source", "Stripe"}},
+		{[]string{"--source", "githu"}}, // a prefix of a processed event's source
+		{[]string{"--handler", "invoice.paid"}},
+	} {
+		code, out, stderr := opsRun(ctx, f.url, "", append([]string{"pause"}, tc.args...)...)
+		require.Equal(t, exitOK, code, "%q: %s", tc.args, stderr)
+		require.Contains(t, out, "paused ", "%q", tc.args)
+		require.Contains(t, stderr, "wharf pause: warning: no queued event, dead letter or processed event has ", "%q", tc.args)
+		require.Contains(t, stderr, "is it misspelled?", "%q", tc.args)
+	}
+	pauses, err := f.p.Queue().Pauses(ctx)
+	require.NoError(t, err)
+	require.Len(t, pauses, 9, "paused with a warning all the same")
 }

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/wharfhq/wharf/idempotency"
+	"github.com/wharfhq/wharf/internal/sqlschema"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -35,6 +38,9 @@ running finish). The endpoints keep storing new events, which wait in the
 queue, attempts untouched, until wharf resume. The pause is stored in the
 database (wharf.queue_pauses), so it outlives restarts and deploys.
 Pausing what is already paused keeps the first time and takes the new reason.
+When no queued event, dead letter or processed event has the source or the
+handler, a warning on stderr says the name may be misspelled; the pause is
+made anyway, since pausing before any traffic is legitimate.
 
 Examples:
   wharf pause --source stripe --reason "incident 42: billing API down"
@@ -50,11 +56,18 @@ Examples:
 			if err != nil {
 				return err
 			}
-			return db.withQueue(ctx, func(_ *pgxpool.Pool, q *queue.Queue) error {
+			return db.withQueue(ctx, func(pool *pgxpool.Pool, q *queue.Queue) error {
 				if err := q.Pause(ctx, t, *reason); err != nil {
 					return err
 				}
 				fmt.Fprintf(e.stdout, "paused %s: workers leave its events in the queue from their next fetch\n", t)
+				seen, err := pauseTargetSeen(ctx, pool, db.schema, t)
+				if err != nil {
+					return err
+				}
+				if !seen {
+					fmt.Fprintf(e.stderr, "wharf pause: warning: no queued event, dead letter or processed event has %s: is it misspelled? (wharf queue stats and wharf dlq ls show the names in use; paused anyway, as a pause before any traffic is legitimate)\n", t)
+				}
 				return nil
 			})
 		}
@@ -93,4 +106,24 @@ Examples:
 			})
 		}
 	},
+}
+
+// pauseTargetSeen reports whether any queued event, dead letter or
+// processed event has t's source or handler: a name none has is likely
+// misspelled (pausing "Stripe" holds back nothing of "stripe").
+func pauseTargetSeen(ctx context.Context, pool *pgxpool.Pool, schema string, t queue.PauseTarget) (bool, error) {
+	var seen bool
+	var err error
+	if t.Source != "" {
+		// The keys idempotency.Key makes for t.Source start with prefix.
+		prefix := strings.TrimSuffix(idempotency.Key(t.Source, "-"), "-")
+		past := prefix[:len(prefix)-1] + ";"
+		err = pool.QueryRow(ctx, sqlschema.Render(sourceSeenSQL, schema), t.Source, prefix, past).Scan(&seen)
+	} else {
+		err = pool.QueryRow(ctx, sqlschema.Render(handlerSeenSQL, schema), t.Handler).Scan(&seen)
+	}
+	if err != nil {
+		return false, fmt.Errorf("look for %s in the queue, dead letters and processed events: %w", t, err)
+	}
+	return seen, nil
 }

@@ -359,13 +359,30 @@ func printEntry(w io.Writer, en dlq.Entry) error {
 }
 
 // confirm asks a yes/no question on stderr and reads the answer from
-// stdin; anything but y or yes (or no answer at all) is no.
-func confirm(e *env, question string) (bool, error) {
+// stdin; anything but y or yes (or no answer at all) is no. When ctx ends
+// first (Ctrl-C), it returns ctx's error, which exits with the interrupt
+// code; the read, which cannot be stopped, is left to end with the process.
+func confirm(ctx context.Context, e *env, question string) (bool, error) {
 	fmt.Fprintf(e.stderr, "%s [y/N] ", question)
-	line, err := bufio.NewReader(e.stdin).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return false, fmt.Errorf("read the answer: %w", err)
+	type answer struct {
+		line string
+		err  error
 	}
-	answer := strings.ToLower(strings.TrimSpace(line))
-	return answer == "y" || answer == "yes", nil
+	answered := make(chan answer, 1)
+	go func() {
+		line, err := bufio.NewReader(e.stdin).ReadString('\n')
+		answered <- answer{line, err}
+	}()
+	var a answer
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(e.stderr)
+		return false, fmt.Errorf("no answer: %w", ctx.Err())
+	case a = <-answered:
+	}
+	if a.err != nil && !errors.Is(a.err, io.EOF) {
+		return false, fmt.Errorf("read the answer: %w", a.err)
+	}
+	reply := strings.ToLower(strings.TrimSpace(a.line))
+	return reply == "y" || reply == "yes", nil
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -269,4 +271,36 @@ func TestDLQReplayByFilterReplaysWhatWasConfirmed(t *testing.T) {
 	for _, en := range left.Entries {
 		require.Contains(t, []string{"evt_late1", "evt_late2"}, en.EventID)
 	}
+}
+
+// Ctrl-C at the confirmation question ends the command (exit 130) without
+// waiting for stdin, and replays nothing.
+func TestDLQReplayInterruptedAtTheQuestion(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for _, id := range []string{"evt_1", "evt_2", "evt_3"} {
+		f.send(t, "invoice.paid", id)
+	}
+	f.deadLetter(t, 3)
+
+	stdin, neverAnswered := io.Pipe()
+	t.Cleanup(func() { neverAnswered.Close() })
+	ctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	done, stdout, stderr := runInBackground(ctx, stdin, "dlq", "replay", "--confirm-above", "1", "--source", "stripe", "--database-url", f.url)
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(stderr.String(), "[y/N]") {
+		require.True(t, time.Now().Before(deadline), "no question within 20s: %s", stderr.String())
+		time.Sleep(10 * time.Millisecond) // polling the command's output with a deadline
+	}
+	interrupt()
+	select {
+	case code := <-done:
+		require.Equal(t, exitInterrupted, code, stderr.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("the question still waits for stdin 10s after Ctrl-C")
+	}
+	require.Contains(t, stderr.String(), "wharf: interrupted: no answer: context canceled; nothing replayed")
+	require.Empty(t, stdout.String())
+	require.Len(t, listDLQ(t, f.url).Entries, 3, "nothing replayed")
 }

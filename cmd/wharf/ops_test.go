@@ -46,6 +46,18 @@ func opsRunWith(ctx context.Context, url string, stdin io.Reader, args ...string
 	return code, stdout.String(), stderr.String()
 }
 
+// runInBackground starts a command line in-process, for a test to watch its
+// output while it runs and to interrupt it by ending ctx. Its exit code
+// comes on the channel.
+func runInBackground(ctx context.Context, stdin io.Reader, args ...string) (<-chan int, *syncBuffer, *syncBuffer) {
+	var stdout, stderr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, args, &env{stdout: &stdout, stderr: &stderr, stdin: stdin, getenv: func(string) string { return "" }})
+	}()
+	return done, &stdout, &stderr
+}
+
 // answerAfter is a stdin that, when first read (a confirmation question
 // waits for its answer), runs meanwhile, then answers answer.
 type answerAfter struct {

@@ -28,8 +28,9 @@ by filter (every dead entry matching the flags, newest first, in batches, with
 a progress line on stderr). Each entry is marked replayed in the transaction
 that queues it, so a replay run twice, or concurrently, queues an event once;
 entries no longer dead are skipped. Above --confirm-above entries it asks for
-confirmation on stdin, unless --yes. A replay by filter replays the entries it
-counted (and asked about), not those that die meanwhile.
+confirmation on stdin, unless --yes; Ctrl-C at the question replays nothing. A
+replay by filter replays the entries it counted (and asked about), not those
+that die meanwhile.
 
 It does what Pipeline.Replay does, with one difference, since the service's
 Config is not at hand: the "replayed" audit record goes into a delivery's
@@ -100,7 +101,7 @@ func replayIDs(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, ids []in
 	if err := requireEntries(ctx, d, ids); err != nil {
 		return err
 	}
-	if err := confirmReplay(e, int64(len(ids)), yes, confirmAbove); err != nil {
+	if err := confirmReplay(ctx, e, int64(len(ids)), yes, confirmAbove); err != nil {
 		return err
 	}
 	res, err := d.Replay(ctx, q, ids...)
@@ -132,7 +133,7 @@ func replayMatching(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, f d
 		fmt.Fprintln(e.stdout, "no dead entries match")
 		return nil
 	}
-	if err := confirmReplay(e, n, yes, confirmAbove); err != nil {
+	if err := confirmReplay(ctx, e, n, yes, confirmAbove); err != nil {
 		return err
 	}
 	opts.Progress = func(replayed, total int64) {
@@ -144,13 +145,13 @@ func replayMatching(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, f d
 }
 
 // confirmReplay asks before replaying more than confirmAbove entries.
-func confirmReplay(e *env, n int64, yes bool, confirmAbove int) error {
+func confirmReplay(ctx context.Context, e *env, n int64, yes bool, confirmAbove int) error {
 	if yes || n <= int64(confirmAbove) {
 		return nil
 	}
-	ok, err := confirm(e, fmt.Sprintf("replay %d dead-letter entries into the queue?", n))
+	ok, err := confirm(ctx, e, fmt.Sprintf("replay %d dead-letter entries into the queue?", n))
 	if err != nil {
-		return err
+		return fmt.Errorf("%w; nothing replayed", err)
 	}
 	if !ok {
 		return fmt.Errorf("replay of %d entries not confirmed; nothing replayed (--yes skips the question)", n)

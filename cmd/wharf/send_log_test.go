@@ -68,12 +68,7 @@ func TestLogStreamAndTail(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderrBuf syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"log", "tail", "--category", "order-", "--poll", "20ms", "--database-url", f.url},
-			&env{stdout: &stdout, stderr: &stderrBuf, stdin: strings.NewReader(""), getenv: func(string) string { return "" }})
-	}()
+	done, stdout, stderrBuf := runInBackground(ctx, strings.NewReader(""), "log", "tail", "--category", "order-", "--poll", "20ms", "--database-url", f.url)
 	// The tail starts at the head of the log when it has connected, which
 	// the test cannot see: append until one event shows, then two more.
 	appended := 0

@@ -199,18 +199,20 @@ func printEntries(w io.Writer, entries []dlq.Entry) error {
 	})
 }
 
+// secretWords mark the header names whose values dlq show masks: every
+// name that contains one, in lower case with underscores read as hyphens.
+// They are at least the web console's: "-sig" catches PayPal's
+// Transmission-Sig.
+var secretWords = []string{"key", "auth", "password", "secret", "token", "signature", "hmac",
+	"cookie", "session", "credential", "verification", "-sig"}
+
 // secretHeader reports whether a header's value is a credential or a
 // signature, which dlq show masks: a signature leaks nothing of the
 // secret, but together with the body it is a request anyone could replay
 // to the endpoint within the provider's tolerance.
 func secretHeader(name string) bool {
-	n := strings.ToLower(name)
-	switch n {
-	case "authorization", "proxy-authorization", "cookie", "set-cookie":
-		return true
-	}
-	return strings.Contains(n, "signature") || strings.Contains(n, "hmac") ||
-		strings.Contains(n, "secret") || strings.Contains(n, "token")
+	n := strings.ReplaceAll(strings.ToLower(name), "_", "-")
+	return slices.ContainsFunc(secretWords, func(w string) bool { return strings.Contains(n, w) })
 }
 
 const masked = "[masked]"
@@ -267,10 +269,10 @@ var dlqShowCommand = &command{
 	help: `Shows one dead-letter entry: what it is, every failed attempt's error, the
 headers as received and the raw body (indented when it is JSON).
 
-Credentials and signatures are masked: Authorization, Proxy-Authorization,
-Cookie, Set-Cookie, and every header whose name contains signature, hmac,
-secret or token (Stripe-Signature, X-Hub-Signature-256, webhook-signature,
-X-Shopify-Hmac-Sha256, X-Slack-Signature, X-Gitlab-Token, ...).
+Credentials and signatures are masked: every header whose name contains key,
+auth, password, secret, token, signature, hmac, cookie, session, credential,
+verification or -sig (Authorization, X-Api-Key, Cookie, Stripe-Signature,
+X-Hub-Signature-256, X-Shopify-Hmac-Sha256, X-Gitlab-Token, ...).
 
 Examples:
   wharf dlq show 42

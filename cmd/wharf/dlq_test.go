@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"runtime"
 	"strconv"
 	"strings"
@@ -17,7 +18,6 @@ import (
 	"github.com/wharfhq/wharf/dlq"
 	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/internal/dbtest"
-	"github.com/wharfhq/wharf/queue"
 )
 
 // dlqPage is the JSON of dlq ls.
@@ -251,14 +251,7 @@ func TestDLQReplayByFilterReplaysWhatWasConfirmed(t *testing.T) {
 	f.deadLetter(t, 3)
 
 	stdin := &answerAfter{answer: "y\n", meanwhile: func() error {
-		return pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
-			var evs []*queue.Event
-			for _, id := range []string{"evt_late1", "evt_late2"} {
-				evs = append(evs, &queue.Event{Source: "stripe", ID: id, Type: "invoice.paid", Body: []byte(`{}`),
-					ReceivedAt: time.Now(), Attempt: 1, MaxAttempts: 1})
-			}
-			return f.p.DLQ().Move(ctx, tx, evs)
-		})
+		return f.moveToDLQ(ctx, deadEvent("stripe", "evt_late1", "invoice.paid"), deadEvent("stripe", "evt_late2", "invoice.paid"))
 	}}
 	code, out, stderr := opsRunWith(ctx, f.url, stdin, "dlq", "replay", "--confirm-above", "1", "--source", "stripe")
 	require.NoError(t, stdin.err)
@@ -303,4 +296,31 @@ func TestDLQReplayInterruptedAtTheQuestion(t *testing.T) {
 	require.Contains(t, stderr.String(), "wharf: interrupted: no answer: context canceled; nothing replayed")
 	require.Empty(t, stdout.String())
 	require.Len(t, listDLQ(t, f.url).Entries, 3, "nothing replayed")
+}
+
+// dlq show masks every credential-like header, in text and in JSON.
+func TestDLQShowMasksSecrets(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	secrets := http.Header{
+		"X-Api-Key": {"sk_live_apikey"}, "Authorization": {"Bearer sk_live_bearer"}, "X-Auth-User": {"sk_live_user"},
+		"X-Db-Password": {"sk_live_password"}, "Stripe-Signature": {"t=1,v1=sk_live_sig"}, "X-Gitlab-Token": {"sk_live_token"},
+		"Set-Cookie": {"session=sk_live_cookie"}, "X_Client_Secret": {"sk_live_secret"}, "Paypal-Transmission-Sig": {"sk_live_paypal"},
+	}
+	ev := deadEvent("stripe", "evt_1", "invoice.paid")
+	ev.Headers = secrets.Clone()
+	ev.Headers.Set("Content-Type", "application/json")
+	require.NoError(t, f.moveToDLQ(ctx, ev))
+	id := strconv.FormatInt(listDLQ(t, f.url).Entries[0].ID, 10)
+
+	out := mustRun(t, f.url, "", "dlq", "show", id)
+	require.NotContains(t, out, "sk_live")
+	for name := range secrets {
+		require.Contains(t, out, name+": [masked]")
+	}
+	require.Contains(t, out, "Content-Type: application/json", "not a secret")
+	asJSON := mustRun(t, f.url, "", "dlq", "show", "--json", id)
+	require.NotContains(t, asJSON, "sk_live")
+	require.Contains(t, asJSON, "application/json")
 }

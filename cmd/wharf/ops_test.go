@@ -135,6 +135,18 @@ func (f *fixture) send(t *testing.T, eventType, id string) {
 	require.Contains(t, out, "202 Accepted", id)
 }
 
+// moveToDLQ dead-letters evs directly, as the queue does with an event
+// out of attempts. It returns its error rather than failing the test, for
+// use where the test's goroutine is not at hand (a stdin's read).
+func (f *fixture) moveToDLQ(ctx context.Context, evs ...*queue.Event) error {
+	return pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error { return f.p.DLQ().Move(ctx, tx, evs) })
+}
+
+// deadEvent is an event that used its one attempt, for moveToDLQ.
+func deadEvent(source, id, eventType string) *queue.Event {
+	return &queue.Event{Source: source, ID: id, Type: eventType, Body: []byte(`{}`), ReceivedAt: time.Now(), Attempt: 1, MaxAttempts: 1}
+}
+
 // deadLetter runs the pipeline until n entries are dead, then stops it,
 // so that replayed events stay in the queue for the test to see.
 func (f *fixture) deadLetter(t *testing.T, n int64) {
@@ -260,12 +272,12 @@ func TestPauseWarnsAboutAnUnknownName(t *testing.T) {
 	f := newFixture(t)
 	f.send(t, "invoice.paid", "evt_1") // queued: stripe, stripe/invoice.paid
 	require.NoError(t, pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
-		if _, err := f.p.Idempotency().Claim(ctx, tx, "github/push", idempotency.Key("github", "evt_9")); err != nil {
-			return err // processed: github, github/push
-		}
-		return f.p.DLQ().Move(ctx, tx, []*queue.Event{{Source: "slack", ID: "evt_7", Type: "message", Handler: "slack/message",
-			Body: []byte(`{}`), ReceivedAt: time.Now(), Attempt: 1, MaxAttempts: 1}}) // dead: slack, slack/message
+		_, err := f.p.Idempotency().Claim(ctx, tx, "github/push", idempotency.Key("github", "evt_9")) // processed: github, github/push
+		return err
 	}))
+	dead := deadEvent("slack", "evt_7", "message")
+	dead.Handler = "slack/message"
+	require.NoError(t, f.moveToDLQ(ctx, dead)) // dead: slack, slack/message
 
 	for _, args := range [][]string{
 		{"--source", "stripe"}, {"--source", "github"}, {"--source", "slack"},

@@ -9,8 +9,11 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -158,4 +161,36 @@ func table(w io.Writer, fill func(tw io.Writer)) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fill(tw)
 	return tw.Flush()
+}
+
+// cell returns s with its control characters (newlines and tabs included)
+// and invalid UTF-8 escaped as strconv.Quote escapes them, for a table cell
+// or a one-line field. Ids, types, errors and headers come from outside: raw,
+// a newline would split a row and an escape sequence would reach the
+// terminal.
+func cell(s string) string { return escapeControls(s, false) }
+
+// textBlock is cell for text shown on lines of its own (a body): its
+// newlines and tabs are kept.
+func textBlock(s string) string { return escapeControls(s, true) }
+
+func escapeControls(s string, keepLines bool) string {
+	escaped := func(r rune) bool {
+		return unicode.IsControl(r) && !(keepLines && (r == '\n' || r == '\t')) || r == utf8.RuneError
+	}
+	if !strings.ContainsFunc(s, escaped) {
+		return s
+	}
+	var b strings.Builder
+	for len(s) > 0 {
+		r, size := utf8.DecodeRuneInString(s)
+		if escaped(r) {
+			q := strconv.Quote(s[:size])
+			b.WriteString(q[1 : len(q)-1])
+		} else {
+			b.WriteString(s[:size])
+		}
+		s = s[size:]
+	}
+	return b.String()
 }

@@ -195,7 +195,7 @@ func printEntries(w io.Writer, entries []dlq.Entry) error {
 			last = en.Errors[len(en.Errors)-1].Error
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", en.ID, en.DeadAt.Local().Format(time.DateTime),
-			en.Source, en.Type, en.EventID, en.Handler, en.Attempts, en.Status, truncate(last, 60))
+			cell(en.Source), cell(en.Type), cell(en.EventID), cell(en.Handler), en.Attempts, en.Status, truncate(last, 60))
 	})
 }
 
@@ -267,7 +267,9 @@ var dlqShowCommand = &command{
 	summary: "show one dead letter: its errors, headers and body",
 	args:    " ID",
 	help: `Shows one dead-letter entry: what it is, every failed attempt's error, the
-headers as received and the raw body (indented when it is JSON).
+headers as received and the raw body (indented when it is JSON). Control
+characters are shown escaped, as in Go strings (\x1b, and \n outside the
+body), here and in every table; --json leaves them to JSON's own escaping.
 
 Credentials and signatures are masked: every header whose name contains key,
 auth, password, secret, token, signature, hmac, cookie, session, credential,
@@ -323,11 +325,11 @@ func printEntry(w io.Writer, en dlq.Entry) error {
 	}
 	err := table(w, func(tw io.Writer) {
 		fmt.Fprintf(tw, "entry\t%d (%s)\n", en.ID, en.Status)
-		fmt.Fprintf(tw, "source\t%s\n", en.Source)
-		fmt.Fprintf(tw, "event\t%s\n", en.EventID)
-		fmt.Fprintf(tw, "type\t%s\n", en.Type)
-		fmt.Fprintf(tw, "handler\t%s\n", en.Handler)
-		fmt.Fprintf(tw, "ordering key\t%s\n", cmp.Or(en.OrderingKey, "-"))
+		fmt.Fprintf(tw, "source\t%s\n", cell(en.Source))
+		fmt.Fprintf(tw, "event\t%s\n", cell(en.EventID))
+		fmt.Fprintf(tw, "type\t%s\n", cell(en.Type))
+		fmt.Fprintf(tw, "handler\t%s\n", cell(en.Handler))
+		fmt.Fprintf(tw, "ordering key\t%s\n", cell(cmp.Or(en.OrderingKey, "-")))
 		fmt.Fprintf(tw, "received\t%s\n", en.ReceivedAt.Local().Format(time.DateTime))
 		fmt.Fprintf(tw, "dead since\t%s\n", en.DeadAt.Local().Format(time.DateTime))
 		fmt.Fprintf(tw, "attempts\t%d (max %d)\n", en.Attempts, en.MaxAttempts)
@@ -335,7 +337,7 @@ func printEntry(w io.Writer, en dlq.Entry) error {
 		fmt.Fprintf(tw, "discarded\t%s\n", optTime(en.DiscardedAt))
 		fmt.Fprintln(tw, "\nERRORS\nATTEMPT\tAT\tWORKER\tERROR")
 		for _, ae := range en.Errors {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", ae.Attempt, ae.At.Local().Format(time.DateTime), cmp.Or(ae.Worker, "-"), ae.Error)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", ae.Attempt, ae.At.Local().Format(time.DateTime), cell(cmp.Or(ae.Worker, "-")), cell(ae.Error))
 		}
 	})
 	if err != nil {
@@ -345,15 +347,15 @@ func printEntry(w io.Writer, en dlq.Entry) error {
 	h := maskHeaders(en.Headers)
 	for _, name := range slices.Sorted(maps.Keys(h)) {
 		for _, v := range h[name] {
-			fmt.Fprintf(w, "%s: %s\n", name, v)
+			fmt.Fprintf(w, "%s: %s\n", cell(name), cell(v))
 		}
 	}
 	var pretty bytes.Buffer
 	switch {
 	case json.Indent(&pretty, en.Body, "", "  ") == nil:
-		fmt.Fprintf(w, "\nBODY (%d bytes, JSON, indented here; stored verbatim)\n%s\n", len(en.Body), pretty.Bytes())
+		fmt.Fprintf(w, "\nBODY (%d bytes, JSON, indented here; stored verbatim)\n%s\n", len(en.Body), textBlock(pretty.String()))
 	case utf8.Valid(en.Body):
-		fmt.Fprintf(w, "\nBODY (%d bytes)\n%s\n", len(en.Body), en.Body)
+		fmt.Fprintf(w, "\nBODY (%d bytes)\n%s\n", len(en.Body), textBlock(string(en.Body)))
 	default:
 		fmt.Fprintf(w, "\nBODY (%d bytes, binary)\n%s", len(en.Body), hex.Dump(en.Body))
 	}

@@ -37,9 +37,11 @@ func (o *dbOptions) withLog(ctx context.Context, fn func(l *eventlog.Log) error)
 	})
 }
 
+// printEvent prints ev on one line, its stream, type and data escaped
+// (cell).
 func printEvent(w io.Writer, ev eventlog.Event) {
-	fmt.Fprintf(w, "%d %s %d %s %s %s\n", ev.Position, ev.Stream, ev.Version, ev.Type,
-		ev.RecordedAt.Local().Format(time.RFC3339Nano), ev.Data)
+	fmt.Fprintf(w, "%d %s %d %s %s %s\n", ev.Position, cell(ev.Stream), ev.Version, cell(ev.Type),
+		ev.RecordedAt.Local().Format(time.RFC3339Nano), cell(string(ev.Data)))
 }
 
 var logTailCommand = &command{

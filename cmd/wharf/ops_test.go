@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/wharfhq/wharf"
 	"github.com/wharfhq/wharf/dlq"
+	"github.com/wharfhq/wharf/eventlog"
 	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/internal/dbtest"
 	"github.com/wharfhq/wharf/queue"
@@ -302,4 +304,73 @@ func TestPauseWarnsAboutAnUnknownName(t *testing.T) {
 	pauses, err := f.p.Queue().Pauses(ctx)
 	require.NoError(t, err)
 	require.Len(t, pauses, 9, "paused with a warning all the same")
+}
+
+// TestControlCharactersAreEscaped: ids, types, errors, headers and bodies
+// come from outside; printed raw, a newline would split a table row and an
+// escape sequence would reach the terminal. Tables and text escape them.
+func TestControlCharactersAreEscaped(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	const (
+		eventID   = "evt\n1\x1b[31m"
+		eventType = "invoice\tpaid\u009b"
+		lastError = "boom\x1b[2J\r\n\x07at line 2"
+	)
+	_, err := f.p.Queue().Enqueue(ctx, queue.NewEvent{Source: "stripe", ID: eventID, Type: eventType, Body: []byte(`{}`)})
+	require.NoError(t, err)
+	textBody := deadEvent("stripe", eventID, eventType)
+	textBody.Body = []byte("hello\x1b]0;pwned\x07\n\tworld")
+	textBody.Errors = []queue.AttemptError{{Attempt: 1, Error: lastError, At: time.Now(), Worker: "w\x1b"}}
+	textBody.Headers = http.Header{"X-Note": {"a\x1bb"}}
+	jsonBody := deadEvent("stripe", "evt_json", "invoice.paid")
+	jsonBody.Body = []byte("{\"a\": \"\u009b31m\x7f\"}")
+	require.NoError(t, f.moveToDLQ(ctx, textBody, jsonBody))
+	log, err := eventlog.New(f.pool, eventlog.Config{})
+	require.NoError(t, err)
+	t.Cleanup(log.Close)
+	_, err = log.Append(ctx, "order\x1b1", eventlog.NoStream, eventlog.NewEvent{Type: "placed\n", Data: []byte(`{"note": "\u001b[0m"}`)})
+	require.NoError(t, err)
+
+	// requireEscaped fails on any control character but the newlines that
+	// end out's lines, of which it wants lines.
+	requireEscaped := func(out string, lines int, args []string) {
+		t.Helper()
+		require.Equal(t, lines, strings.Count(out, "\n"), "%q: %s", args, out)
+		require.False(t, strings.ContainsFunc(out, func(r rune) bool { return r != '\n' && r != '\t' && unicode.IsControl(r) }), "%q: %q", args, out)
+	}
+	for _, tc := range []struct {
+		args  []string
+		lines int
+		want  []string
+	}{
+		{[]string{"queue", "ls"}, 2, []string{`evt\n1\x1b[31m`, `invoice\tpaid\u009b`}},
+		{[]string{"queue", "stats"}, 9, []string{`invoice\tpaid\u009b`}},
+		{[]string{"dlq", "ls"}, 3, []string{`evt\n1\x1b[31m`, `boom\x1b[2J \aat line 2`}},
+		{[]string{"log", "stream", "order\x1b1"}, 1, []string{` order\x1b1 1 placed\n `, `\u001b[0m`}},
+	} {
+		out := mustRun(t, f.url, "", tc.args...)
+		requireEscaped(out, tc.lines, tc.args)
+		for _, w := range tc.want {
+			require.Contains(t, out, w, "%q", tc.args)
+		}
+	}
+	ids := map[string]string{}
+	var page dlqPage
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, f.url, "", "dlq", "ls", "--json")), &page))
+	for _, en := range page.Entries {
+		ids[en.EventID] = strconv.FormatInt(en.ID, 10)
+	}
+	require.Contains(t, ids, eventID, "JSON keeps the id as it is")
+
+	out := mustRun(t, f.url, "", "dlq", "show", ids[eventID])
+	require.False(t, strings.ContainsFunc(out, func(r rune) bool { return r != '\n' && r != '\t' && unicode.IsControl(r) }), "%q", out)
+	for _, w := range []string{"event         evt\\n1\\x1b[31m\n", "type          invoice\\tpaid\\u009b\n",
+		`w\x1b`, `boom\x1b[2J\r\n\aat line 2`, `X-Note: a\x1bb`, "hello\\x1b]0;pwned\\a\n\tworld\n"} {
+		require.Contains(t, out, w)
+	}
+	out = mustRun(t, f.url, "", "dlq", "show", ids["evt_json"])
+	require.False(t, strings.ContainsFunc(out, func(r rune) bool { return r != '\n' && unicode.IsControl(r) }), "%q", out)
+	require.Contains(t, out, "{\n  \"a\": \"\\u009b31m\\x7f\"\n}\n", "the indentation kept, the controls escaped")
 }

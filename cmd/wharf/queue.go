@@ -152,10 +152,10 @@ func (s statsOutput) print(w io.Writer) error {
 			fmt.Fprintln(tw, "\nSOURCE\tTYPE\tDUE\tSCHEDULED\tRUNNING\tEXHAUSTED")
 			for _, source := range slices.Sorted(maps.Keys(s.BySource)) {
 				c := s.BySource[source]
-				fmt.Fprintf(tw, "%s\t(all)\t%d\t%d\t%d\t%d\n", source, c.Due, c.Scheduled, c.Running, c.Exhausted)
+				fmt.Fprintf(tw, "%s\t(all)\t%d\t%d\t%d\t%d\n", cell(source), c.Due, c.Scheduled, c.Running, c.Exhausted)
 				for _, k := range s.ByKind {
 					if k.Source == source {
-						fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\n", source, k.Type, k.Due, k.Scheduled, k.Running, k.Exhausted)
+						fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\n", cell(source), cell(k.Type), k.Due, k.Scheduled, k.Running, k.Exhausted)
 					}
 				}
 			}
@@ -163,13 +163,13 @@ func (s statsOutput) print(w io.Writer) error {
 		if len(s.Unhandled) > 0 {
 			fmt.Fprintln(tw, "\nUNHANDLED: stored without a handler\nSOURCE\tTYPE\tWAITING")
 			for _, u := range s.Unhandled {
-				fmt.Fprintf(tw, "%s\t%s\t%d\n", u.Source, u.Type, u.Waiting)
+				fmt.Fprintf(tw, "%s\t%s\t%d\n", cell(u.Source), cell(u.Type), u.Waiting)
 			}
 		}
 		if len(s.Paused) > 0 {
 			fmt.Fprintln(tw, "\nPAUSED\tSINCE\tREASON")
 			for _, p := range s.Paused {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", queue.PauseTarget{Source: p.Source, Handler: p.Handler}, p.PausedAt.Local().Format(time.DateTime), p.Reason)
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", queue.PauseTarget{Source: p.Source, Handler: p.Handler}, p.PausedAt.Local().Format(time.DateTime), cell(p.Reason))
 			}
 		}
 	})
@@ -272,16 +272,16 @@ func listQueue(ctx context.Context, pool *pgxpool.Pool, schema string, f queueLi
 
 func printQueueList(w io.Writer, events []queuedEvent) error {
 	return printList(w, "no events", "ID\tSOURCE\tEVENT\tTYPE\tHANDLER\tSTATE\tATTEMPT\tDEFERRALS\tRECEIVED\tRUN AT\tBYTES\tLAST ERROR", events, func(tw io.Writer, ev queuedEvent) {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%d\t%s\n", ev.ID, ev.Source, ev.EventID, ev.Type,
-			cmp.Or(ev.Handler, "-"), ev.State, ev.Attempt, ev.MaxAttempts, ev.Deferrals, ev.ReceivedAt.Local().Format(time.DateTime),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\t%s\t%d\t%s\n", ev.ID, cell(ev.Source), cell(ev.EventID), cell(ev.Type),
+			cell(cmp.Or(ev.Handler, "-")), ev.State, ev.Attempt, ev.MaxAttempts, ev.Deferrals, ev.ReceivedAt.Local().Format(time.DateTime),
 			ev.RunAt.Local().Format(time.DateTime), ev.BodyBytes, truncate(ev.LastError, 60))
 	})
 }
 
-// truncate puts s on one line and shortens it to n runes, with an
-// ellipsis, for a table cell.
+// truncate puts s on one line, its control characters escaped (cell), and
+// shortens it to n runes, with an ellipsis, for a table cell.
 func truncate(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
+	s = cell(strings.Join(strings.Fields(s), " "))
 	r := []rune(s)
 	if len(r) <= n {
 		return s

@@ -539,6 +539,10 @@ func TestBadInput(t *testing.T) {
 		_, _, err := f.dead.List(ctx, bad.f, bad.p)
 		require.ErrorIs(t, err, dlq.ErrInvalidFilter, "%+v %+v", bad.f, bad.p)
 	}
+	now := time.Now()
+	_, _, err = f.dead.List(ctx, dlq.Filter{Since: now, Until: now.Add(-time.Hour)}, dlq.Page{})
+	require.EqualError(t, err, "dlq: invalid filter: Since "+now.Format(time.RFC3339Nano)+" is not before Until "+now.Add(-time.Hour).Format(time.RFC3339Nano),
+		"the times in RFC 3339, not with the monotonic clock reading (m=+...)")
 	_, err = f.dead.Purge(ctx, -time.Second)
 	require.ErrorIs(t, err, dlq.ErrInvalidFilter)
 	_, err = f.dead.ReplayMatching(ctx, f.q, dlq.Filter{}, dlq.ReplayOptions{MaxPerSecond: -1})

@@ -54,7 +54,7 @@ func (f Filter) args() ([]any, error) {
 		return nil, fmt.Errorf("%w: status %q", ErrInvalidFilter, status)
 	}
 	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
-		return nil, fmt.Errorf("%w: Since %s is not before Until %s", ErrInvalidFilter, f.Since, f.Until)
+		return nil, fmt.Errorf("%w: Since %s is not before Until %s", ErrInvalidFilter, f.Since.Format(time.RFC3339Nano), f.Until.Format(time.RFC3339Nano))
 	}
 	var upToAt *time.Time
 	var upToID int64

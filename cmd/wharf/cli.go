@@ -126,8 +126,17 @@ func runLeaf(ctx context.Context, c *command, path string, args []string, e *env
 	if c.args == "" && fs.NArg() > 0 {
 		return &usageError{path, fmt.Errorf("unexpected argument %q (flags go before arguments)", fs.Arg(0))}
 	}
+	// Parsing stops at the first argument: a flag after it would be taken
+	// as an argument, unless "--" ended the flags on purpose.
+	endedByDashes := fs.NArg() < len(args) && args[len(args)-fs.NArg()-1] == "--"
+	if i := slices.IndexFunc(fs.Args(), looksLikeFlag); i >= 0 && !endedByDashes {
+		return &usageError{path, fmt.Errorf("flag %q after an argument (flags go before arguments)", fs.Arg(i))}
+	}
 	return runFn(ctx, e, fs.Args())
 }
+
+// looksLikeFlag reports whether a command-line argument has a flag's form.
+func looksLikeFlag(arg string) bool { return len(arg) > 1 && arg[0] == '-' }
 
 func printGroupHelp(w io.Writer, c *command, path string) {
 	fmt.Fprintf(w, "%s\n\nUsage:\n  %s <command> [flags]\n\nCommands:\n", c.help, path)

@@ -58,6 +58,17 @@ func filterFlags(fs *flag.FlagSet, f *dlq.Filter) {
 	fs.Func("until", "only entries that died before this time: RFC 3339 or a duration ago", timeFlag(&f.Until))
 }
 
+// checkTimeRange refuses a --since that is not before --until, which
+// would match nothing, with both times in RFC 3339 (a duration is turned
+// into a time that long ago, so --since 1h --until 2h is reversed).
+func checkTimeRange(path string, f dlq.Filter) error {
+	if f.Since.IsZero() || f.Until.IsZero() || f.Since.Before(f.Until) {
+		return nil
+	}
+	return &usageError{path, fmt.Errorf("-since %s is not before -until %s (a duration means that long ago: --since 2h --until 1h)",
+		f.Since.Format(time.RFC3339), f.Until.Format(time.RFC3339))}
+}
+
 // timeFlag parses an RFC 3339 time, or a duration meaning that long ago.
 func timeFlag(t *time.Time) func(string) error {
 	return func(s string) error {
@@ -124,6 +135,9 @@ Examples:
 		return func(ctx context.Context, e *env, _ []string) error {
 			if p.Limit < 1 || p.Limit > dlq.MaxListLimit {
 				return &usageError{"wharf dlq ls", fmt.Errorf("-limit %d: want 1 to %d", p.Limit, dlq.MaxListLimit)}
+			}
+			if err := checkTimeRange("wharf dlq ls", f); err != nil {
+				return err
 			}
 			return db.withDLQ(ctx, dlq.Config{}, func(_ *pgxpool.Pool, d *dlq.DLQ) error {
 				entries, next, err := d.List(ctx, f, p)
@@ -229,7 +243,8 @@ func maskHeaders(h http.Header) http.Header {
 	return out
 }
 
-// parseIDs reads entry ids from the command line.
+// parseIDs reads entry ids from the command line, each once: an id given
+// twice is one entry, not one done and one skipped.
 func parseIDs(path string, args []string) ([]int64, error) {
 	ids := make([]int64, 0, len(args))
 	for _, a := range args {
@@ -237,7 +252,9 @@ func parseIDs(path string, args []string) ([]int64, error) {
 		if err != nil || id < 1 {
 			return nil, &usageError{path, fmt.Errorf("%q is not an entry id (wharf dlq ls lists them)", a)}
 		}
-		ids = append(ids, id)
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
 	}
 	return ids, nil
 }

@@ -167,12 +167,23 @@ func TestOpsUsageErrors(t *testing.T) {
 		{[]string{"send", "--provider", "paypal"}, `wharf send: invalid value "paypal" for flag -provider`},
 		{[]string{"send", "--provider", "stripe", "--secret", "s", "http://x"}, "wharf send: -type is required without -body"},
 		{[]string{"send", "--provider", "stripe", "--secret", "s", "--type", "t"}, "wharf send: want the endpoint's URL"},
+		{[]string{"queue", "ls", "--limit", "0"}, "wharf queue ls: -limit 0: want at least 1"},
+		{[]string{"dlq", "ls", "--since", "1h", "--until", "2h"}, "wharf dlq ls: -since "},
+		{[]string{"dlq", "replay", "--since", "2024-05-02T00:00:00Z", "--until", "2024-05-01T00:00:00Z"},
+			"wharf dlq replay: -since 2024-05-02T00:00:00Z is not before -until 2024-05-01T00:00:00Z (a duration means that long ago"},
+		{[]string{"dlq", "show", "1", "--json"}, `wharf dlq show: flag "--json" after an argument (flags go before arguments)`},
+		{[]string{"dlq", "replay", "1", "2", "-yes"}, `wharf dlq replay: flag "-yes" after an argument (flags go before arguments)`},
+		{[]string{"send", "http://x", "--provider", "stripe"}, `wharf send: flag "--provider" after an argument (flags go before arguments)`},
+		{[]string{"log", "stream", "x", "--from", "3"}, `wharf log stream: flag "--from" after an argument (flags go before arguments)`},
 	} {
 		code, stdout, stderr := opsRun(context.Background(), url, "", tc.args...)
 		require.Equal(t, exitUsage, code, "%q: %s", tc.args, stderr)
 		require.Contains(t, stderr, tc.want, "%q", tc.args)
 		require.Empty(t, stdout, "%q", tc.args)
 	}
+	_, _, stderr := opsRun(context.Background(), url, "", "dlq", "ls", "--since", "1h", "--until", "2h")
+	rfc3339 := `\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)`
+	require.Regexp(t, "-since "+rfc3339+" is not before -until "+rfc3339+" ", stderr)
 }
 
 // TestOpsNoServer: an unreachable database is a failure (exit 1) with a
@@ -180,7 +191,9 @@ func TestOpsUsageErrors(t *testing.T) {
 func TestOpsNoServer(t *testing.T) {
 	t.Parallel()
 	url := "postgres://postgres@127.0.0.1:1/postgres?connect_timeout=5"
-	for _, args := range [][]string{{"migrate", "status"}, {"queue", "stats"}, {"dlq", "ls"}, {"pause", "--source", "s"}, {"log", "stream", "s"}} {
+	for _, args := range [][]string{{"migrate", "status"}, {"queue", "stats"}, {"dlq", "ls"}, {"pause", "--source", "s"}, {"log", "stream", "s"},
+		{"log", "stream", "--", "-s"}} { // after "--", an argument may start with '-'
+
 		code, stdout, stderr := opsRun(context.Background(), url, "", args...)
 		require.Equal(t, exitFailure, code, "%q: %s", args, stderr)
 		require.Contains(t, stderr, "(is PostgreSQL running at 127.0.0.1:1? set --database-url or $DATABASE_URL)", "%q", args)
@@ -323,4 +336,20 @@ func TestDLQShowMasksSecrets(t *testing.T) {
 	asJSON := mustRun(t, f.url, "", "dlq", "show", "--json", id)
 	require.NotContains(t, asJSON, "sk_live")
 	require.Contains(t, asJSON, "application/json")
+}
+
+// An id given twice is one entry: replayed or discarded once, not once and
+// then skipped.
+func TestDLQRepeatedIDsCountOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	require.NoError(t, f.moveToDLQ(ctx, deadEvent("stripe", "evt_1", "invoice.paid"), deadEvent("stripe", "evt_2", "invoice.paid")))
+	ids := map[string]string{}
+	for _, en := range listDLQ(t, f.url).Entries {
+		ids[en.EventID] = strconv.FormatInt(en.ID, 10)
+	}
+	require.Equal(t, "replayed 1\n", mustRun(t, f.url, "", "dlq", "replay", ids["evt_1"], ids["evt_1"], ids["evt_1"]))
+	require.Equal(t, "discarded 1\n", mustRun(t, f.url, "", "dlq", "discard", ids["evt_2"], ids["evt_2"]))
+	require.Equal(t, "replayed 0, skipped 1 (no longer dead: already replayed or discarded)\n", mustRun(t, f.url, "", "dlq", "replay", ids["evt_1"], ids["evt_1"]))
 }

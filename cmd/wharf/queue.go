@@ -214,7 +214,7 @@ Examples:
 		asJSON := fs.Bool("json", false, "print the events as a JSON array")
 		return func(ctx context.Context, e *env, _ []string) error {
 			if f.limit < 1 {
-				return fmt.Errorf("-limit %d: want at least 1", f.limit)
+				return &usageError{"wharf queue ls", fmt.Errorf("-limit %d: want at least 1", f.limit)}
 			}
 			return db.withPool(ctx, func(pool *pgxpool.Pool) error {
 				events, err := listQueue(ctx, pool, db.schema, f)

@@ -71,6 +71,9 @@ Examples:
 			case opts.BatchSize < 1 || opts.BatchSize > dlq.MaxListLimit:
 				return &usageError{path, fmt.Errorf("-batch %d: want 1 to %d", opts.BatchSize, dlq.MaxListLimit)}
 			}
+			if err := checkTimeRange(path, f); err != nil {
+				return err
+			}
 			return db.withQueue(ctx, func(pool *pgxpool.Pool, q *queue.Queue) error {
 				var cfg dlq.Config
 				if !*noAudit {

@@ -507,6 +507,39 @@ func TestDiscardAndPurge(t *testing.T) {
 	require.Equal(t, []int64{keep, recent}, left, "dead entries are never purged, however old")
 }
 
+// CountPurgeable's cutoff, given to PurgeBefore, deletes what was counted
+// and nothing discarded since.
+func TestCountPurgeableThenPurgeBefore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	old := f.deadEvent(t, "s", "old", "x", "boom", 48*time.Hour)
+	later := f.deadEvent(t, "s", "later", "x", "boom", 48*time.Hour)
+	f.deadEvent(t, "s", "dead", "x", "boom", 48*time.Hour)
+	_, err := f.dead.Discard(ctx, old)
+	require.NoError(t, err)
+
+	n, before, err := f.dead.CountPurgeable(ctx, time.Millisecond)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+	require.WithinDuration(t, time.Now(), before, time.Minute, "the database's now() minus a millisecond")
+	time.Sleep(10 * time.Millisecond) // so that what is discarded now is older than a millisecond at the purge
+	_, err = f.dead.Discard(ctx, later)
+	require.NoError(t, err)
+	time.Sleep(10 * time.Millisecond)
+
+	purged, err := f.dead.PurgeBefore(ctx, before)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, purged, "only the entry counted")
+	require.Equal(t, 2, f.count(t, `SELECT count(*) FROM wharf.dead_letters`))
+	require.Equal(t, 1, f.count(t, `SELECT count(*) FROM wharf.dead_letters WHERE id = $1`, later))
+	n, _, err = f.dead.CountPurgeable(ctx, time.Millisecond)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "the entry discarded since, never a dead one")
+	_, _, err = f.dead.CountPurgeable(ctx, -time.Second)
+	require.ErrorIs(t, err, dlq.ErrInvalidFilter)
+}
+
 func TestBadInput(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -198,13 +198,36 @@ func (d *DLQ) Discard(ctx context.Context, ids ...int64) (int, error) {
 // older than olderThan, in batches, and returns how many it deleted. Dead
 // entries are never purged.
 func (d *DLQ) Purge(ctx context.Context, olderThan time.Duration) (int64, error) {
-	if olderThan < 0 {
-		return 0, fmt.Errorf("%w: olderThan %s is negative", ErrInvalidFilter, olderThan)
+	before, err := d.purgeCutoff(ctx, olderThan)
+	if err != nil {
+		return 0, err
 	}
+	return d.PurgeBefore(ctx, before)
+}
+
+// CountPurgeable returns how many entries Purge(ctx, olderThan) would
+// delete now, and the cutoff that selects them (the database's clock minus
+// olderThan). PurgeBefore with that cutoff deletes those entries and none
+// replayed or discarded since: a purge that asks for a confirmation
+// deletes what it counted.
+func (d *DLQ) CountPurgeable(ctx context.Context, olderThan time.Duration) (n int64, before time.Time, err error) {
+	if before, err = d.purgeCutoff(ctx, olderThan); err != nil {
+		return 0, before, err
+	}
+	if err := d.pool.QueryRow(ctx, d.sql.countPurgeable, before).Scan(&n); err != nil {
+		return 0, before, fmt.Errorf("dlq: count purgeable entries: %w", err)
+	}
+	return n, before, nil
+}
+
+// PurgeBefore deletes replayed and discarded entries whose replay or
+// discard is before before, in batches, and returns how many it deleted.
+// Dead entries are never purged.
+func (d *DLQ) PurgeBefore(ctx context.Context, before time.Time) (int64, error) {
 	const batch = 1000
 	var total int64
 	for {
-		tag, err := d.pool.Exec(ctx, d.sql.purge, olderThan.Milliseconds(), batch)
+		tag, err := d.pool.Exec(ctx, d.sql.purge, before, batch)
 		if err != nil {
 			return total, fmt.Errorf("dlq: purge: %w", err)
 		}
@@ -213,4 +236,17 @@ func (d *DLQ) Purge(ctx context.Context, olderThan time.Duration) (int64, error)
 			return total, nil
 		}
 	}
+}
+
+// purgeCutoff is the time before which a replay or a discard is older than
+// olderThan, by the database's clock.
+func (d *DLQ) purgeCutoff(ctx context.Context, olderThan time.Duration) (time.Time, error) {
+	var before time.Time
+	if olderThan < 0 {
+		return before, fmt.Errorf("%w: olderThan %s is negative", ErrInvalidFilter, olderThan)
+	}
+	if err := d.pool.QueryRow(ctx, d.sql.purgeCutoff, olderThan.Milliseconds()).Scan(&before); err != nil {
+		return before, fmt.Errorf("dlq: purge cutoff: %w", err)
+	}
+	return before, nil
 }

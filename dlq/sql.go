@@ -90,19 +90,26 @@ UPDATE {schema}.dead_letters
 SET status = 'discarded', discarded_at = now()
 WHERE id = ANY ($1::bigint[]) AND status = 'dead'`
 
-// purgeSQL deletes up to $2 replayed or discarded entries whose last change
-// is older than $1 milliseconds; Purge repeats it until none are left, so
-// no single statement holds many row locks for long.
-const purgeSQL = `
-DELETE FROM {schema}.dead_letters
-WHERE id = ANY (ARRAY(
-    SELECT id FROM {schema}.dead_letters
-    WHERE status IN ('replayed', 'discarded')
-      AND coalesce(discarded_at, last_replayed_at) < now() - $1 * interval '1 millisecond'
-    LIMIT $2))`
+// purgeCutoffSQL is the time before which a replay or a discard makes an
+// entry purgeable, for Purge's olderThan of $1 milliseconds: by the
+// database's clock, which also stamped the replays and discards.
+const purgeCutoffSQL = `SELECT now() - $1 * interval '1 millisecond'`
+
+// purgeableSQL is the FROM and WHERE of the entries replayed or discarded
+// before $1: those a purge with that cutoff deletes.
+const purgeableSQL = `
+FROM {schema}.dead_letters
+WHERE status IN ('replayed', 'discarded') AND coalesce(discarded_at, last_replayed_at) < $1`
+
+const countPurgeableSQL = `SELECT count(*)` + purgeableSQL
+
+// purgeSQL deletes up to $2 purgeable entries; PurgeBefore repeats it until
+// none are left, so no single statement holds many row locks for long.
+const purgeSQL = `DELETE FROM {schema}.dead_letters WHERE id = ANY (ARRAY(SELECT id` + purgeableSQL + ` LIMIT $2))`
 
 type statements struct {
-	move, list, listWithoutBodies, count, get, lockDead, markReplayed, discard, purge string
+	move, list, listWithoutBodies, count, get, lockDead, markReplayed, discard string
+	purgeCutoff, countPurgeable, purge                                         string
 }
 
 func render(schema string) statements {
@@ -116,6 +123,8 @@ func render(schema string) statements {
 		lockDead:          r(lockDeadSQL),
 		markReplayed:      r(markReplayedSQL),
 		discard:           r(discardSQL),
+		purgeCutoff:       r(purgeCutoffSQL),
+		countPurgeable:    r(countPurgeableSQL),
 		purge:             r(purgeSQL),
 	}
 }

@@ -379,6 +379,37 @@ func printEntry(w io.Writer, en dlq.Entry) error {
 	return nil
 }
 
+// confirmation is the --yes and --confirm-above flags of a command that
+// changes many entries at once.
+type confirmation struct {
+	yes   bool
+	above int
+}
+
+// register defines the flags; done is what the command does to entries
+// ("replayed").
+func (c *confirmation) register(fs *flag.FlagSet, done string) {
+	fs.BoolVar(&c.yes, "yes", false, "do not ask for confirmation")
+	fs.IntVar(&c.above, "confirm-above", 10, "ask for confirmation when more entries than this would be "+done)
+}
+
+// ask asks question about n entries on stderr, unless --yes or n is at
+// most --confirm-above. A no, or Ctrl-C, is an error that says nothing was
+// done.
+func (c confirmation) ask(ctx context.Context, e *env, n int64, question, done string) error {
+	if c.yes || n <= int64(c.above) {
+		return nil
+	}
+	ok, err := confirm(ctx, e, question)
+	if err != nil {
+		return fmt.Errorf("%w; nothing %s", err, done)
+	}
+	if !ok {
+		return fmt.Errorf("%d entries not confirmed; nothing %s (--yes skips the question)", n, done)
+	}
+	return nil
+}
+
 // confirm asks a yes/no question on stderr and reads the answer from
 // stdin; anything but y or yes (or no answer at all) is no. When ctx ends
 // first (Ctrl-C), it returns ctx's error, which exits with the interrupt

@@ -18,6 +18,7 @@ import (
 	"github.com/wharfhq/wharf/dlq"
 	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
 )
 
 // dlqPage is the JSON of dlq ls.
@@ -352,4 +353,52 @@ func TestDLQRepeatedIDsCountOnce(t *testing.T) {
 	require.Equal(t, "replayed 1\n", mustRun(t, f.url, "", "dlq", "replay", ids["evt_1"], ids["evt_1"], ids["evt_1"]))
 	require.Equal(t, "discarded 1\n", mustRun(t, f.url, "", "dlq", "discard", ids["evt_2"], ids["evt_2"]))
 	require.Equal(t, "replayed 0, skipped 1 (no longer dead: already replayed or discarded)\n", mustRun(t, f.url, "", "dlq", "replay", ids["evt_1"], ids["evt_1"]))
+}
+
+// purge deletes for good: --dry-run only counts, above --confirm-above it
+// asks first, and it deletes the entries it counted, not those discarded
+// while the question waits.
+func TestDLQPurgeAsksFirst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	events := []*queue.Event{}
+	for _, id := range []string{"evt_1", "evt_2", "evt_3", "evt_late"} {
+		events = append(events, deadEvent("stripe", id, "invoice.paid"))
+	}
+	require.NoError(t, f.moveToDLQ(ctx, events...))
+	ids := map[string]int64{}
+	for _, en := range listDLQ(t, f.url).Entries {
+		ids[en.EventID] = en.ID
+	}
+	_, err := f.p.DLQ().Discard(ctx, ids["evt_1"], ids["evt_2"], ids["evt_3"])
+	require.NoError(t, err)
+	time.Sleep(5 * time.Millisecond) // the discards older than --older-than 1ms
+	discarded := func() int { return len(listDLQ(t, f.url, "--status", "discarded").Entries) }
+
+	out := mustRun(t, f.url, "", "dlq", "purge", "--older-than", "1ms", "--dry-run", "--confirm-above", "0")
+	require.Regexp(t, `^would purge 3 entries replayed or discarded more than 1ms ago \(before \S+\); nothing deleted\n$`, out)
+	require.Equal(t, 3, discarded())
+
+	code, out, stderr := opsRun(ctx, f.url, "n\n", "dlq", "purge", "--older-than", "1ms", "--confirm-above", "2")
+	require.Equal(t, exitFailure, code, out)
+	require.Contains(t, stderr, "delete 3 replayed or discarded entries for good (a discarded entry's row is its event's only copy)? [y/N]")
+	require.Contains(t, stderr, "3 entries not confirmed; nothing purged (--yes skips the question)")
+	require.Equal(t, 3, discarded())
+
+	stdin := &answerAfter{answer: "y\n", meanwhile: func() error {
+		_, err := f.p.DLQ().Discard(ctx, ids["evt_late"])
+		time.Sleep(5 * time.Millisecond) // older than --older-than 1ms when the purge runs
+		return err
+	}}
+	code, out, stderr = opsRunWith(ctx, f.url, stdin, "dlq", "purge", "--older-than", "1ms", "--confirm-above", "2")
+	require.NoError(t, stdin.err)
+	require.Equal(t, exitOK, code, stderr)
+	require.Equal(t, "purged 3 entries replayed or discarded more than 1ms ago\n", out)
+	left := listDLQ(t, f.url, "--status", "discarded").Entries
+	require.Len(t, left, 1, "the entry discarded while the question waited is kept")
+	require.Equal(t, "evt_late", left[0].EventID)
+
+	require.Equal(t, "purged 1 entries replayed or discarded more than 1ms ago\n",
+		mustRun(t, f.url, "", "dlq", "purge", "--older-than", "1ms", "--confirm-above", "0", "--yes"))
 }

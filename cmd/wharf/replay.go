@@ -49,8 +49,8 @@ Examples:
 		var f dlq.Filter
 		filterFlags(fs, &f)
 		all := fs.Bool("all", false, "replay every dead entry (when no id and no filter is given)")
-		yes := fs.Bool("yes", false, "do not ask for confirmation")
-		confirmAbove := fs.Int("confirm-above", 10, "ask for confirmation when more entries than this would replay")
+		var ask confirmation
+		ask.register(fs, "replayed")
 		var opts dlq.ReplayOptions
 		fs.Float64Var(&opts.MaxPerSecond, "rate", 0, "the most entries to replay per second, so the consumers and the downstream are not flooded; 0 for no cap")
 		fs.IntVar(&opts.BatchSize, "batch", dlq.DefaultReplayBatch, fmt.Sprintf("entries per transaction of a replay by filter, 1 to %d", dlq.MaxListLimit))
@@ -91,20 +91,20 @@ Examples:
 					return err
 				}
 				if len(ids) > 0 {
-					return replayIDs(ctx, e, d, q, ids, *yes, *confirmAbove)
+					return replayIDs(ctx, e, d, q, ids, ask)
 				}
-				return replayMatching(ctx, e, d, q, f, opts, *yes, *confirmAbove)
+				return replayMatching(ctx, e, d, q, f, opts, ask)
 			})
 		}
 	},
 }
 
 // replayIDs replays the entries ids, after checking that each exists.
-func replayIDs(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, ids []int64, yes bool, confirmAbove int) error {
+func replayIDs(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, ids []int64, ask confirmation) error {
 	if err := requireEntries(ctx, d, ids); err != nil {
 		return err
 	}
-	if err := confirmReplay(ctx, e, int64(len(ids)), yes, confirmAbove); err != nil {
+	if err := confirmReplay(ctx, e, ask, int64(len(ids))); err != nil {
 		return err
 	}
 	res, err := d.Replay(ctx, q, ids...)
@@ -119,7 +119,7 @@ func replayIDs(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, ids []in
 // per batch: those that matched when it counted them, bounded by the
 // newest of them, so that entries dying while the question waits are not
 // replayed unconfirmed.
-func replayMatching(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, f dlq.Filter, opts dlq.ReplayOptions, yes bool, confirmAbove int) error {
+func replayMatching(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, f dlq.Filter, opts dlq.ReplayOptions, ask confirmation) error {
 	f.Status = dlq.StatusDead
 	newest, _, err := d.List(ctx, f, dlq.Page{Limit: 1, OmitBody: true})
 	if err != nil {
@@ -136,7 +136,7 @@ func replayMatching(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, f d
 		fmt.Fprintln(e.stdout, "no dead entries match")
 		return nil
 	}
-	if err := confirmReplay(ctx, e, n, yes, confirmAbove); err != nil {
+	if err := confirmReplay(ctx, e, ask, n); err != nil {
 		return err
 	}
 	opts.Progress = func(replayed, total int64) {
@@ -147,19 +147,9 @@ func replayMatching(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, f d
 	return err
 }
 
-// confirmReplay asks before replaying more than confirmAbove entries.
-func confirmReplay(ctx context.Context, e *env, n int64, yes bool, confirmAbove int) error {
-	if yes || n <= int64(confirmAbove) {
-		return nil
-	}
-	ok, err := confirm(ctx, e, fmt.Sprintf("replay %d dead-letter entries into the queue?", n))
-	if err != nil {
-		return fmt.Errorf("%w; nothing replayed", err)
-	}
-	if !ok {
-		return fmt.Errorf("replay of %d entries not confirmed; nothing replayed (--yes skips the question)", n)
-	}
-	return nil
+// confirmReplay asks before replaying n entries, unless ask skips it.
+func confirmReplay(ctx context.Context, e *env, ask confirmation, n int64) error {
+	return ask.ask(ctx, e, n, fmt.Sprintf("replay %d dead-letter entries into the queue?", n), "replayed")
 }
 
 func printReplayResult(e *env, res dlq.ReplayResult) {
@@ -252,22 +242,43 @@ var dlqPurgeCommand = &command{
 	name:    "purge",
 	summary: "delete replayed and discarded entries older than a duration",
 	help: `Deletes replayed and discarded entries whose replay or discard is older than
---older-than, in batches. Dead entries are never purged.
+--older-than, in batches. Dead entries are never purged. The rows go for good,
+and a discarded entry's row is the only copy of its event: above
+--confirm-above entries it asks for confirmation on stdin, unless --yes, and
+deletes exactly the entries it counted. --dry-run only counts them.
 
 Examples:
-  wharf dlq purge --older-than 720h     # 30 days`,
+  wharf dlq purge --older-than 720h --dry-run    # how many, 30 days and older
+  wharf dlq purge --older-than 720h --yes`,
 	flags: func(fs *flag.FlagSet, e *env) func(context.Context, *env, []string) error {
 		var db dbOptions
 		db.register(fs, e)
 		olderThan := fs.Duration("older-than", 0, "how long ago the replay or discard must be (required; e.g. 720h)")
+		dryRun := fs.Bool("dry-run", false, "print how many entries would be purged, and delete nothing")
+		var ask confirmation
+		ask.register(fs, "purged")
 		return func(ctx context.Context, e *env, _ []string) error {
 			if *olderThan <= 0 {
 				return &usageError{"wharf dlq purge", fmt.Errorf("-older-than %s: want a positive duration, e.g. 720h", *olderThan)}
 			}
 			return db.withDLQ(ctx, dlq.Config{}, func(_ *pgxpool.Pool, d *dlq.DLQ) error {
-				n, err := d.Purge(ctx, *olderThan)
+				n, before, err := d.CountPurgeable(ctx, *olderThan)
 				if err != nil {
 					return err
+				}
+				if *dryRun {
+					fmt.Fprintf(e.stdout, "would purge %d entries replayed or discarded more than %s ago (before %s); nothing deleted\n",
+						n, *olderThan, before.Format(time.RFC3339))
+					return nil
+				}
+				if n > 0 {
+					question := fmt.Sprintf("delete %d replayed or discarded entries for good (a discarded entry's row is its event's only copy)?", n)
+					if err := ask.ask(ctx, e, n, question, "purged"); err != nil {
+						return err
+					}
+					if n, err = d.PurgeBefore(ctx, before); err != nil {
+						return err
+					}
 				}
 				fmt.Fprintf(e.stdout, "purged %d entries replayed or discarded more than %s ago\n", n, *olderThan)
 				return nil

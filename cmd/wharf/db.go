@@ -174,6 +174,7 @@ func cell(s string) string { return escapeControls(s, false) }
 // newlines and tabs are kept.
 func textBlock(s string) string { return escapeControls(s, true) }
 
+// escapeControls is cell, or textBlock when keepLines.
 func escapeControls(s string, keepLines bool) string {
 	escaped := func(r rune) bool {
 		return unicode.IsControl(r) && !(keepLines && (r == '\n' || r == '\t')) || r == utf8.RuneError

@@ -19,9 +19,11 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/wharfhq/wharf/dlq"
+	"github.com/wharfhq/wharf/internal/sqlschema"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -259,22 +261,34 @@ func parseIDs(path string, args []string) ([]int64, error) {
 	return ids, nil
 }
 
+// entryNotFound is the error for an id that names no entry.
+func entryNotFound(id int64) error {
+	return fmt.Errorf("dead-letter entry %d not found (wharf dlq ls --status dead|replayed|discarded lists them)", id)
+}
+
 // getEntry is d.Get with an error that names the id plainly.
 func getEntry(ctx context.Context, d *dlq.DLQ, id int64) (dlq.Entry, error) {
 	en, err := d.Get(ctx, id)
 	if errors.Is(err, dlq.ErrNotFound) {
-		return en, fmt.Errorf("dead-letter entry %d not found (wharf dlq ls --status dead|replayed|discarded lists them)", id)
+		return en, entryNotFound(id)
 	}
 	return en, err
 }
 
 // requireEntries fails on the first id that names no entry, so a typo is
-// an error rather than a silent skip.
-func requireEntries(ctx context.Context, d *dlq.DLQ, ids []int64) error {
-	for _, id := range ids {
-		if _, err := getEntry(ctx, d, id); err != nil {
-			return err
-		}
+// an error rather than a silent skip. It reads ids only: an entry's body
+// can be megabytes.
+func requireEntries(ctx context.Context, pool *pgxpool.Pool, schema string, ids []int64) error {
+	var missing []int64
+	rows, err := pool.Query(ctx, sqlschema.Render(missingEntriesSQL, schema), ids)
+	if err == nil {
+		missing, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+	}
+	if err != nil {
+		return fmt.Errorf("look for the entries: %w", err)
+	}
+	if len(missing) > 0 {
+		return entryNotFound(missing[0])
 	}
 	return nil
 }

@@ -228,10 +228,11 @@ func TestDLQReplayOfAProcessedEventQueuesNothing(t *testing.T) {
 	require.Zero(t, queued, "a processed event is not queued again")
 }
 
-// TestDLQListReadsNoBodies: dlq ls shows no bodies, so it must not load
-// them (20 entries of 5 MB once took 117 MB). Not parallel: it measures the
+// TestDLQReadsNoBodiesItDoesNotShow: dlq ls shows no bodies, and discard
+// only needs to know that its ids exist, so neither may load bodies (20
+// entries of 5 MB once took ls 117 MB). Not parallel: it measures the
 // process's allocations while no other test runs.
-func TestDLQListReadsNoBodies(t *testing.T) {
+func TestDLQReadsNoBodiesItDoesNotShow(t *testing.T) {
 	ctx := context.Background()
 	url := dbtest.Database(t, dbtest.Options{})
 	conn, err := pgx.Connect(ctx, url)
@@ -244,13 +245,25 @@ func TestDLQListReadsNoBodies(t *testing.T) {
 		FROM generate_series(1, $1) g`, entries, bodyBytes)
 	require.NoError(t, err)
 
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	page := listDLQ(t, url, "--limit", strconv.Itoa(entries))
-	runtime.ReadMemStats(&after)
+	requireFewAllocations := func(what string, run func()) {
+		t.Helper()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		run()
+		runtime.ReadMemStats(&after)
+		allocated := after.TotalAlloc - before.TotalAlloc
+		require.Less(t, allocated, uint64(entries*bodyBytes/2), "%s allocated %d MiB for %d MiB of bodies it does not show", what, allocated>>20, entries*bodyBytes>>20)
+	}
+	var page dlqPage
+	requireFewAllocations("dlq ls", func() { page = listDLQ(t, url, "--limit", strconv.Itoa(entries)) })
 	require.Len(t, page.Entries, entries)
-	allocated := after.TotalAlloc - before.TotalAlloc
-	require.Less(t, allocated, uint64(entries*bodyBytes/2), "dlq ls allocated %d MiB for %d MiB of bodies it does not show", allocated>>20, entries*bodyBytes>>20)
+	discard := []string{"dlq", "discard"}
+	for _, en := range page.Entries {
+		discard = append(discard, strconv.FormatInt(en.ID, 10))
+	}
+	requireFewAllocations("dlq discard", func() {
+		require.Equal(t, "discarded 20\n", mustRun(t, url, "", discard...))
+	})
 }
 
 // A replay by filter replays the entries it counted and asked about, not

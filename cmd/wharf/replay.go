@@ -91,6 +91,9 @@ Examples:
 					return err
 				}
 				if len(ids) > 0 {
+					if err := requireEntries(ctx, pool, db.schema, ids); err != nil {
+						return err
+					}
 					return replayIDs(ctx, e, d, q, ids, ask)
 				}
 				return replayMatching(ctx, e, d, q, f, opts, ask)
@@ -99,11 +102,8 @@ Examples:
 	},
 }
 
-// replayIDs replays the entries ids, after checking that each exists.
+// replayIDs replays the entries ids, which requireEntries has found.
 func replayIDs(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, ids []int64, ask confirmation) error {
-	if err := requireEntries(ctx, d, ids); err != nil {
-		return err
-	}
 	if err := confirmReplay(ctx, e, ask, int64(len(ids))); err != nil {
 		return err
 	}
@@ -219,8 +219,8 @@ Examples:
 			if len(ids) == 0 {
 				return &usageError{"wharf dlq discard", errors.New("want at least one entry id")}
 			}
-			return db.withDLQ(ctx, dlq.Config{}, func(_ *pgxpool.Pool, d *dlq.DLQ) error {
-				if err := requireEntries(ctx, d, ids); err != nil {
+			return db.withDLQ(ctx, dlq.Config{}, func(pool *pgxpool.Pool, d *dlq.DLQ) error {
+				if err := requireEntries(ctx, pool, db.schema, ids); err != nil {
 					return err
 				}
 				n, err := d.Discard(ctx, ids...)

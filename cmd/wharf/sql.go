@@ -34,6 +34,13 @@ LIMIT $5`
 // the delivery has one (its service runs with Config.Audit on).
 const auditedStreamsSQL = `SELECT stream FROM {schema}.event_streams WHERE stream = ANY($1::text[])`
 
+// missingEntriesSQL returns the ids among $1 that name no dead-letter
+// entry, in $1's order, without reading any entry's body.
+const missingEntriesSQL = `
+SELECT u.id FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, n)
+WHERE NOT EXISTS (SELECT 1 FROM {schema}.dead_letters d WHERE d.id = u.id)
+ORDER BY u.n`
+
 // sourceSeenSQL says whether any queued event, dead letter or processed
 // event has the source $1, so that wharf pause can warn about a misspelled
 // one. A processed event's source is in its idempotency key,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 
@@ -25,9 +26,13 @@ var breakerStates = []breaker.State{breaker.StateClosed, breaker.StateHalfOpen, 
 // A source has wharf.queue.events series only while it has events in the
 // queue. The queue gauges cost one scan of the queue table per collection
 // (queue.Queue.Stats), bounded by Config.StatsTimeout; a collection that
-// cannot read them reports the breakers only. p may run in another process
-// than the one serving its endpoints: the queue is the database's, the
-// breakers this process's. Unregister the registration before closing p.
+// cannot read them (the database slow or down) reports the breakers only,
+// and hands the error to otel.Handle instead of returning it: a reader
+// whose collection fails exports nothing at all, the application's own
+// metrics included, and a database outage is when they matter. p may run
+// in another process than the one serving its endpoints: the queue is the
+// database's, the breakers this process's. Unregister the registration
+// before closing p.
 func (o *Observer) ObservePipeline(p *wharf.Pipeline) (metric.Registration, error) {
 	events, errEvents := o.meter.Int64ObservableGauge("wharf.queue.events",
 		metric.WithUnit("{event}"), metric.WithDescription("Events in the wharf queue, by source and state."))
@@ -54,7 +59,8 @@ func (o *Observer) ObservePipeline(p *wharf.Pipeline) (metric.Registration, erro
 		defer cancel()
 		stats, err := p.Queue().Stats(ctx)
 		if err != nil {
-			return fmt.Errorf("wharfotel: queue stats: %w", err)
+			otel.Handle(fmt.Errorf("wharfotel: queue stats: %w", err))
+			return nil
 		}
 		for source, s := range stats.BySource {
 			for state, n := range map[string]int64{"due": s.Due, "scheduled": s.Scheduled, "running": s.Running, "exhausted": s.Exhausted} {

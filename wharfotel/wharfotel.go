@@ -64,7 +64,9 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// StatsTimeout bounds each read of the queue's statistics when the
 	// gauges of ObservePipeline are collected; a collection that cannot
-	// read them in time reports no queue gauges. Defaults to 2s.
+	// read them in time reports no queue gauges (and hands the error to
+	// otel.Handle), but still the breakers' and every other instrument's
+	// measurements. Defaults to 2s.
 	StatsTimeout time.Duration
 }
 

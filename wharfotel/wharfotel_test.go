@@ -8,15 +8,18 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -206,6 +209,49 @@ func TestObserver(t *testing.T) {
 		got := <-handlerSpans
 		require.Equal(t, want.SpanContext().SpanID(), got.SpanID())
 	}
+}
+
+// TestPipelineGaugesWithoutStats: when the queue's statistics cannot be
+// read, a collection still succeeds, with the breakers and the
+// application's own instruments, and the error goes to otel.Handle. Not
+// parallel: it sets the global error handler.
+func TestPipelineGaugesWithoutStats(t *testing.T) {
+	var mu sync.Mutex
+	var handled []error
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		handled = append(handled, err)
+	}))
+	t.Cleanup(func() { otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Print(err) })) })
+
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	obs, err := wharfotel.New(wharfotel.Config{MeterProvider: mp, StatsTimeout: time.Nanosecond})
+	require.NoError(t, err)
+	p, err := wharf.New(testPool(t), wharf.Config{Observer: obs})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(secret)))
+	require.NoError(t, p.Handle("acme", "order.paid", func(context.Context, pgx.Tx, wharf.Event) error { return nil },
+		wharf.Downstream("billing")))
+	reg, err := obs.ObservePipeline(p)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, reg.Unregister()) })
+	app, err := mp.Meter("app").Int64Counter("app.orders")
+	require.NoError(t, err)
+	app.Add(context.Background(), 3)
+
+	m := collect(t, reader)
+	require.Equal(t, map[string]int64{"": 3}, sumBy(t, m, "app.orders", "none"), "the application's metric is exported")
+	require.Equal(t, map[string]int64{"closed": 1, "half-open": 0, "open": 0}, gaugeBy(t, m, "wharf.breaker.state", "wharf.breaker.state"))
+	require.Nil(t, lookup(m, "wharf.queue.events"))
+	require.Nil(t, lookup(m, "wharf.queue.oldest_due_age"))
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, handled, 1)
+	require.ErrorIs(t, handled[0], context.DeadlineExceeded)
+	require.ErrorContains(t, handled[0], "wharfotel: queue stats")
 }
 
 func TestNewRefusesNegativeStatsTimeout(t *testing.T) {

@@ -13,6 +13,15 @@
 // endpoint and "process" for a processing attempt, messaging.message.id the
 // provider's event id (on spans only: it is unbounded). What the
 // conventions have no name for is under wharf.*.
+//
+// The receive span starts a trace of its own (a server span) unless the
+// request's context already carries a span, local or remote; then it is
+// an internal span, that span's child. wharf does not read a sender's
+// traceparent header itself: to continue the sender's trace (and get
+// otelhttp's HTTP server span and metrics), wrap the endpoint in otelhttp,
+// which extracts it:
+//
+//	mux.Handle("POST /webhooks/acme", otelhttp.NewHandler(p.Handler("acme"), "webhook acme"))
 package wharfotel
 
 import (
@@ -96,7 +105,8 @@ var _ wharf.Observer = (*Observer)(nil)
 //	wharf.queue.wait                    histogram, s: how long an event waited in the queue for an attempt (see wharf.Attempt.QueueWait)
 //
 // all with messaging.system and messaging.destination.name (the source).
-// Spans: "receive <source>" (server kind) for each request, and
+// Spans: "receive <source>" (server kind, or internal under a span the
+// request's context carries already) for each request, and
 // "process <source>" (consumer kind) for each processing attempt, the
 // parent of the handler's own spans. A request and the attempts of the
 // event it stored share messaging.message.id; the processing span has no
@@ -151,8 +161,18 @@ func common(source string, op attribute.KeyValue) []attribute.KeyValue {
 
 // StartIngest starts the request's span; end records the request's
 // measurements and ends the span.
+//
+// The span is the request's server span unless ctx carries a valid span
+// context already, local or remote: then the middleware that put it there
+// (otelhttp.NewHandler, with its server span) is taken to speak for the
+// request, and this span is internal, that span's child, rather than a
+// second server span nested in the first.
 func (o *Observer) StartIngest(ctx context.Context, source string) (context.Context, func(wharf.IngestResult)) {
-	ctx, span := o.tracer.Start(ctx, "receive "+source, trace.WithSpanKind(trace.SpanKindServer),
+	kind := trace.SpanKindServer
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		kind = trace.SpanKindInternal
+	}
+	ctx, span := o.tracer.Start(ctx, "receive "+source, trace.WithSpanKind(kind),
 		trace.WithAttributes(common(source, semconv.MessagingOperationTypeReceive)...))
 	return ctx, func(res wharf.IngestResult) {
 		attrs := append(common(res.Source, semconv.MessagingOperationTypeReceive),

@@ -254,6 +254,46 @@ func TestPipelineGaugesWithoutStats(t *testing.T) {
 	require.ErrorContains(t, handled[0], "wharfotel: queue stats")
 }
 
+// TestReceiveSpanKind: the receive span is a server span that starts a
+// trace when the request's context carries none, and an internal span,
+// the child of the one it carries (local, as otelhttp's, or remote)
+// otherwise.
+func TestReceiveSpanKind(t *testing.T) {
+	t.Parallel()
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	obs, err := wharfotel.New(wharfotel.Config{TracerProvider: tp, MeterProvider: sdkmetric.NewMeterProvider()})
+	require.NoError(t, err)
+	receive := func(ctx context.Context) sdktrace.ReadOnlySpan {
+		t.Helper()
+		_, end := obs.StartIngest(ctx, "acme")
+		end(wharf.IngestResult{Source: "acme", Status: http.StatusAccepted, Outcome: wharf.IngestStored})
+		ended := spans.Ended()
+		require.NotEmpty(t, ended)
+		s := ended[len(ended)-1]
+		require.Equal(t, "receive acme", s.Name())
+		return s
+	}
+
+	s := receive(context.Background())
+	require.Equal(t, trace.SpanKindServer, s.SpanKind())
+	require.False(t, s.Parent().IsValid(), "a new trace")
+
+	ctx, server := tp.Tracer("otelhttp").Start(context.Background(), "POST", trace.WithSpanKind(trace.SpanKindServer))
+	s = receive(ctx)
+	server.End()
+	require.Equal(t, trace.SpanKindInternal, s.SpanKind())
+	require.Equal(t, server.SpanContext(), s.Parent())
+
+	remote := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, TraceFlags: trace.FlagsSampled, Remote: true,
+	})
+	s = receive(trace.ContextWithRemoteSpanContext(context.Background(), remote))
+	require.Equal(t, trace.SpanKindInternal, s.SpanKind())
+	require.Equal(t, remote.TraceID(), s.SpanContext().TraceID(), "the sender's trace goes on")
+	require.Equal(t, remote.SpanID(), s.Parent().SpanID())
+}
+
 func TestNewRefusesNegativeStatsTimeout(t *testing.T) {
 	t.Parallel()
 	_, err := wharfotel.New(wharfotel.Config{StatsTimeout: -time.Second})

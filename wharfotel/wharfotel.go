@@ -9,10 +9,19 @@
 //
 // Attributes follow the OpenTelemetry semantic conventions for messaging
 // where they apply: messaging.system is "wharf", messaging.destination.name
-// the source, messaging.operation.type "receive" for a request to an
-// endpoint and "process" for a processing attempt, messaging.message.id the
-// provider's event id (on spans only: it is unbounded). What the
-// conventions have no name for is under wharf.*.
+// the source, messaging.operation.name and messaging.operation.type both
+// "receive" for a request to an endpoint and both "process" for a
+// processing attempt, messaging.message.id the provider's event id (on
+// spans only: it is unbounded), error.type on a failed attempt (its
+// wharf.attempt.outcome: "retried" or "dead_lettered") and on the receive
+// span of a request answered with a 5xx (the status code, as for HTTP
+// servers). What the conventions have no name for is under wharf.*.
+//
+// The receive span, when it is a server span, has http.request.method
+// ("POST" for every request but those answered 405, whose method wharf
+// does not report) and http.response.status_code, but not url.scheme or
+// url.path, which the HTTP conventions require: the Observer is not given
+// the request. otelhttp's server span, below, has them.
 //
 // The receive span starts a trace of its own (a server span) unless the
 // request's context already carries a span, local or remote; then it is
@@ -100,11 +109,18 @@ var _ wharf.Observer = (*Observer)(nil)
 //
 //	wharf.ingest.requests               counter, {request}: each request to an endpoint, by wharf.ingest.outcome and http.response.status_code
 //	wharf.ingest.duration               histogram, s: from the request's arrival to its answer (outcome "stored": the acknowledgement latency)
-//	messaging.client.consumed.messages  counter, {message}: each processing attempt, by wharf.handler and wharf.attempt.outcome
+//	messaging.client.consumed.messages  counter, {message}: each event a worker took from the queue, by wharf.handler, wharf.attempt.outcome and error.type
 //	messaging.process.duration          histogram, s: each processing attempt's time, handler included, by the same
 //	wharf.queue.wait                    histogram, s: how long an event waited in the queue for an attempt (see wharf.Attempt.QueueWait)
 //
-// all with messaging.system and messaging.destination.name (the source).
+// all with messaging.system, messaging.destination.name (the source) and
+// messaging.operation.name. messaging.client.consumed.messages counts the
+// events delivered, as the conventions define it: once each time a worker
+// takes one from the queue, a deferred attempt included (the event was
+// taken, then given back). It does not count an attempt reported split:
+// that event stays taken and runs again alone, counted then (if shutdown
+// comes first, that delivery goes uncounted). messaging.process.duration
+// has every attempt, split ones included.
 // Spans: "receive <source>" (server kind, or internal under a span the
 // request's context carries already) for each request, and
 // "process <source>" (consumer kind) for each processing attempt, the
@@ -139,7 +155,7 @@ func New(cfg Config) (*Observer, error) {
 	o.ingestTime, errs[1] = o.meter.Float64Histogram("wharf.ingest.duration", latency,
 		metric.WithUnit("s"), metric.WithDescription("Time from a request's arrival at a wharf endpoint to its answer."))
 	o.consumed, errs[2] = o.meter.Int64Counter("messaging.client.consumed.messages",
-		metric.WithUnit("{message}"), metric.WithDescription("Events delivered to a wharf handler: one per processing attempt, by outcome."))
+		metric.WithUnit("{message}"), metric.WithDescription("Events a wharf worker took from the queue, by the outcome of their processing."))
 	o.processTime, errs[3] = o.meter.Float64Histogram("messaging.process.duration", latency,
 		metric.WithUnit("s"), metric.WithDescription("Duration of one processing attempt of an event."))
 	o.queueWait, errs[4] = o.meter.Float64Histogram("wharf.queue.wait", wait,
@@ -150,13 +166,19 @@ func New(cfg Config) (*Observer, error) {
 	return o, nil
 }
 
+// The messaging operations: each is its messaging.operation.name and
+// messaging.operation.type, the same words, as no other name is wharf's.
+var (
+	receiveOp = []attribute.KeyValue{semconv.MessagingOperationName("receive"), semconv.MessagingOperationTypeReceive}
+	processOp = []attribute.KeyValue{semconv.MessagingOperationName("process"), semconv.MessagingOperationTypeProcess}
+)
+
 // common are the attributes of every measurement and span about source.
-func common(source string, op attribute.KeyValue) []attribute.KeyValue {
-	return []attribute.KeyValue{
+func common(source string, op []attribute.KeyValue) []attribute.KeyValue {
+	return append([]attribute.KeyValue{
 		semconv.MessagingSystemKey.String("wharf"),
 		semconv.MessagingDestinationName(source),
-		op,
-	}
+	}, op...)
 }
 
 // StartIngest starts the request's span; end records the request's
@@ -173,9 +195,9 @@ func (o *Observer) StartIngest(ctx context.Context, source string) (context.Cont
 		kind = trace.SpanKindInternal
 	}
 	ctx, span := o.tracer.Start(ctx, "receive "+source, trace.WithSpanKind(kind),
-		trace.WithAttributes(common(source, semconv.MessagingOperationTypeReceive)...))
+		trace.WithAttributes(common(source, receiveOp)...))
 	return ctx, func(res wharf.IngestResult) {
-		attrs := append(common(res.Source, semconv.MessagingOperationTypeReceive),
+		attrs := append(common(res.Source, receiveOp),
 			IngestOutcomeKey.String(string(res.Outcome)), semconv.HTTPResponseStatusCode(res.Status))
 		set := metric.WithAttributeSet(attribute.NewSet(attrs...))
 		o.requests.Add(ctx, 1, set)
@@ -185,8 +207,15 @@ func (o *Observer) StartIngest(ctx context.Context, source string) (context.Cont
 		if res.EventID != "" {
 			span.SetAttributes(semconv.MessagingMessageID(res.EventID), EventTypeKey.String(res.EventType))
 		}
-		// As for HTTP servers: only a 5xx is the server's error.
+		// Every request but a 405 got past the method check, which lets
+		// POST alone through; a 405's method is unknown here.
+		if kind == trace.SpanKindServer && res.Status != http.StatusMethodNotAllowed {
+			span.SetAttributes(semconv.HTTPRequestMethodPost)
+		}
+		// As for HTTP servers: only a 5xx is the server's error, and its
+		// error.type is the status code.
 		if res.Status >= http.StatusInternalServerError {
+			span.SetAttributes(semconv.ErrorTypeKey.String(strconv.Itoa(res.Status)))
 			span.SetStatus(codes.Error, strconv.Itoa(res.Status)+" "+http.StatusText(res.Status))
 		}
 		span.End()
@@ -196,24 +225,34 @@ func (o *Observer) StartIngest(ctx context.Context, source string) (context.Cont
 // StartAttempt records the queue wait and starts the attempt's span; end
 // records the attempt's measurements and ends the span.
 func (o *Observer) StartAttempt(ctx context.Context, a wharf.Attempt) (context.Context, func(wharf.AttemptResult)) {
-	attrs := append(common(a.Source, semconv.MessagingOperationTypeProcess), HandlerKey.String(a.Handler))
+	attrs := append(common(a.Source, processOp), HandlerKey.String(a.Handler))
 	o.queueWait.Record(ctx, a.QueueWait.Seconds(), metric.WithAttributes(attrs...))
 	ctx, span := o.tracer.Start(ctx, "process "+a.Source, trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attrs...),
 		trace.WithAttributes(semconv.MessagingMessageID(a.EventID), EventTypeKey.String(a.EventType), AttemptKey.Int(a.Number)))
 	return ctx, func(res wharf.AttemptResult) {
-		outcome := AttemptOutcomeKey.String(string(res.Outcome))
-		set := metric.WithAttributeSet(attribute.NewSet(append(attrs, outcome)...))
-		o.consumed.Add(ctx, 1, set)
+		end := []attribute.KeyValue{AttemptOutcomeKey.String(string(res.Outcome))}
+		// A deferral is the downstream's or the handler's choice, not a
+		// failure of the event; a split run's outcome is its run alone's.
+		failed := res.Outcome == wharf.AttemptRetried || res.Outcome == wharf.AttemptDeadLettered
+		if failed {
+			// error.type is the outcome, not the error's Go type: the
+			// conventions ask for a predictable, low-cardinality, documented
+			// list, and a handler's errors are mostly *errors.errorString
+			// or *fmt.wrapError, which say nothing about what failed.
+			end = append(end, semconv.ErrorTypeKey.String(string(res.Outcome)))
+		}
+		set := metric.WithAttributeSet(attribute.NewSet(append(attrs, end...)...))
+		if res.Outcome != wharf.AttemptSplit {
+			o.consumed.Add(ctx, 1, set)
+		}
 		o.processTime.Record(ctx, res.Duration.Seconds(), set)
 
-		span.SetAttributes(outcome)
+		span.SetAttributes(end...)
 		if res.Err != nil {
 			span.RecordError(res.Err)
 		}
-		// A deferral is the downstream's or the handler's choice, not a
-		// failure of the event.
-		if res.Outcome == wharf.AttemptRetried || res.Outcome == wharf.AttemptDeadLettered {
+		if failed {
 			span.SetStatus(codes.Error, string(res.Outcome))
 		}
 		span.End()

@@ -81,13 +81,7 @@ func TestObserver(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := testPool(t)
-	reader := sdkmetric.NewManualReader()
-	spans := tracetest.NewSpanRecorder()
-	obs, err := wharfotel.New(wharfotel.Config{
-		MeterProvider:  sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)),
-		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)),
-	})
-	require.NoError(t, err)
+	obs, reader, spans := newObserver(t)
 
 	p, err := wharf.New(pool, wharf.Config{
 		Observer: obs,
@@ -294,11 +288,84 @@ func TestReceiveSpanKind(t *testing.T) {
 	require.Equal(t, remote.SpanID(), s.Parent().SpanID())
 }
 
+// TestSemanticConventions: messaging.operation.name on every span and
+// measurement, error.type on failed attempts only (spans and metrics), the
+// HTTP method a receive span can know, and consumed messages counted once
+// per event taken from the queue (not for a split run).
+func TestSemanticConventions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	obs, reader, spans := newObserver(t)
+	for _, status := range []int{http.StatusAccepted, http.StatusMethodNotAllowed, http.StatusServiceUnavailable} {
+		_, end := obs.StartIngest(ctx, "acme")
+		end(wharf.IngestResult{Source: "acme", Status: status, Outcome: wharf.IngestStored})
+	}
+	failure := errors.New("downstream said no")
+	for _, outcome := range []wharf.AttemptOutcome{wharf.AttemptProcessed, wharf.AttemptRetried, wharf.AttemptDeferred, wharf.AttemptDeadLettered, wharf.AttemptSplit} {
+		_, end := obs.StartAttempt(ctx, wharf.Attempt{Source: "acme", EventID: "evt_" + string(outcome), Handler: "acme/order.paid", Number: 1, MaxAttempts: 5})
+		res := wharf.AttemptResult{Outcome: outcome, Duration: time.Millisecond}
+		if outcome != wharf.AttemptProcessed {
+			res.Err = failure
+		}
+		end(res)
+	}
+
+	m := collect(t, reader)
+	require.Equal(t, map[string]int64{"receive": 3}, sumBy(t, m, "wharf.ingest.requests", "messaging.operation.name"))
+	require.Equal(t, map[string]uint64{"receive": 3}, histogramCountBy(t, m, "wharf.ingest.duration", "messaging.operation.name"))
+	require.Equal(t, map[string]int64{"process": 4}, sumBy(t, m, "messaging.client.consumed.messages", "messaging.operation.name"))
+	require.Equal(t, map[string]uint64{"process": 5}, histogramCountBy(t, m, "messaging.process.duration", "messaging.operation.name"))
+	require.Equal(t, map[string]uint64{"acme/order.paid": 5}, histogramCountBy(t, m, "wharf.queue.wait", "wharf.handler"))
+	require.Equal(t, map[string]int64{"processed": 1, "retried": 1, "deferred": 1, "dead_lettered": 1},
+		sumBy(t, m, "messaging.client.consumed.messages", "wharf.attempt.outcome"), "a split run is not a delivery")
+	require.Equal(t, map[string]int64{"": 2, "retried": 1, "dead_lettered": 1},
+		sumBy(t, m, "messaging.client.consumed.messages", "error.type"))
+	require.Equal(t, map[string]uint64{"": 3, "retried": 1, "dead_lettered": 1},
+		histogramCountBy(t, m, "messaging.process.duration", "error.type"))
+
+	for _, s := range spansNamed(spans, "process acme") {
+		attrs := attrMap(s.Attributes())
+		require.Equal(t, "process", attrs["messaging.operation.name"])
+		switch outcome := attrs["wharf.attempt.outcome"]; outcome {
+		case "retried", "dead_lettered":
+			require.Equal(t, outcome, attrs["error.type"])
+		default:
+			require.NotContains(t, attrs, "error.type", outcome)
+		}
+	}
+	receives := map[int64]map[string]any{}
+	for _, s := range spansNamed(spans, "receive acme") {
+		attrs := attrMap(s.Attributes())
+		require.Equal(t, "receive", attrs["messaging.operation.name"])
+		receives[attrs["http.response.status_code"].(int64)] = attrs
+	}
+	require.Len(t, receives, 3)
+	require.Equal(t, "POST", receives[202]["http.request.method"])
+	require.NotContains(t, receives[202], "error.type")
+	require.NotContains(t, receives[405], "http.request.method", "a 405's method is not known")
+	require.Equal(t, "POST", receives[503]["http.request.method"])
+	require.Equal(t, "503", receives[503]["error.type"])
+}
+
 func TestNewRefusesNegativeStatsTimeout(t *testing.T) {
 	t.Parallel()
 	_, err := wharfotel.New(wharfotel.Config{StatsTimeout: -time.Second})
 	require.ErrorIs(t, err, wharfotel.ErrInvalidConfig)
 	require.ErrorContains(t, err, "StatsTimeout")
+}
+
+// newObserver builds an Observer whose measurements reader collects and
+// whose ended spans spans records.
+func newObserver(t *testing.T) (*wharfotel.Observer, *sdkmetric.ManualReader, *tracetest.SpanRecorder) {
+	t.Helper()
+	reader := sdkmetric.NewManualReader()
+	spans := tracetest.NewSpanRecorder()
+	obs, err := wharfotel.New(wharfotel.Config{
+		MeterProvider:  sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)),
+		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)),
+	})
+	require.NoError(t, err)
+	return obs, reader, spans
 }
 
 func collect(t *testing.T, r *sdkmetric.ManualReader) metricdata.ResourceMetrics {

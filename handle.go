@@ -137,12 +137,16 @@ func MaxAttempts(n int) HandleOption {
 // Timeout bounds one run of the handler: its context's deadline, and a
 // statement_timeout on its database statements, which Postgres enforces
 // without closing the connection (cancelling a running pgx query would
-// close it, and with it the transaction other events share). A run that
-// times out is a failed attempt. Defaults to none.
+// close it, and with it the transaction other events share). A statement
+// given the handler's ctx after the deadline fails at once with
+// context.DeadlineExceeded, so a statement that starts just before the
+// deadline can take the run to twice the Timeout at most. A run that
+// times out is a failed attempt. At least a millisecond, statement_timeout's
+// unit. Defaults to none.
 func Timeout(d time.Duration) HandleOption {
 	return func(h *handler) error {
-		if d <= 0 {
-			return fmt.Errorf("timeout %s is not positive", d)
+		if d < time.Millisecond {
+			return fmt.Errorf("timeout %s is under a millisecond", d)
 		}
 		h.timeout = d
 		return nil
@@ -163,8 +167,10 @@ func Backoff(b queue.Backoff) HandleOption {
 }
 
 // Concurrency caps how many of the handler's events run at once in this
-// process (a worker waits for a slot). Defaults to no cap beyond
-// Config.Workers.
+// process. A worker waits for a slot at most a second, holding its
+// transaction (a longer wait could deadlock with a handler that waits on
+// the transaction's row locks); then the event goes back to the queue,
+// its attempt given back. Defaults to no cap beyond Config.Workers.
 func Concurrency(n int) HandleOption {
 	return func(h *handler) error {
 		if n < 1 {
@@ -270,6 +276,11 @@ func (p *Pipeline) handlerFor(source, typ string) *handler {
 }
 
 // acquire takes one of the handler's concurrency slots, if it has a cap.
+// The worker waits holding its transaction, whose row locks a handler
+// that holds a slot may be waiting on: a deadlock Postgres cannot see. So
+// it waits at most maxWaitInTx; then, or when ctx ends first, it returns a
+// queue.DeferError due now: the event goes back to the queue without
+// spending an attempt, and the transaction can end.
 func (h *handler) acquire(ctx context.Context) (release func(), err error) {
 	if h.slots == nil {
 		return func() {}, nil
@@ -277,8 +288,17 @@ func (h *handler) acquire(ctx context.Context) (release func(), err error) {
 	select {
 	case h.slots <- struct{}{}:
 		return func() { <-h.slots }, nil
+	default:
+	}
+	t := time.NewTimer(maxWaitInTx)
+	defer t.Stop()
+	select {
+	case h.slots <- struct{}{}:
+		return func() { <-h.slots }, nil
+	case <-t.C:
+		return nil, queue.Defer(time.Now(), fmt.Errorf("wharf: handler %q: all %d of its concurrency slots stayed taken for %s", h.name, cap(h.slots), maxWaitInTx))
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, queue.Defer(time.Now(), ctx.Err())
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 // RateLimit caps how often a downstream is called, per process: handlers
 // with Downstream(name) wait for their turn before they run, before their
 // Timeout starts. A worker that waits holds its transaction, so it waits
-// at most maxRateWait (a second); an event whose turn is further off goes
+// at most maxWaitInTx (a second); an event whose turn is further off goes
 // back to the queue, its attempt given back, due when its turn comes.
 type RateLimit struct {
 	// PerSecond is the sustained rate. Required, positive.
@@ -33,8 +33,9 @@ type limiter struct {
 	tat time.Time
 }
 
-// maxRateWait is the longest a worker waits for a downstream's turn.
-const maxRateWait = time.Second
+// maxWaitInTx is the longest a worker waits, holding its transaction, for
+// a downstream's turn or a handler's concurrency slot.
+const maxWaitInTx = time.Second
 
 func newLimiter(name string, rl RateLimit) (*limiter, error) {
 	if rl.PerSecond <= 0 || rl.Burst < 0 {

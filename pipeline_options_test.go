@@ -267,3 +267,82 @@ func TestPipelineRunPrunesProcessedEventIDs(t *testing.T) {
 	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.processed_events`), "the recent id is kept")
 	require.Equal(t, http.StatusOK, h.send("recent", "order.paid"), "a redelivery within the retention is a duplicate")
 }
+
+// A handler with a Concurrency cap whose events update one row, with
+// several events per worker transaction: a worker that ran one event
+// holds the row's lock while it waits for a slot, and the handler holding
+// the slot waits on that lock. Postgres cannot see the deadlock (half of
+// it is a Go channel); before, only the shutdown timeout broke it. The
+// slot wait is bounded, the waiting event goes back to the queue with its
+// attempt given back, and everything drains.
+func TestPipelineConcurrencyCapCannotDeadlockWithRowLocks(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 2, TxBatch: 20})
+	_, err := h.pool.Exec(context.Background(), `CREATE TABLE balance (id int PRIMARY KEY, n int NOT NULL); INSERT INTO balance VALUES (1, 0)`)
+	require.NoError(t, err)
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if _, err := tx.Exec(ctx, `UPDATE balance SET n = n + 1 WHERE id = 1`); err != nil {
+			return err
+		}
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Concurrency(1), wharf.MaxAttempts(1)))
+	const events = 40
+	for i := range events {
+		require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("o%d", i), "order.paid"))
+	}
+	h.run()
+	h.eventually("every event processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == events })
+	require.Equal(t, events, h.count(`SELECT n FROM balance WHERE id = 1`))
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`))
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`), "a wait for a slot spends no attempt")
+}
+
+// An event that only waited for a slot when shutdown cut the wait off
+// goes back with its attempt given back: its handler never ran.
+func TestPipelineSlotWaitAtShutdownSpendsNoAttempt(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 2, TxBatch: 1, ShutdownTimeout: 200 * time.Millisecond})
+	var ran sync.Map
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		ran.Store(ev.ID, true)
+		<-ctx.Done() // holds the only slot until the hard stop
+		return ctx.Err()
+	}, wharf.Concurrency(1)))
+	require.Equal(t, http.StatusAccepted, h.send("s1", "order.paid"))
+	require.Equal(t, http.StatusAccepted, h.send("s2", "order.paid"))
+	stop := h.run()
+	h.eventually("one handler running, the other worker waiting in its transaction", func() bool {
+		n := 0
+		ran.Range(func(any, any) bool { n++; return true })
+		return n == 1 && h.count(`SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND state = 'idle in transaction'`) == 2
+	})
+	stop()
+	waited := "s2"
+	if _, ok := ran.Load("s2"); ok {
+		waited = "s1"
+	}
+	require.Equal(t, 0, h.count(`SELECT attempt FROM wharf.queue WHERE event_id = $1`, waited),
+		"%s only waited for a slot: its attempt is given back", waited)
+}
+
+// A Timeout bounds a run of many short statements, not only each
+// statement: once the deadline has passed, a statement given the
+// handler's ctx fails at once, and the run is a failed attempt.
+func TestPipelineTimeoutBoundsARunOfShortStatements(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{})
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		for range 5 {
+			if _, err := tx.Exec(ctx, `SELECT pg_sleep(0.15)`); err != nil {
+				return err
+			}
+		}
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Timeout(200*time.Millisecond), wharf.MaxAttempts(1)))
+	require.Equal(t, http.StatusAccepted, h.send("slow", "order.paid"))
+	h.run()
+	h.eventually("the run dead-lettered", func() bool { return h.count(`SELECT count(*) FROM wharf.dead_letters`) == 1 })
+	require.Zero(t, h.count(`SELECT count(*) FROM effects`), "a run past its Timeout does not complete")
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE last_error LIKE '%deadline exceeded%'`))
+}

@@ -787,6 +787,8 @@ func TestPipelineRegistrationErrors(t *testing.T) {
 	require.ErrorIs(t, p.HandleBatch("acme", "y", nil), wharf.ErrInvalidConfig)
 	require.ErrorIs(t, p.HandleBatch("acme", "x", batch), wharf.ErrInvalidConfig, "x has a handler")
 	require.ErrorIs(t, p.HandleBatch("acme", "y", batch, wharf.Timeout(0)), wharf.ErrInvalidConfig)
+	require.ErrorIs(t, p.HandleBatch("acme", "y", batch, wharf.Timeout(900*time.Microsecond)), wharf.ErrInvalidConfig,
+		"statement_timeout counts milliseconds: 0 would turn it off")
 	require.NoError(t, p.HandleBatch("acme", "y", batch))
 	_, err = wharf.New(pool, wharf.Config{Schema: "Bad"})
 	require.ErrorIs(t, err, wharf.ErrInvalidSchema)

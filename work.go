@@ -212,7 +212,7 @@ func (p *Pipeline) unclaim(ctx context.Context, tx pgx.Tx, evs []*queue.Event) e
 func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, steps backoffSteps, fn func(context.Context, pgx.Tx) error) error {
 	if l := p.limits[h.downstream]; l != nil {
 		// Before the Timeout starts: the wait is not the handler's.
-		if err := l.wait(ctx, maxRateWait); err != nil {
+		if err := l.wait(ctx, maxWaitInTx); err != nil {
 			return err
 		}
 	}

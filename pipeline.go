@@ -77,9 +77,15 @@ const (
 	// handles them; Stats shows them. The default.
 	LeaveUnhandled Unhandled = iota
 	// CompleteUnhandled completes them (recording them in the audit log
-	// when audit is on).
+	// when audit is on). Only events stored without a handler name (no
+	// handler took the type where they arrived) are: one stored for a
+	// handler this process lacks, by another version during a rolling
+	// deploy, waits in the queue for a process that has it. (If that
+	// handler is gone for good, its events wait until they are removed
+	// by hand.)
 	CompleteUnhandled
-	// DeadLetterUnhandled moves them to the dead letter queue.
+	// DeadLetterUnhandled moves them to the dead letter queue, with the
+	// same exception as CompleteUnhandled.
 	DeadLetterUnhandled
 )
 

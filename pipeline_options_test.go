@@ -346,3 +346,38 @@ func TestPipelineTimeoutBoundsARunOfShortStatements(t *testing.T) {
 	require.Zero(t, h.count(`SELECT count(*) FROM effects`), "a run past its Timeout does not complete")
 	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE last_error LIKE '%deadline exceeded%'`))
 }
+
+// During a rolling deploy, an old worker that applies CompleteUnhandled
+// (and so fetches every type of its sources) must not complete an event
+// that the new version stored for a handler only it has: the event waits
+// for the new version. Before, it was completed unrun, and lost.
+func TestPipelineCompleteUnhandledLeavesAnotherVersionsEvents(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	v2 := newHarness(t, wharf.Config{}) // the new version: it handles refunds
+	require.NoError(t, v2.p.Handle("acme", "order.paid", writeEffect))
+	require.NoError(t, v2.p.Handle("acme", "order.refunded", writeEffect))
+	require.Equal(t, http.StatusAccepted, v2.send("r1", "order.refunded"))
+
+	v1, err := wharf.New(v2.pool, wharf.Config{Unhandled: wharf.CompleteUnhandled}) // the old version
+	require.NoError(t, err)
+	t.Cleanup(v1.Close)
+	require.NoError(t, v1.Source("acme", wharf.StandardWebhooks(testSecret)))
+	require.NoError(t, v1.Handle("acme", "order.paid", writeEffect))
+	runCtx, stopV1 := context.WithCancel(ctx)
+	v1Done := make(chan error, 1)
+	go func() { v1Done <- v1.Run(runCtx) }()
+	v2.eventually("the old worker to have put r1 back", func() bool {
+		return v2.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'r1' AND run_at > now()`) == 1
+	})
+	stopV1()
+	require.NoError(t, <-v1Done)
+	require.Zero(t, v2.count(`SELECT count(*) FROM effects`))
+	require.Zero(t, v2.count(`SELECT attempt FROM wharf.queue WHERE event_id = 'r1'`), "no attempt spent")
+
+	// The new version takes it (its wait is skipped here).
+	_, err = v2.pool.Exec(ctx, `UPDATE wharf.queue SET run_at = now() WHERE event_id = 'r1'`)
+	require.NoError(t, err)
+	v2.run()
+	v2.eventually("r1 processed by the new version", func() bool { return v2.count(`SELECT count(*) FROM effects WHERE event_id = 'r1'`) == 1 })
+}

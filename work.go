@@ -17,6 +17,11 @@ import (
 // Config.Unhandled set to DeadLetterUnhandled.
 var errUnhandled = errors.New("no handler takes this event type")
 
+// otherVersionWait is how long an event stored for a handler this process
+// lacks (another version's, during a rolling deploy) is put back for: a
+// process that has the handler takes it once it is due again.
+const otherVersionWait = 5 * time.Second
+
 // work processes one event inside the consumer's transaction, under its
 // savepoint: idempotency claim (made for the whole transaction by
 // claimAll), the user's handler (through its breaker), the audit record. The consumer then completes the event in the same
@@ -24,6 +29,14 @@ var errUnhandled = errors.New("no handler takes this event type")
 // dead-letters it.
 func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error {
 	h := p.handlerFor(qev.Source, qev.Type)
+	if h == nil && qev.Handler != "" {
+		// The process that stored it had a handler for it: a newer (or
+		// older) version's event, fetched here because this process takes
+		// every type to apply Config.Unhandled. It waits for a process
+		// that has the handler; completing or dead-lettering it here
+		// would take it from that version during a rolling deploy.
+		return queue.Defer(time.Now().Add(otherVersionWait), fmt.Errorf("%w here; stored for handler %q", errUnhandled, qev.Handler))
+	}
 	if h == nil {
 		switch p.cfg.Unhandled {
 		case DeadLetterUnhandled:

@@ -464,7 +464,11 @@ func (c *Consumer) fetch(ctx context.Context, limit int) ([]*Event, error) {
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	started := time.Now()
 	evs, err := c.q.fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name}, false)
+	for _, ev := range evs {
+		ev.fetchStarted = started
+	}
 	c.track(evs)
 	return evs, err
 }
@@ -583,11 +587,17 @@ func (c *Consumer) track(evs []*Event) {
 	}
 }
 
+// untrack stops heart-beating evs. Only the lease each one holds: an
+// event whose lease this consumer lost (rescued while its run stalled)
+// may have been fetched again, under a new lease that a live run holds,
+// and the stale run's end must not stop that lease's heartbeats.
 func (c *Consumer) untrack(evs []*Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, ev := range evs {
-		delete(c.active, ev.QueueID)
+		if c.active[ev.QueueID] == ev {
+			delete(c.active, ev.QueueID)
+		}
 	}
 }
 
@@ -651,19 +661,27 @@ func (c *Consumer) process(handlerCtx, runCtx context.Context, chunk []*Event) {
 // loadPayloads reads the bodies and headers of chunk's events in one round
 // trip: the fetcher leaves them out, so that its statement, the one every
 // worker waits on, does less. If that fails the chunk is released unrun
-// (attempts given back). An event whose payload is gone was removed under
-// a lease it no longer holds, and is dropped.
+// (attempts given back). A chunk that waited long enough for a lease to
+// lapse (half the lease, measured from before the fetch was sent) is read
+// with heldPayloadsSQL; an event it does not find under its lease lost
+// the lease while it waited, and is dropped.
 func (c *Consumer) loadPayloads(chunk []*Event) []*Event {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	missing := make(map[int64]*Event, len(chunk)) // until its payload is read
-	ids := make([]int64, len(chunk))
-	for i, ev := range chunk {
-		missing[ev.QueueID], ids[i] = ev, ev.QueueID
+	waited := false                               // long enough that a lease may have lapsed
+	for _, ev := range chunk {
+		missing[ev.QueueID] = ev
+		waited = waited || time.Since(ev.fetchStarted) >= c.q.cfg.LeaseDuration/2
 	}
+	ids, tokens := leaseArrays(chunk)
 	b := &pgx.Batch{}
 	b.Queue(indexPlansSQL)
-	b.Queue(c.q.sql.payloads, ids)
+	if waited {
+		b.Queue(c.q.sql.heldPayloads, ids, tokens)
+	} else {
+		b.Queue(c.q.sql.payloads, ids)
+	}
 	br := c.q.pool.SendBatch(ctx, b)
 	_, err := br.Exec()
 	if err == nil {
@@ -691,16 +709,16 @@ func (c *Consumer) loadPayloads(chunk []*Event) []*Event {
 	if len(missing) == 0 {
 		return chunk
 	}
-	loaded, gone := chunk[:0], make([]*Event, 0, len(missing))
+	loaded, lost := chunk[:0], make([]*Event, 0, len(missing))
 	for _, ev := range chunk {
 		if missing[ev.QueueID] == nil {
 			loaded = append(loaded, ev)
 		} else {
-			gone = append(gone, ev)
+			lost = append(lost, ev)
 		}
 	}
-	c.log.Warn("queue: fetched events were removed under a lease this consumer no longer holds; dropping them", "events", len(gone))
-	c.untrack(gone)
+	c.log.Warn("queue: fetched events lost their leases before they ran; dropping them", "events", len(lost))
+	c.untrack(lost)
 	return loaded
 }
 

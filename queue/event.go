@@ -127,6 +127,9 @@ type Event struct {
 	// alone: a BatchHandler call holding this event failed, so it runs
 	// through Handler from then on, in this transaction or the next.
 	alone bool
+	// fetchStarted is when the Consumer's fetch that leased it was sent:
+	// its lease cannot lapse until LeaseDuration after that.
+	fetchStarted time.Time
 }
 
 // decodeColumns fills Errors and Headers from the JSON columns the event

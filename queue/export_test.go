@@ -10,8 +10,8 @@ const (
 
 // RenderedSQL returns q's statements that run on generic plans: the
 // fetches with payloads (Fetch) and without (a Consumer's), then the rest.
-func RenderedSQL(q *Queue) (fetch [2][2][2]string, payloads, complete, insert, recheck string) {
-	return [2][2][2]string{q.sql.fetch, q.sql.fetchNoPayload}, q.sql.payloads, q.sql.complete, q.sql.insert, q.sql.recheck
+func RenderedSQL(q *Queue) (fetch [2][2][2]string, payloads, heldPayloads, complete, insert, recheck string) {
+	return [2][2][2]string{q.sql.fetch, q.sql.fetchNoPayload}, q.sql.payloads, q.sql.heldPayloads, q.sql.complete, q.sql.insert, q.sql.recheck
 }
 
 // Units returns how c's transactions would run evs: one slice per

@@ -1203,3 +1203,60 @@ func TestLeaseFencingRacesRescue(t *testing.T) {
 		})
 	}
 }
+
+// An event fetched ahead whose lease was lost (rescued, then leased to
+// another worker) before its worker reached it is dropped, not run beside
+// the new holder. Before, only events removed meanwhile were noticed.
+func TestConsumerFetchedAheadEventThatLostItsLeaseDoesNotRun(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cfg := queue.Config{LeaseDuration: time.Second, Backoff: ctSmallBackoff}
+	q, pool := newQueue(t, cfg)
+	other, err := queue.New(pool, cfg)
+	require.NoError(t, err)
+	t.Cleanup(other.Close)
+	var rec ctRecorder
+	aIn := make(chan struct{}, 1)
+	unblock := make(chan struct{})
+	var once sync.Once
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers: 1, TxBatch: 1, PollInterval: 20 * time.Millisecond, RescueInterval: time.Hour,
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			rec.add(ev, 0)
+			if ev.ID == "a" {
+				aIn <- struct{}{}
+				<-unblock
+			}
+			return nil
+		},
+	})
+	require.NoError(t, err)
+	ctEnqueueAll(t, q, []string{"a", "b"}) // chunks [a] [b]; b waits, leased
+	runConsumer(t, c)
+	t.Cleanup(func() { once.Do(func() { close(unblock) }) })
+	ctRecv(t, aIn, "a runs")
+	require.Equal(t, "running", ctGetRow(t, pool, "b").State)
+	_, err = pool.Exec(ctx, `UPDATE wharf.queue SET lease_expires_at = now() - interval '1 second' WHERE event_id = 'b'`)
+	require.NoError(t, err)
+	n, err := other.Rescue(ctx, 10)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	_, err = pool.Exec(ctx, `UPDATE wharf.queue SET run_at = now() WHERE event_id = 'b'`)
+	require.NoError(t, err)
+	bNew, err := other.Fetch(ctx, queue.FetchParams{Limit: 1, Worker: "other"})
+	require.NoError(t, err)
+	require.Len(t, bNew, 1)
+	// Only a chunk that waited half a lease can have lost one; the worker
+	// checks the leases of those.
+	time.Sleep(cfg.LeaseDuration / 2)
+	once.Do(func() { close(unblock) })
+	dbtest.Eventually(t, 10*time.Second, "a done", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE event_id = 'a'`) == 0
+	})
+	// The one worker takes its chunks in order: once an event enqueued now
+	// has run, the chunk holding the stale b has been dealt with.
+	ctEnqueueAll(t, q, []string{"c"})
+	dbtest.Eventually(t, 10*time.Second, "c run", func() bool { return len(rec.byID()["c"]) == 1 })
+	require.Len(t, rec.byID()["b"], 0, "b ran under a lease lost before it started, while %q holds it", "other")
+	require.Equal(t, bNew[0].Lease.Token, *ctGetRow(t, pool, "b").LeaseToken, "b is still the other worker's")
+}

@@ -47,7 +47,7 @@ func TestHotStatementPlans(t *testing.T) {
 	)
 	// recheck runs only with a DuplicateIf, so only for the Pipeline's.
 	statements := func(q *queue.Queue, duplicateIf []string) []statement {
-		fetch, payloads, complete, insert, recheck := queue.RenderedSQL(q)
+		fetch, payloads, heldPayloads, complete, insert, recheck := queue.RenderedSQL(q)
 		var all []statement
 		for i, payload := range []string{"", " (no payload)"} {
 			all = append(all,
@@ -58,6 +58,7 @@ func TestHotStatementPlans(t *testing.T) {
 		}
 		all = append(all, []statement{
 			{"payloads", queue.IndexPlansSQL, payloads, `ARRAY[1, 2]`, []string{"queue_payloads_pkey"}},
+			{"held payloads", queue.IndexPlansSQL, heldPayloads, `ARRAY[1, 2], ARRAY[3, 4]`, []string{"queue_pkey", "queue_payloads_pkey"}},
 			{"complete", queue.IndexPlansSQL, complete, `ARRAY[1, 2], ARRAY[3, 4]`, []string{"queue_pkey"}},
 			{"insert", queue.OwnEnqueueSQL, insert, insertArgs, duplicateIf},
 		}...)

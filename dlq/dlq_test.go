@@ -518,6 +518,7 @@ func TestCountPurgeableThenPurgeBefore(t *testing.T) {
 	f.deadEvent(t, "s", "dead", "x", "boom", 48*time.Hour)
 	_, err := f.dead.Discard(ctx, old)
 	require.NoError(t, err)
+	time.Sleep(10 * time.Millisecond) // so that it is older than a millisecond at the count
 
 	n, before, err := f.dead.CountPurgeable(ctx, time.Millisecond)
 	require.NoError(t, err)

@@ -381,3 +381,61 @@ func TestPipelineCompleteUnhandledLeavesAnotherVersionsEvents(t *testing.T) {
 	v2.run()
 	v2.eventually("r1 processed by the new version", func() bool { return v2.count(`SELECT count(*) FROM effects WHERE event_id = 'r1'`) == 1 })
 }
+
+// With Audit on, a rescue that dead-letters an expired event on its last
+// attempt appends to the event's delivery stream; a stalled worker that
+// has already processed that event (uncommitted) holds the stream's row.
+// The rescue must not wait for the stalled transaction, nor hold back the
+// other expired events: here a dead worker's event is rescued at once,
+// and the waiting one is left for later. Before, the whole rescue batch
+// waited as long as the stalled transaction stayed open.
+func TestRescueDoesNotWaitOnAStalledWorkersAuditRecord(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newHarness(t, wharf.Config{Workers: 1, MaxAttempts: 1, LeaseDuration: 30 * time.Second, Audit: true,
+		MaxTxDuration: time.Minute, PollInterval: 20 * time.Millisecond, RescueInterval: time.Hour})
+	stuckIn := make(chan struct{}, 1)
+	unblock := make(chan struct{})
+	var once sync.Once
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if err := writeEffect(ctx, tx, ev); err != nil {
+			return err
+		}
+		if ev.ID == "g" {
+			stuckIn <- struct{}{}
+			<-unblock
+		}
+		return nil
+	}))
+	// "d": its worker died holding the lease.
+	require.Equal(t, http.StatusAccepted, h.send("d", "order.paid"))
+	dead, err := h.p.Queue().Fetch(ctx, queue.FetchParams{Limit: 1, Worker: "dead-worker"})
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+	require.Equal(t, http.StatusAccepted, h.send("warm", "order.paid"))
+	h.run()
+	t.Cleanup(func() { once.Do(func() { close(unblock) }) })
+	h.eventually("warm-up", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+	src := queue.PauseTarget{Source: "acme"}
+	require.NoError(t, h.p.Queue().Pause(ctx, src, "fetch them together"))
+	for _, id := range []string{"e", "f", "g"} { // one fetch: chunks [e] [f g]
+		require.Equal(t, http.StatusAccepted, h.send(id, "order.paid"))
+	}
+	_, err = h.p.Queue().Resume(ctx, src)
+	require.NoError(t, err)
+	<-stuckIn // f processed and audited in the open transaction; g stalls
+	_, err = h.pool.Exec(ctx, `UPDATE wharf.queue SET lease_expires_at = now() - interval '1 second' WHERE event_id IN ('d', 'f')`)
+	require.NoError(t, err)
+
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	n, err := h.p.Queue().Rescue(rctx, 500)
+	require.NoError(t, err, "the rescuer must not wait on a stalled worker's transaction")
+	require.Equal(t, 1, n, "the dead worker's event is rescued")
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE event_id = 'd'`))
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'f' AND state = 'running'`),
+		"the event whose record waits is left for a later rescue")
+
+	once.Do(func() { close(unblock) })
+	h.eventually("settled", func() bool { return h.count(`SELECT count(*) FROM wharf.queue WHERE state = 'running'`) == 0 })
+}

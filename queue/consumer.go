@@ -630,7 +630,9 @@ func (c *Consumer) heartbeat(ctx context.Context) {
 func (c *Consumer) rescue(ctx context.Context) {
 	const limit = 500
 	for {
-		n, err := c.q.Rescue(ctx, limit)
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		n, err := c.q.Rescue(rctx, limit)
+		cancel()
 		if err != nil {
 			if ctx.Err() == nil {
 				c.log.Warn("queue: rescue failed", "error", err)

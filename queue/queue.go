@@ -792,10 +792,51 @@ func (q *Queue) Heartbeat(ctx context.Context, evs ...*Event) (int, error) {
 // an event that kills its worker every time still ends. It returns how many
 // it rescued. Consumers run it periodically; call it directly only if you
 // fetch by hand.
+//
+// Exhausting an event runs Config.OnExhausted (the dead letter queue, an
+// audit record), which may wait on a lock that a stalled worker's open
+// transaction holds. So Rescue waits at most rescueLockTimeout for any
+// lock; if a batch times out, it rescues the events one at a time and
+// leaves those that still wait for a later call, so one stalled
+// transaction holds back no other rescue.
 func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
+	found, err := q.rescueBatch(ctx, limit, nil)
+	if err == nil || !isLockTimeout(err) {
+		if err != nil {
+			return 0, fmt.Errorf("queue: rescue: %w", err)
+		}
+		return len(found), nil
+	}
 	var n int
-	err := pgx.BeginTxFunc(ctx, q.pool, readCommitted, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, q.sql.expired, limit)
+	var waiting []int64
+	for n+len(waiting) < limit {
+		found, err := q.rescueBatch(ctx, 1, waiting)
+		switch {
+		case err == nil && len(found) == 0:
+			return n, nil
+		case err == nil:
+			n++
+		case isLockTimeout(err) && len(found) == 1:
+			waiting = append(waiting, found[0])
+		default:
+			return n, fmt.Errorf("queue: rescue: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// rescueLockTimeout bounds each lock wait of a rescue (see Rescue).
+const rescueLockTimeout = time.Second
+
+// rescueBatch rescues up to limit expired events, other than those in
+// skip, in one transaction, and returns the ids it found: rescued, unless
+// it returns an error.
+func (q *Queue) rescueBatch(ctx context.Context, limit int, skip []int64) (found []int64, err error) {
+	err = pgx.BeginTxFunc(ctx, q.pool, readCommitted, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true)`, fmt.Sprint(rescueLockTimeout.Milliseconds())); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, q.sql.expired, limit, skip)
 		if err != nil {
 			return err
 		}
@@ -806,19 +847,23 @@ func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 		_, err = pgx.ForEachRow(rows, []any{&id, &token, &attempt, &maxAttempts, &leasedBy}, func() error {
 			ev := &Event{QueueID: id, Attempt: attempt, MaxAttempts: maxAttempts, Lease: Lease{QueueID: id, Token: token}}
 			failures = append(failures, failure{ev: ev, msg: fmt.Sprintf("lease expired: worker %s stopped heart-beating", leasedBy), rescued: true})
+			found = append(found, id)
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		n = len(failures)
 		_, err = q.fail(ctx, tx, failures)
 		return err
 	})
-	if err != nil {
-		return 0, fmt.Errorf("queue: rescue: %w", err)
-	}
-	return n, nil
+	return found, err
+}
+
+// isLockTimeout reports whether err is Postgres's lock_not_available,
+// which lock_timeout raises.
+func isLockTimeout(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
 }
 
 // SourceStats counts one source's (or kind's) events by state.

@@ -362,11 +362,13 @@ SET lease_expires_at = now() + $3 * interval '1 millisecond'
 WHERE q.id = ANY (ARRAY(SELECT id FROM lockable))
 RETURNING q.id, q.lease_expires_at`
 
-// expiredSQL picks running events whose lease lapsed, for the rescuer.
+// expiredSQL picks running events whose lease lapsed, for the rescuer,
+// other than those in $2 (which a rescue found waiting on a lock).
 const expiredSQL = `
 SELECT q.id, q.lease_token, q.attempt, q.max_attempts, coalesce(q.leased_by, '')
 FROM {schema}.queue q
 WHERE q.state = 'running' AND q.lease_expires_at < now()
+  AND q.id <> ALL (coalesce($2::bigint[], '{}'))
 ORDER BY q.lease_expires_at
 LIMIT $1
 FOR UPDATE OF q SKIP LOCKED`

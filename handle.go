@@ -294,6 +294,12 @@ func (h *handler) acquire(ctx context.Context) (release func(), err error) {
 	defer t.Stop()
 	select {
 	case h.slots <- struct{}{}:
+		if err := ctx.Err(); err != nil {
+			// Both were ready (a slot freed by the same hard stop that
+			// ended ctx): the stop wins, the event does not start.
+			<-h.slots
+			return nil, queue.Defer(time.Now(), err)
+		}
 		return func() { <-h.slots }, nil
 	case <-t.C:
 		return nil, queue.Defer(time.Now(), fmt.Errorf("wharf: handler %q: all %d of its concurrency slots stayed taken for %s", h.name, cap(h.slots), maxWaitInTx))

@@ -150,29 +150,29 @@ type guardedObserver struct {
 }
 
 func (g guardedObserver) StartIngest(ctx context.Context, source string) (context.Context, func(IngestResult)) {
-	outCtx, end := ctx, func(IngestResult) {}
-	g.protect("StartIngest", func() {
-		if c, e := g.observer.StartIngest(ctx, source); e != nil {
-			outCtx, end = cmp.Or(c, ctx), e
-		}
+	return guardStart(g, "StartIngest", ctx, func() (context.Context, func(IngestResult)) {
+		return g.observer.StartIngest(ctx, source)
 	})
-	return outCtx, endOnce(g, "StartIngest's end", end)
 }
 
 func (g guardedObserver) StartAttempt(ctx context.Context, a Attempt) (context.Context, func(AttemptResult)) {
-	outCtx, end := ctx, func(AttemptResult) {}
-	g.protect("StartAttempt", func() {
-		if c, e := g.observer.StartAttempt(ctx, a); e != nil {
+	return guardStart(g, "StartAttempt", ctx, func() (context.Context, func(AttemptResult)) {
+		return g.observer.StartAttempt(ctx, a)
+	})
+}
+
+// guardStart runs start, one of the Observer's methods called with ctx,
+// and returns its context and its end func, guarded and to run at most
+// once; or ctx and a no-op if it panicked or returned no end func.
+func guardStart[R any](g guardedObserver, what string, ctx context.Context, start func() (context.Context, func(R))) (context.Context, func(R)) {
+	outCtx, end := ctx, func(R) {}
+	g.protect(what, func() {
+		if c, e := start(); e != nil {
 			outCtx, end = cmp.Or(c, ctx), e
 		}
 	})
-	return outCtx, endOnce(g, "StartAttempt's end", end)
-}
-
-// endOnce returns end, guarded, to be run at most once.
-func endOnce[R any](g guardedObserver, what string, end func(R)) func(R) {
 	var once sync.Once
-	return func(r R) { once.Do(func() { g.protect(what, func() { end(r) }) }) }
+	return outCtx, func(r R) { once.Do(func() { g.protect(what+"'s end", func() { end(r) }) }) }
 }
 
 // protect runs fn, logging a panic instead of raising it.

@@ -143,24 +143,25 @@ func (b *Breaker) Execute(ctx context.Context, fn func(ctx context.Context) erro
 		return b.rejection(inst, err)
 	}
 	c := newCall(ctx, b)
-	returned := false
+	// outcome stays Excluded unless fn returns and is classified: a panic
+	// in fn, or in the Classifier, is a bug of the caller's, and the call
+	// must still be reported once, or a half-open breaker would keep its
+	// probe slot for ever.
+	outcome := Excluded
 	defer func() {
-		if !returned {
-			done(errOutcomeExcluded)
-			b.flush()
-		}
+		c.ended.Store(true)
+		done(outcome.gobreakerError())
+		b.flush()
 	}()
 	callErr := fn(c)
-	returned = true
-	outcome := Success
+	classified := Success
 	if callErr != nil {
-		outcome = b.classify(callErr)
+		classified = b.classify(callErr)
 	}
 	if c.failed.Load() {
-		outcome = Failure
+		classified = Failure
 	}
-	done(outcome.gobreakerError())
-	b.flush()
+	outcome = classified
 	switch {
 	case callErr == nil:
 		return nil

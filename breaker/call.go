@@ -16,6 +16,10 @@ type call struct {
 	// failed is set when a call made inside this one failed in a way the
 	// Classifier counts.
 	failed atomic.Bool
+	// ended is set when Execute reports the call: a call made with its
+	// context after that (from a goroutine the call started) is a call of
+	// its own.
+	ended atomic.Bool
 }
 
 type callKey struct{}
@@ -34,10 +38,11 @@ func (c *call) Value(key any) any {
 	return c.Context.Value(key)
 }
 
-// callOf returns the call through b that ctx was made for, or nil.
+// callOf returns the call through b, still running, that ctx was made
+// for, or nil.
 func callOf(ctx context.Context, b *Breaker) *call {
 	c, _ := ctx.Value(callKey{}).(*call)
-	for c != nil && c.b != b {
+	for c != nil && (c.b != b || c.ended.Load()) {
 		c = c.outer
 	}
 	return c

@@ -133,3 +133,45 @@ func TestNestedCallUnderAnotherBreakerStillCountsWithTheOuterOne(t *testing.T) {
 		require.Equal(t, uint32(1), st.Counts.Excluded)
 	})
 }
+
+// A context kept past its call (a goroutine the handler started) makes
+// calls of their own: while the breaker is open they are refused, not let
+// through as parts of a call that has ended.
+func TestCallsWithAnEndedCallsContextGoThroughTheBreaker(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		r := newRegistry(t, breaker.Settings{Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1}, nil)
+		var kept context.Context
+		require.NoError(t, r.Execute(ctx, "billing", func(c context.Context) error { kept = c; return nil }))
+		require.ErrorIs(t, r.Execute(ctx, "billing", func(context.Context) error { return errRefused }), breaker.ErrDownstream)
+		requireState(t, r, "billing", breaker.StateOpen)
+		d := &downstream{err: errRefused}
+		requireOpenError(t, r.Execute(kept, "billing", d.call), "billing")
+		require.Zero(t, d.calls.Load(), "an open breaker sends nothing")
+	})
+}
+
+// A Classifier that panics is the caller's bug: the call is still
+// reported (excluded), so a half-open breaker gets its probe back instead
+// of refusing every call for ever.
+func TestPanickingClassifierGivesTheProbeBack(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		boom := errors.New("boom")
+		r := newRegistry(t, breaker.Settings{
+			Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
+			OpenTimeout: 2 * time.Second, HalfOpenProbes: 1,
+			Classify: func(err error) breaker.Outcome {
+				if errors.Is(err, boom) {
+					panic("classifier bug")
+				}
+				return breaker.DefaultClassifier(err)
+			},
+		}, nil)
+		require.ErrorIs(t, r.Execute(ctx, "billing", (&downstream{err: errRefused}).call), breaker.ErrDownstream)
+		time.Sleep(2*time.Second + time.Nanosecond)
+		require.Panics(t, func() { _ = r.Execute(ctx, "billing", func(context.Context) error { return boom }) })
+		require.NoError(t, r.Execute(ctx, "billing", (&downstream{}).call), "the probe slot was given back")
+		requireState(t, r, "billing", breaker.StateClosed)
+	})
+}

@@ -305,7 +305,11 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 		p.limits[name] = l
 	}
 	var err error
-	deadCfg := dlq.Config{Schema: c.Schema, Logger: c.Logger}
+	// A dead letter records the handler its queue row named, none for an
+	// event no handler took (Config.Unhandled): a replay puts that name
+	// back, and a made-up one would make the event wait for a handler of
+	// that name, which no version has.
+	deadCfg := dlq.Config{Schema: c.Schema, Logger: c.Logger, HandlerName: func(ev *queue.Event) string { return ev.Handler }}
 	if c.Audit {
 		deadCfg.OnReplay = p.onReplay
 	}

@@ -105,6 +105,18 @@ func TestPipelineUnhandledPolicies(t *testing.T) {
 		h.eventually("the unhandled event dead-lettered", func() bool { return h.count(`SELECT count(*) FROM wharf.dead_letters`) == 1 })
 		require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue`))
 		require.Equal(t, 1, h.count(`SELECT attempts FROM wharf.dead_letters`), "at once, not after every attempt")
+		require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE handler = ''`), "no handler took it")
+
+		// Replayed while still unhandled, it is dead-lettered again, not
+		// left waiting for a handler of a made-up name.
+		var id int64
+		require.NoError(t, h.pool.QueryRow(context.Background(), `SELECT id FROM wharf.dead_letters`).Scan(&id))
+		_, err := h.p.Replay(context.Background(), id)
+		require.NoError(t, err)
+		h.eventually("the replayed event dead again", func() bool {
+			return h.count(`SELECT count(*) FROM wharf.dead_letters WHERE status = 'dead'`) == 1 &&
+				h.count(`SELECT count(*) FROM wharf.queue`) == 0
+		})
 	})
 }
 

@@ -21,7 +21,12 @@ var ErrInvalidSchema = errors.New("wharf: invalid schema name")
 // schema; the rest of this release keeps working against it, because newer
 // migrations keep every column and table older code uses (they add, and
 // may replace an index, which can make an old release's reads slower), so
-// old replicas run on during a rolling deploy.
+// old replicas run on during a rolling deploy. One exception: migration
+// 11 changes the event log's read order, and a cursor or projection
+// checkpoint of one order means something else in the other, so stop
+// every older process that reads the event log (projections, audit
+// readers, wharf log tail) before applying it; older processes that only
+// append may run on.
 var ErrSchemaNewer = migrate.ErrSchemaNewer
 
 // MigratorConfig configures a Migrator.

@@ -19,9 +19,13 @@
 -- append-only: no UPDATE reaches it) and are read at coalesce(read_key,
 -- tx_id), their old place, so stored cursors and checkpoints stay valid.
 -- The index is built on that expression and replaces the (tx_id,
--- position) one; building it reads the whole log once. An older release
--- still running during a rolling deploy reads in tx_id order without an
--- index for it: correct, but slower, until it is replaced.
+-- position) one; building it reads the whole log once.
+--
+-- An older release reads in tx_id order, and takes a cursor or a
+-- projection checkpoint written in this order as a tx_id (and the other
+-- way round): it can skip events, or apply them twice. Stop every older
+-- process that reads the event log before applying this migration;
+-- older processes that only append may run on.
 ALTER TABLE {schema}.event_log ADD COLUMN read_key xid8;
 
 ALTER TABLE {schema}.event_streams ADD COLUMN read_key xid8 NOT NULL DEFAULT '0';

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -69,14 +70,14 @@ func run(ctx context.Context, databaseURL string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg.MaxConns = 12 // 4 workers + 2, 3 for the endpoint, this function's queries
+	cfg.MaxConns = max(cfg.MaxConns, 12) // 4 workers + 2, 3 for the endpoint, this function's queries
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := wharf.Migrate(ctx, pool); err != nil {
-		return fmt.Errorf("migrate (is PostgreSQL running at %s?): %w", databaseURL, err)
+	if err := wharf.Migrate(ctx, pool); err != nil && !errors.Is(err, wharf.ErrSchemaNewer) {
+		return fmt.Errorf("migrate (is PostgreSQL running at %s:%d?): %w", pool.Config().ConnConfig.Host, pool.Config().ConnConfig.Port, err)
 	}
 	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS downstream_deliveries (
 		event_id text PRIMARY KEY,
@@ -93,6 +94,9 @@ func run(ctx context.Context, databaseURL string, out io.Writer) error {
 
 	opened := make(chan struct{}, 1)
 	p, err := wharf.New(pool, wharf.Config{
+		// Errors only: the outage's deferrals, which this demo provokes,
+		// are warnings.
+		Logger: slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelError})),
 		// One attempt per event: a single attempt spent on the outage
 		// would dead-letter its event. (A real service keeps the default,
 		// 8, for the failures that are the event's own.)
@@ -301,9 +305,18 @@ func serve(p *wharf.Pipeline) (url string, stop func(), err error) {
 	if err != nil {
 		return "", nil, err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln) //nolint:errcheck // returns http.ErrServerClosed at Close
-	return "http://" + ln.Addr().String() + "/webhooks/shop", func() { srv.Close() }, nil
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	go srv.Serve(ln) //nolint:errcheck // returns http.ErrServerClosed at Shutdown
+	stop = func() {
+		// Let requests in flight be answered (BodyReadTimeout and
+		// AckDeadline bound them) before the Pipeline closes.
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if srv.Shutdown(ctx) != nil {
+			srv.Close()
+		}
+	}
+	return "http://" + ln.Addr().String() + "/webhooks/shop", stop, nil
 }
 
 // sendOrder plays the provider: it posts one signed order.paid webhook.

@@ -8,6 +8,7 @@
 // serves on 127.0.0.1:8080 (-addr changes it):
 //
 //	GET  /healthz          the service's health check
+//	GET  /readyz           wharf's readiness (database and schema)
 //	GET  /api/pushes       the service's API: the pushes recorded so far
 //	POST /webhooks/github  GitHub's webhooks, through wharf
 //
@@ -25,6 +26,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -43,7 +45,11 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
 	flag.Parse()
 	databaseURL := cmp.Or(os.Getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres")
-	secret := cmp.Or(os.Getenv("GITHUB_WEBHOOK_SECRET"), "demo-github-secret")
+	secret := os.Getenv("GITHUB_WEBHOOK_SECRET")
+	if secret == "" {
+		secret = "demo-github-secret"
+		fmt.Fprintln(os.Stderr, "existing-router: GITHUB_WEBHOOK_SECRET is not set; using a public demo secret that anyone can sign with. Never deploy this.")
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -59,14 +65,14 @@ func run(ctx context.Context, databaseURL string, out io.Writer, addr, githubSec
 	if err != nil {
 		return err
 	}
-	cfg.MaxConns = 12 // 4 workers + 2, 3 for the endpoint, the API's queries
+	cfg.MaxConns = max(cfg.MaxConns, 12) // 4 workers + 2, 3 for the endpoint, the API's queries
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := wharf.Migrate(ctx, pool); err != nil {
-		return fmt.Errorf("migrate (is PostgreSQL running at %s?): %w", databaseURL, err)
+	if err := wharf.Migrate(ctx, pool); err != nil && !errors.Is(err, wharf.ErrSchemaNewer) {
+		return fmt.Errorf("migrate (is PostgreSQL running at %s:%d?): %w", pool.Config().ConnConfig.Host, pool.Config().ConnConfig.Port, err)
 	}
 	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS router_pushes (
 		delivery text PRIMARY KEY,
@@ -81,7 +87,7 @@ func run(ctx context.Context, databaseURL string, out io.Writer, addr, githubSec
 	// "ping" when it is created); this service handles only pushes, so it
 	// completes the others rather than keep them queued for a later
 	// version that would handle them.
-	p, err := wharf.New(pool, wharf.Config{Unhandled: wharf.CompleteUnhandled})
+	p, err := wharf.New(pool, wharf.Config{Unhandled: wharf.CompleteUnhandled, Logger: slog.New(slog.NewTextHandler(out, nil))})
 	if err != nil {
 		return err
 	}
@@ -105,6 +111,7 @@ func run(ctx context.Context, databaseURL string, out io.Writer, addr, githubSec
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	mux.Handle("GET /readyz", p.HealthHandler()) // wharf's readiness: database and schema
 	mux.HandleFunc("GET /api/pushes", listPushes(pool))
 	mux.Handle("POST /webhooks/github", p.Handler("github"))
 
@@ -112,7 +119,7 @@ func run(ctx context.Context, databaseURL string, out io.Writer, addr, githubSec
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	go srv.Serve(ln) //nolint:errcheck // returns http.ErrServerClosed at Shutdown
 
 	workCtx, stopWorkers := context.WithCancel(ctx)
@@ -122,15 +129,19 @@ func run(ctx context.Context, databaseURL string, out io.Writer, addr, githubSec
 		defer close(workersDone)
 		runErr = p.Run(workCtx)
 	}()
-	fmt.Fprintf(out, "listening on http://%s (GET /healthz, GET /api/pushes, POST /webhooks/github)\n", ln.Addr())
+	fmt.Fprintf(out, "listening on http://%s (GET /healthz, GET /readyz, GET /api/pushes, POST /webhooks/github)\n", ln.Addr())
 
 	select {
 	case <-ctx.Done():
 	case <-workersDone: // Run returns early only when misconfigured
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Stop taking requests, then stop the workers. A request may take
+	// BodyReadTimeout (10 s) and AckDeadline (2 s).
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	err = srv.Shutdown(shutdownCtx) // stop taking requests, then stop the workers
+	if err = srv.Shutdown(shutdownCtx); err != nil {
+		err = errors.Join(err, srv.Close())
+	}
 	stopWorkers()
 	<-workersDone
 	return errors.Join(err, runErr)

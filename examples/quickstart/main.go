@@ -57,7 +57,11 @@ type options struct {
 }
 
 func main() {
-	o := options{secret: cmp.Or(os.Getenv("WEBHOOK_SECRET"), demoSecret)}
+	o := options{secret: os.Getenv("WEBHOOK_SECRET")}
+	if o.secret == "" {
+		o.secret = demoSecret
+		fmt.Fprintln(os.Stderr, "quickstart: WEBHOOK_SECRET is not set; using the public demo secret, which anyone can sign with. Never deploy this.")
+	}
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:8080", "address to listen on")
 	flag.BoolVar(&o.send, "send", false, "send a signed test webhook to this process, wait until it is processed, and exit")
 	flag.Parse()
@@ -82,14 +86,14 @@ func run(ctx context.Context, databaseURL string, out io.Writer, o options) erro
 	// The workers need one connection each (4 by default) plus 2, the
 	// endpoint 3 (group commit and notifications): more than pgxpool's
 	// default on a small machine.
-	cfg.MaxConns = 12
+	cfg.MaxConns = max(cfg.MaxConns, 12)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := wharf.Migrate(ctx, pool); err != nil {
-		return fmt.Errorf("migrate (is PostgreSQL running at %s?): %w", databaseURL, err)
+	if err := wharf.Migrate(ctx, pool); err != nil && !errors.Is(err, wharf.ErrSchemaNewer) {
+		return fmt.Errorf("migrate (is PostgreSQL running at %s:%d?): %w", pool.Config().ConnConfig.Host, pool.Config().ConnConfig.Port, err)
 	}
 	// No unique constraint on event_id, on purpose: one row per event is
 	// wharf's doing, however often the provider delivers it.
@@ -118,11 +122,12 @@ func run(ctx context.Context, databaseURL string, out io.Writer, o options) erro
 	// The endpoint: it answers 202 only once the event is committed.
 	mux := http.NewServeMux()
 	mux.Handle("POST /webhooks/billing", p.Handler("billing"))
+	mux.Handle("GET /readyz", p.HealthHandler())
 	ln, err := net.Listen("tcp", o.addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	go srv.Serve(ln) //nolint:errcheck // returns http.ErrServerClosed at Shutdown
 
 	// The workers. Cancelling their context stops them gracefully: running
@@ -150,9 +155,12 @@ func run(ctx context.Context, databaseURL string, out io.Writer, o options) erro
 	}
 
 	// Stop taking webhooks first, then let the workers finish.
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// A request may take BodyReadTimeout (10 s) and AckDeadline (2 s).
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	err = errors.Join(err, srv.Shutdown(shutdownCtx))
+	if shutdownErr := srv.Shutdown(shutdownCtx); shutdownErr != nil {
+		err = errors.Join(err, shutdownErr, srv.Close())
+	}
 	stopWorkers()
 	<-workersDone
 	return errors.Join(err, runErr)

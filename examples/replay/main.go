@@ -71,8 +71,8 @@ func run(ctx context.Context, databaseURL string, out io.Writer) error {
 		return err
 	}
 	defer pool.Close()
-	if err := wharf.Migrate(ctx, pool); err != nil {
-		return fmt.Errorf("migrate (is PostgreSQL running at %s?): %w", databaseURL, err)
+	if err := wharf.Migrate(ctx, pool); err != nil && !errors.Is(err, wharf.ErrSchemaNewer) {
+		return fmt.Errorf("migrate (is PostgreSQL running at %s:%d?): %w", pool.Config().ConnConfig.Host, pool.Config().ConnConfig.Port, err)
 	}
 	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS replay_order_totals (
 		order_id    text   PRIMARY KEY,

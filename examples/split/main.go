@@ -31,6 +31,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -55,7 +56,11 @@ type options struct {
 }
 
 func main() {
-	o := options{secret: cmp.Or(os.Getenv("WEBHOOK_SECRET"), demoSecret)}
+	o := options{secret: os.Getenv("WEBHOOK_SECRET")}
+	if o.secret == "" {
+		o.secret = demoSecret
+		fmt.Fprintln(os.Stderr, "split: WEBHOOK_SECRET is not set; using the public demo secret, which anyone can sign with. Never deploy this.")
+	}
 	flag.StringVar(&o.role, "role", "", `"ingest" (serve the endpoint) or "worker" (process events)`)
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:8080", "address the ingest role listens on")
 	flag.Parse()
@@ -78,7 +83,7 @@ func run(ctx context.Context, databaseURL string, out io.Writer, o options) erro
 	if err != nil {
 		return err
 	}
-	cfg.MaxConns = 10 // a worker: 4 workers + 2; an ingest: 3 for group commit and notifications
+	cfg.MaxConns = max(cfg.MaxConns, 10) // a worker: 4 workers + 2; an ingest: 3 for group commit and notifications
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return err
@@ -90,7 +95,7 @@ func run(ctx context.Context, databaseURL string, out io.Writer, o options) erro
 	// so an old replica restarting mid-rollout (or after a rollback) runs
 	// on against it.
 	if err := wharf.Migrate(ctx, pool); err != nil && !errors.Is(err, wharf.ErrSchemaNewer) {
-		return fmt.Errorf("migrate (is PostgreSQL running at %s?): %w", databaseURL, err)
+		return fmt.Errorf("migrate (is PostgreSQL running at %s:%d?): %w", pool.Config().ConnConfig.Host, pool.Config().ConnConfig.Port, err)
 	}
 	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS split_orders (
 		order_id text PRIMARY KEY,
@@ -114,7 +119,7 @@ func run(ctx context.Context, databaseURL string, out io.Writer, o options) erro
 // setup registers what both roles must agree on: the sources, and the
 // handlers with their names.
 func setup(pool *pgxpool.Pool, secret string, out io.Writer) (*wharf.Pipeline, error) {
-	p, err := wharf.New(pool, wharf.Config{})
+	p, err := wharf.New(pool, wharf.Config{Logger: slog.New(slog.NewTextHandler(out, nil))})
 	if err != nil {
 		return nil, err
 	}
@@ -154,11 +159,12 @@ func storeOrder(out io.Writer) wharf.HandlerFunc {
 func serve(ctx context.Context, p *wharf.Pipeline, addr string, out io.Writer) error {
 	mux := http.NewServeMux()
 	mux.Handle("POST /webhooks/shop", p.Handler("shop"))
+	mux.Handle("GET /readyz", p.HealthHandler())
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	fmt.Fprintf(out, "ingest: listening on http://%s/webhooks/shop\n", ln.Addr())
@@ -168,9 +174,12 @@ func serve(ctx context.Context, p *wharf.Pipeline, addr string, out io.Writer) e
 	case err := <-served:
 		return err
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// A request may take BodyReadTimeout (10 s) and AckDeadline (2 s).
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	err = srv.Shutdown(shutdownCtx)
+	if err = srv.Shutdown(shutdownCtx); err != nil {
+		err = errors.Join(err, srv.Close())
+	}
 	if serveErr := <-served; !errors.Is(serveErr, http.ErrServerClosed) {
 		err = errors.Join(err, serveErr)
 	}

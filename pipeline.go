@@ -305,11 +305,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 		p.limits[name] = l
 	}
 	var err error
-	// A dead letter records the handler its queue row named, none for an
-	// event no handler took (Config.Unhandled): a replay puts that name
-	// back, and a made-up one would make the event wait for a handler of
-	// that name, which no version has.
-	deadCfg := dlq.Config{Schema: c.Schema, Logger: c.Logger, HandlerName: func(ev *queue.Event) string { return ev.Handler }}
+	deadCfg := dlq.Config{Schema: c.Schema, Logger: c.Logger, HandlerName: p.deadLetterHandler}
 	if c.Audit {
 		deadCfg.OnReplay = p.onReplay
 	}
@@ -378,6 +374,22 @@ func (p *Pipeline) onBreakerChange(user func(breaker.StateChange)) func(breaker.
 func defaultWorkers(maxConns int) int {
 	spare := maxConns - queue.ConnsNeeded(0) - (queue.DefaultCommitters + 1)
 	return max(1, min(DefaultWorkers, spare))
+}
+
+// deadLetterHandler names the handler a dead letter records: the one its
+// queue row named, else the one that took it here (an event stored
+// before its route existed), else none, for an event no handler took
+// (Config.Unhandled). A replay puts the name back in the queue, where a
+// made-up one would make the event wait for a handler of that name,
+// which no version has.
+func (p *Pipeline) deadLetterHandler(ev *queue.Event) string {
+	if ev.Handler != "" {
+		return ev.Handler
+	}
+	if h := p.handlerFor(ev.Source, ev.Type); h != nil {
+		return h.name
+	}
+	return ""
 }
 
 // duplicateIfSQL makes a delivery a duplicate, inside the group-commit

@@ -451,3 +451,19 @@ func TestRescueDoesNotWaitOnAStalledWorkersAuditRecord(t *testing.T) {
 	once.Do(func() { close(unblock) })
 	h.eventually("settled", func() bool { return h.count(`SELECT count(*) FROM wharf.queue WHERE state = 'running'`) == 0 })
 }
+
+// An event stored before its route existed (no handler name on its row)
+// and dead-lettered by the handler that took it records that handler's
+// name, for the DLQ's filters and a replay.
+func TestDeadLetterRecordsTheHandlerThatRanIt(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{})
+	require.Equal(t, http.StatusAccepted, h.send("x", "order.paid")) // no route yet
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'x' AND handler IS NULL`))
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(context.Context, pgx.Tx, wharf.Event) error {
+		return wharf.Permanent(errors.New("refused"))
+	}, wharf.HandlerName("billing.paid")))
+	h.run()
+	h.eventually("dead-lettered", func() bool { return h.count(`SELECT count(*) FROM wharf.dead_letters`) == 1 })
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE handler = 'billing.paid'`))
+}

@@ -52,12 +52,27 @@ func (o *dbOptions) withDLQ(ctx context.Context, cfg dlq.Config, fn func(pool *p
 // filterFlags registers the flags that select entries, shared by ls and
 // replay.
 func filterFlags(fs *flag.FlagSet, f *dlq.Filter) {
-	fs.StringVar(&f.Source, "source", "", "only entries of this source")
-	fs.StringVar(&f.Type, "type", "", "only entries of this event type")
-	fs.StringVar(&f.Handler, "handler", "", "only entries of this handler (e.g. stripe/invoice.paid)")
-	fs.StringVar(&f.ErrorContains, "error", "", "only entries with an attempt whose error contains this text (case-insensitive)")
+	fs.Func("source", "only entries of this source", nonEmpty(&f.Source))
+	fs.Func("type", "only entries of this event type", nonEmpty(&f.Type))
+	fs.Func("handler", "only entries of this handler (e.g. stripe/invoice.paid)", nonEmpty(&f.Handler))
+	fs.Func("error", "only entries with an attempt whose error contains this text (case-insensitive)", nonEmpty(&f.ErrorContains))
 	fs.Func("since", "only entries that died at or after this time: RFC 3339 (2024-05-01T10:00:00Z) or a duration ago (24h)", timeFlag(&f.Since))
 	fs.Func("until", "only entries that died before this time: RFC 3339 or a duration ago", timeFlag(&f.Until))
+}
+
+// nonEmpty sets *s to a filter flag's value, refusing an empty one: an
+// empty filter matches every entry, and a typo or an unset variable
+// (--handler "$HANDLER") must not turn a replay of some into a replay of
+// all. (Dead letters of events no handler took have an empty handler,
+// which this cannot select.)
+func nonEmpty(s *string) func(string) error {
+	return func(v string) error {
+		if v == "" {
+			return errors.New("is empty; leave the flag out to match every entry")
+		}
+		*s = v
+		return nil
+	}
 }
 
 // checkTimeRange refuses a --since that is not before --until, which

@@ -156,6 +156,10 @@ func TestOpsUsageErrors(t *testing.T) {
 		{[]string{"dlq", "ls", "--since", "yesterday"}, `wharf dlq ls: invalid value "yesterday" for flag -since`},
 		{[]string{"dlq", "ls", "--after", "x"}, `wharf dlq ls: invalid value "x" for flag -after`},
 		{[]string{"dlq", "ls", "--limit", "0"}, "wharf dlq ls: -limit 0: want 1 to 1000"},
+		// An empty filter would match every entry: a replay of some must
+		// not become a replay of all through an unset variable.
+		{[]string{"dlq", "replay", "--handler", "", "--yes"}, `wharf dlq replay: invalid value "" for flag -handler: is empty`},
+		{[]string{"dlq", "ls", "--source="}, `wharf dlq ls: invalid value "" for flag -source: is empty`},
 		{[]string{"dlq", "show"}, "wharf dlq show: want one entry id"},
 		{[]string{"dlq", "discard"}, "wharf dlq discard: want at least one entry id"},
 		{[]string{"dlq", "purge"}, "wharf dlq purge: -older-than 0s: want a positive duration"},

@@ -318,14 +318,21 @@ func (b *Breaker) enqueue(c StateChange) {
 // after letting go of deliver.
 func (b *Breaker) flush() {
 	for b.hasPending.Load() && b.deliver.TryLock() {
-		b.pendMu.Lock()
-		batch := b.pending
-		b.pending = nil
-		b.hasPending.Store(false)
-		b.pendMu.Unlock()
-		for _, c := range batch {
-			b.reg.cfg.onChange(c)
-		}
-		b.deliver.Unlock()
+		b.deliverPending()
+	}
+}
+
+// deliverPending hands the pending state changes to OnStateChange; the
+// caller holds deliver, which it releases even if the callback panics, so
+// that later changes are still delivered.
+func (b *Breaker) deliverPending() {
+	defer b.deliver.Unlock()
+	b.pendMu.Lock()
+	batch := b.pending
+	b.pending = nil
+	b.hasPending.Store(false)
+	b.pendMu.Unlock()
+	for _, c := range batch {
+		b.reg.cfg.onChange(c)
 	}
 }

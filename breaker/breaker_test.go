@@ -501,3 +501,27 @@ func TestStatusesListsEveryBreakerInNameOrder(t *testing.T) {
 		require.Equal(t, r.Open(), all[:1], "Open is the open part of Statuses")
 	})
 }
+
+// An OnStateChange callback that panics once does not stop later changes
+// from being delivered.
+func TestStateChangesAreDeliveredAfterACallbackPanicked(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var delivered []string
+		r, err := breaker.New(breaker.Config{
+			Default: breaker.Settings{Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1, OpenTimeout: time.Second, HalfOpenProbes: 1},
+			OnStateChange: func(c breaker.StateChange) {
+				delivered = append(delivered, c.From.String()+">"+c.To.String())
+				if len(delivered) == 1 {
+					panic("callback bug")
+				}
+			},
+		})
+		require.NoError(t, err)
+		t.Cleanup(r.Close)
+		require.Panics(t, func() { _ = r.Execute(ctx, "billing", (&downstream{err: errRefused}).call) })
+		time.Sleep(time.Second + time.Nanosecond)
+		require.NoError(t, r.Execute(ctx, "billing", (&downstream{}).call))
+		require.Equal(t, []string{"closed>open", "open>half-open", "half-open>closed"}, delivered)
+	})
+}

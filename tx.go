@@ -12,58 +12,47 @@ import (
 // connection, which would end the transaction that every event of the
 // batch shares. The statement_timeout set for the handler bounds each
 // statement instead (Postgres enforces it by failing the statement, which
-// the event's savepoint undoes), and once the ctx a statement is given
-// has ended, the statement is not sent: it fails at once with ctx's error,
-// so that a run of many short statements stops at its Timeout too.
+// the event's savepoint undoes), and a statement given a ctx that has
+// already ended fails at once (see detach), so that a run of many short
+// statements stops at its Timeout too.
 type detachedTx struct{ pgx.Tx }
 
-func (t detachedTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if err := ctx.Err(); err != nil {
-		return pgconn.CommandTag{}, err
+// detach returns the context a statement runs on: ctx without its
+// cancellation, or, once ctx has ended, ctx itself, with which pgx
+// refuses the statement before sending it and leaves the connection be.
+func detach(ctx context.Context) context.Context {
+	if ctx.Err() != nil {
+		return ctx
 	}
-	return t.Tx.Exec(context.WithoutCancel(ctx), sql, args...)
+	return context.WithoutCancel(ctx)
+}
+
+func (t detachedTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	return t.Tx.Exec(detach(ctx), sql, args...)
 }
 
 func (t detachedTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	return t.Tx.Query(context.WithoutCancel(ctx), sql, args...)
+	return t.Tx.Query(detach(ctx), sql, args...)
 }
 
 func (t detachedTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if err := ctx.Err(); err != nil {
-		return errRow{err}
-	}
-	return t.Tx.QueryRow(context.WithoutCancel(ctx), sql, args...)
+	return t.Tx.QueryRow(detach(ctx), sql, args...)
 }
 
 func (t detachedTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	if err := ctx.Err(); err != nil {
-		return pgx.FailedBatchResults(b, err)
-	}
-	return t.Tx.SendBatch(context.WithoutCancel(ctx), b)
+	return t.Tx.SendBatch(detach(ctx), b)
 }
 
 func (t detachedTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	return t.Tx.CopyFrom(context.WithoutCancel(ctx), table, columns, src)
+	return t.Tx.CopyFrom(detach(ctx), table, columns, src)
 }
 
 func (t detachedTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	return t.Tx.Prepare(context.WithoutCancel(ctx), name, sql)
+	return t.Tx.Prepare(detach(ctx), name, sql)
 }
 
 func (t detachedTx) Begin(ctx context.Context) (pgx.Tx, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	nested, err := t.Tx.Begin(context.WithoutCancel(ctx))
+	nested, err := t.Tx.Begin(detach(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -79,8 +68,3 @@ func (t detachedTx) Commit(ctx context.Context) error {
 func (t detachedTx) Rollback(ctx context.Context) error {
 	return t.Tx.Rollback(context.WithoutCancel(ctx))
 }
-
-// errRow is a pgx.Row whose Scan returns err.
-type errRow struct{ err error }
-
-func (r errRow) Scan(...any) error { return r.err }

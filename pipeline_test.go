@@ -462,13 +462,16 @@ func TestPipelineProbingBreakerLeavesItsBacklogAlone(t *testing.T) {
 		}},
 	})
 	var calls atomic.Int32
+	var probed atomic.Bool
 	probing := make(chan struct{})
 	release := make(chan struct{})
 	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
-		switch calls.Add(1) {
-		case 1:
+		if calls.Add(1) == 1 {
 			return breaker.MarkFailure(errors.New("ledger refused the connection"))
-		case 2:
+		}
+		// The other worker's call may have started before the failure
+		// opened the breaker; only a call made half-open is the probe.
+		if st, err := h.p.Breakers().State("ledger"); err == nil && st.Probing && probed.CompareAndSwap(false, true) {
 			close(probing)
 			<-release
 		}

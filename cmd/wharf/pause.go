@@ -16,11 +16,12 @@ import (
 
 // pauseTargetFlags registers --source and --handler, of which a pause or a
 // resume takes exactly one; the function it returns says which, or gives
-// a usage error of the command path.
-func pauseTargetFlags(fs *flag.FlagSet, path string) func() (queue.PauseTarget, error) {
+// a usage error of the command path. verb says what the command does to
+// the events ("hold back", "let workers take again").
+func pauseTargetFlags(fs *flag.FlagSet, path, verb string) func() (queue.PauseTarget, error) {
 	var t queue.PauseTarget
-	fs.StringVar(&t.Source, "source", "", "the source whose events to hold back (e.g. stripe)")
-	fs.StringVar(&t.Handler, "handler", "", "the handler whose events to hold back (e.g. billing/invoice.paid, as in wharf queue ls)")
+	fs.StringVar(&t.Source, "source", "", "the source whose events to "+verb+" (e.g. stripe)")
+	fs.StringVar(&t.Handler, "handler", "", "the handler whose events to "+verb+" (e.g. billing/invoice.paid, as in wharf queue ls)")
 	return func() (queue.PauseTarget, error) {
 		if (t.Source == "") == (t.Handler == "") {
 			return t, &usageError{path, errors.New("want exactly one of --source and --handler")}
@@ -49,7 +50,7 @@ Examples:
 	flags: func(fs *flag.FlagSet, e *env) func(context.Context, *env, []string) error {
 		var db dbOptions
 		db.register(fs, e)
-		target := pauseTargetFlags(fs, "wharf pause")
+		target := pauseTargetFlags(fs, "wharf pause", "hold back")
 		reason := fs.String("reason", "", "why, for whoever looks at queue stats")
 		return func(ctx context.Context, e *env, _ []string) error {
 			t, err := target()
@@ -86,7 +87,7 @@ Examples:
 	flags: func(fs *flag.FlagSet, e *env) func(context.Context, *env, []string) error {
 		var db dbOptions
 		db.register(fs, e)
-		target := pauseTargetFlags(fs, "wharf resume")
+		target := pauseTargetFlags(fs, "wharf resume", "let workers take again")
 		return func(ctx context.Context, e *env, _ []string) error {
 			t, err := target()
 			if err != nil {

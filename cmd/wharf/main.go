@@ -18,7 +18,8 @@
 // Exit codes: 0 success; 1 the command failed (the server cannot be
 // reached, a bench's consistency check failed, wharf send got an answer
 // other than 2xx); 2 a bad command line; 130 interrupted (Ctrl-C or
-// SIGTERM), after cleaning up.
+// SIGTERM), after cleaning up. wharf log tail runs until Ctrl-C (or
+// SIGTERM), and then exits 0.
 package main
 
 import (

@@ -193,7 +193,9 @@ type Config struct {
 	// say). Defaults to 1h.
 	IdempotencyPruneInterval time.Duration
 
-	// Logger receives warnings and errors. Defaults to discarding them.
+	// Logger receives warnings and errors, an info record when the workers
+	// rescue events whose lease expired, and debug records. Defaults to
+	// discarding them.
 	Logger *slog.Logger
 
 	// Observer is told about every request to an endpoint and every

@@ -156,7 +156,8 @@ type ConsumerConfig struct {
 	// and in error histories. Defaults to "hostname:pid:random".
 	Name string
 
-	// Logger receives the consumer's warnings and debug records. Defaults
+	// Logger receives the consumer's warnings, an info record for each
+	// rescue of events whose lease expired, and debug records. Defaults
 	// to the Queue's logger.
 	Logger *slog.Logger
 }

@@ -82,8 +82,10 @@
 //
 // The pool must serve the workers and the endpoint at once: Workers plus 5
 // connections, plus what your handlers and the test use (16 is plenty for
-// the defaults; pgxpool's own default, 4 on a small machine, is too few,
-// and Drain then fails with the Pipeline's "pool too small").
+// the defaults). With pgxpool's own default, 4 on a small machine, a
+// Pipeline whose Config.Workers is unset runs one worker; one whose
+// Workers is set higher than the pool can serve makes Drain fail with
+// "pool too small".
 //
 // One Harness at a time may run a Pipeline's workers (Pipeline.Run cannot
 // run twice at once).

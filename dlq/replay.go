@@ -123,9 +123,12 @@ type ReplayOptions struct {
 
 // ReplayMatching replays every dead entry that matches f into q, in
 // batches, newest first (Filter.Status is ignored: only dead entries
-// replay). Entries that die while it runs match too, unless f.UpTo bounds
-// the set, as a replay confirmed for a count must. It stops at the first
-// error or when ctx ends, returning what it did so far.
+// replay). It pages down from the newest entry, so an entry that dies
+// after its first page was read sorts above that page and is left out;
+// one that dies between the count and the first page is replayed too.
+// Set f.UpTo to replay just the entries counted, as a replay confirmed
+// for a count must. It stops at the first error or when ctx ends,
+// returning what it did so far.
 func (d *DLQ) ReplayMatching(ctx context.Context, q *queue.Queue, f Filter, opts ReplayOptions) (ReplayResult, error) {
 	if err := d.checkQueue(q); err != nil {
 		return ReplayResult{}, err

@@ -242,6 +242,12 @@ func (p *Pipeline) register(h *handler, opts []HandleOption) error {
 			return fmt.Errorf("%w: handler %s/%s: %v", ErrInvalidConfig, sourceName, eventType, err)
 		}
 	}
+	if reason := checkName(h.name, queue.MaxHandlerLen); reason != "" {
+		// The default "source/type" can be longer than the queue and the
+		// idempotency store take for a handler name, and every delivery
+		// would then be refused as bad input.
+		return fmt.Errorf("%w: handler %s/%s: its name %q %s; set a shorter one with HandlerName", ErrInvalidConfig, sourceName, eventType, h.name, reason)
+	}
 	if h.maxAttempts == 0 {
 		h.maxAttempts = p.cfg.MaxAttempts
 	}

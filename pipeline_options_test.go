@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -466,4 +467,26 @@ func TestDeadLetterRecordsTheHandlerThatRanIt(t *testing.T) {
 	h.run()
 	h.eventually("dead-lettered", func() bool { return h.count(`SELECT count(*) FROM wharf.dead_letters`) == 1 })
 	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE handler = 'billing.paid'`))
+}
+
+// A handler's default name, "source/type", can be longer than a queue row
+// or an idempotency claim takes for a handler (a type of 200 bytes is
+// valid), so registering it must fail and ask for a HandlerName. Before,
+// Handle and HandleBatch accepted it, and then the endpoint answered 400
+// to every delivery of that type: the queue refused the handler name, and
+// the provider was told its valid webhook was bad input.
+func TestHandlerWhoseDefaultNameIsTooLongIsRefused(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{})
+	typ := strings.Repeat("t", 200)
+	err := h.p.Handle("acme", typ, writeEffect)
+	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
+	require.ErrorContains(t, err, "HandlerName")
+	err = h.p.HandleBatch("acme", typ, func(context.Context, pgx.Tx, []wharf.Event) error { return nil })
+	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
+
+	require.NoError(t, h.p.Handle("acme", typ, writeEffect, wharf.HandlerName("acme/long")))
+	require.Equal(t, http.StatusAccepted, h.send("long1", typ))
+	h.run()
+	h.eventually("processed", func() bool { return h.count(`SELECT count(*) FROM effects WHERE event_id = 'long1'`) == 1 })
 }

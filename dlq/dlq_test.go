@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -581,4 +582,29 @@ func TestBadInput(t *testing.T) {
 	require.ErrorIs(t, err, dlq.ErrInvalidFilter)
 	_, err = f.dead.ReplayMatching(ctx, f.q, dlq.Filter{}, dlq.ReplayOptions{MaxPerSecond: -1})
 	require.ErrorIs(t, err, dlq.ErrInvalidFilter)
+}
+
+// An entry of an event queued without a handler records the derived name
+// "source/type", which can be longer than the queue takes for a handler
+// (a long source and type, each valid). Replay must still put it back,
+// and must not fail the other entries replayed with it: before, the
+// queue refused the name and the whole replay failed, so such an event
+// could never leave the DLQ.
+func TestReplayOfAnEntryWhoseDerivedHandlerNameIsTooLong(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	source := strings.Repeat("s", queue.MaxSourceLen)
+	typ := strings.Repeat("t", queue.MaxHandlerLen)
+	long := f.deadEvent(t, source, "evt_long", typ, "boom", time.Minute)
+	other := f.deadEvent(t, "stripe", "evt_other", "charge.failed", "boom", time.Minute)
+	e, err := f.dead.Get(ctx, long)
+	require.NoError(t, err)
+	require.Greater(t, len(e.Handler), queue.MaxHandlerLen, "the derived name is longer than a queue row's handler")
+
+	res, err := f.dead.Replay(ctx, f.q, long, other)
+	require.NoError(t, err)
+	require.Equal(t, dlq.ReplayResult{Replayed: 2}, res)
+	require.Equal(t, 1, f.count(t, `SELECT count(*) FROM wharf.queue WHERE event_id = 'evt_long'`))
+	require.Equal(t, 1, f.count(t, `SELECT count(*) FROM wharf.queue WHERE event_id = 'evt_other'`))
 }

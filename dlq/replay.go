@@ -51,6 +51,14 @@ func (d *DLQ) Replay(ctx context.Context, q *queue.Queue, ids ...int64) (ReplayR
 		_, err = pgx.ForEachRow(rows, []any{&id, &ev.Source, &ev.ID, &ev.Type, &ev.OrderingKey, &ev.Handler, &ev.Body, &headers, &maxAttempts}, func() error {
 			e := queue.NewEvent{Source: ev.Source, ID: ev.ID, Type: ev.Type, OrderingKey: ev.OrderingKey,
 				Handler: ev.Handler, Body: append([]byte{}, ev.Body...), MaxAttempts: maxAttempts}
+			if len(e.Handler) > queue.MaxHandlerLen {
+				// No queue row held this name (the queue refuses longer
+				// ones): Config.HandlerName derived it, as "source/type"
+				// for an event queued without a handler. The event goes
+				// back without one, as it was queued, rather than failing
+				// the replay of every entry with it.
+				e.Handler = ""
+			}
 			if len(headers) > 0 {
 				var h http.Header
 				if err := json.Unmarshal(headers, &h); err != nil {

@@ -3,6 +3,7 @@ package wharf
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -15,7 +16,8 @@ import (
 // at most maxWaitInTx (a second); an event whose turn is further off goes
 // back to the queue, its attempt given back, due when its turn comes.
 type RateLimit struct {
-	// PerSecond is the sustained rate. Required, positive.
+	// PerSecond is the sustained rate. Required: positive and finite, at
+	// most 1e9.
 	PerSecond float64
 	// Burst is how many calls may go at once after a quiet spell.
 	// Defaults to 1.
@@ -38,11 +40,15 @@ type limiter struct {
 const maxWaitInTx = time.Second
 
 func newLimiter(name string, rl RateLimit) (*limiter, error) {
-	if rl.PerSecond <= 0 || rl.Burst < 0 {
-		return nil, fmt.Errorf("%w: rate limit of %q: PerSecond must be positive and Burst not negative", ErrInvalidConfig, name)
-	}
 	burst := max(rl.Burst, 1)
-	return &limiter{name: name, interval: time.Duration(float64(time.Second) / rl.PerSecond), burst: burst}, nil
+	interval := float64(time.Second) / rl.PerSecond
+	// NaN and +Inf fail the first test; a rate so slow that a burst's worth
+	// of intervals does not fit a Duration fails the second.
+	if !(interval >= 1) || interval*float64(burst) > math.MaxInt64/2 || rl.Burst < 0 {
+		return nil, fmt.Errorf("%w: rate limit of %q: PerSecond %v must be a positive, finite rate of at most 1e9, and Burst %d not negative",
+			ErrInvalidConfig, name, rl.PerSecond, rl.Burst)
+	}
+	return &limiter{name: name, interval: time.Duration(interval), burst: burst}, nil
 }
 
 // wait blocks until a call may go, for at most longest. A turn further off

@@ -2,6 +2,7 @@ package wharf
 
 import (
 	"context"
+	"math"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -73,7 +74,12 @@ func TestLimiterDefersAndGivesBackItsPlace(t *testing.T) {
 
 func TestLimiterRejectsBadConfig(t *testing.T) {
 	t.Parallel()
-	for _, rl := range []RateLimit{{}, {PerSecond: -1}, {PerSecond: 1, Burst: -1}} {
+	for _, rl := range []RateLimit{
+		{}, {PerSecond: -1}, {PerSecond: 1, Burst: -1},
+		{PerSecond: math.NaN()}, {PerSecond: math.Inf(1)}, {PerSecond: 2e9},
+		{PerSecond: 1e-12},                // an interval past a Duration's range
+		{PerSecond: 1e-6, Burst: 1 << 40}, // a burst's worth of intervals past it
+	} {
 		_, err := newLimiter("x", rl)
 		require.ErrorIs(t, err, ErrInvalidConfig)
 	}

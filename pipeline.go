@@ -180,7 +180,8 @@ type Config struct {
 	Breakers breaker.Config
 
 	// RateLimits caps the calls to downstreams, by the name handlers give
-	// Downstream, per process. Defaults to none.
+	// Downstream, per process; Run logs a warning for a name no handler
+	// gives. Defaults to none.
 	RateLimits map[string]RateLimit
 
 	// IdempotencyRetention is how long processed event ids are kept; a

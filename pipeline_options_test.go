@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -196,9 +197,39 @@ func TestPipelineRateLimitConfig(t *testing.T) {
 	pool := dbtest.Pool(t)
 	_, err := wharf.New(pool, wharf.Config{RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 0}}})
 	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
-	p, err := wharf.New(pool, wharf.Config{RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 50, Burst: 5}}})
+	var log syncBuffer
+	p, err := wharf.New(pool, wharf.Config{
+		RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 50, Burst: 5}, "ledgr": {PerSecond: 1}},
+		Logger:     slog.New(slog.NewTextHandler(&log, nil)),
+	})
 	require.NoError(t, err)
-	p.Close()
+	defer p.Close()
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	require.NoError(t, p.Handle("acme", "order.paid", writeEffect, wharf.Downstream("ledger")))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.NoError(t, p.Run(ctx))
+	// A misspelt name limits nothing; Run says so.
+	require.Contains(t, log.String(), "downstream=ledgr")
+	require.NotContains(t, log.String(), "downstream=ledger")
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // A downstream's rate limit makes events wait, in the worker or back in

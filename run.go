@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -39,6 +41,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	only, downstreams := p.kinds()
 	if len(only) == 0 {
 		return fmt.Errorf("%w: no handlers registered (Handle) and Unhandled is LeaveUnhandled: nothing to run", ErrInvalidConfig)
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.cfg.RateLimits)) {
+		if _, used := downstreams[name]; !used {
+			p.cfg.Logger.Warn("wharf: a rate limit names a downstream no handler calls (Downstream option); it limits nothing", "downstream", name)
+		}
 	}
 	work := p.work
 	if p.cfg.Observer != nil {

@@ -28,6 +28,10 @@ import (
 
 var testSecret = "whsec_" + base64.StdEncoding.EncodeToString([]byte("wharf-pipeline-test-secret-0123"))
 
+// harnessAckDeadline is the AckDeadline of a harness whose test sets
+// none: generous, as for any wait on work that can stall under load.
+const harnessAckDeadline = 30 * time.Second
+
 // harness is a pipeline on a fresh database behind a real HTTP server.
 type harness struct {
 	t    *testing.T
@@ -46,6 +50,13 @@ func newHarnessOn(t *testing.T, pool *pgxpool.Pool, cfg wharf.Config) *harness {
 	t.Helper()
 	if cfg.Backoff == (queue.Backoff{}) {
 		cfg.Backoff = queue.Backoff{Initial: 5 * time.Millisecond, Max: 10 * time.Millisecond}
+	}
+	if cfg.AckDeadline == 0 {
+		// The tests' sends require 202 or 200. The 2s default is meant for
+		// a provider's patience; on a loaded CI machine (parallel tests
+		// creating databases, -race) a store can stall past it and the
+		// send gets 503. The 503 path has its own test.
+		cfg.AckDeadline = harnessAckDeadline
 	}
 	p, err := wharf.New(pool, cfg)
 	require.NoError(t, err)

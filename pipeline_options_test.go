@@ -20,6 +20,7 @@ import (
 	"github.com/wharfhq/wharf"
 	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -197,7 +198,7 @@ func TestPipelineRateLimitConfig(t *testing.T) {
 	pool := dbtest.Pool(t)
 	_, err := wharf.New(pool, wharf.Config{RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 0}}})
 	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
-	var log syncBuffer
+	var log testio.Buffer
 	p, err := wharf.New(pool, wharf.Config{
 		RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 50, Burst: 5}, "ledgr": {PerSecond: 1}},
 		Logger:     slog.New(slog.NewTextHandler(&log, nil)),
@@ -212,24 +213,6 @@ func TestPipelineRateLimitConfig(t *testing.T) {
 	// A misspelt name limits nothing; Run says so.
 	require.Contains(t, log.String(), "downstream=ledgr")
 	require.NotContains(t, log.String(), "downstream=ledger")
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // A downstream's rate limit makes events wait, in the worker or back in

@@ -1,7 +1,6 @@
 package queue_test
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -20,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -1254,24 +1254,6 @@ func TestHelperConsumerProcess(t *testing.T) {
 	require.NoError(t, c.Run(ctx))
 }
 
-// ctSyncBuffer is a bytes.Buffer safe to read while a child process writes.
-type ctSyncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *ctSyncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *ctSyncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // 7. A consumer process killed with SIGKILL mid-transaction loses nothing:
 // its open transactions roll back (their row locks are released with them),
 // its leases expire and are rescued, and every event's effect lands once.
@@ -1296,7 +1278,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperConsumerProcess$", "-test.count=1", "-test.v")
 	cmd.Env = append(os.Environ(), ctHelperEnv+"="+connString)
-	var out ctSyncBuffer
+	var out testio.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	require.NoError(t, cmd.Start())
 	exited := make(chan struct{})

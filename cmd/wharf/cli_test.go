@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf/internal/testio"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -112,7 +114,7 @@ func TestSilentServer(t *testing.T) {
 	} {
 		// A hang ends with the context, as Ctrl-C would: exit 130.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		var stdout, stderr syncBuffer
+		var stdout, stderr testio.Buffer
 		code := run(ctx, args, &env{stdout: &stdout, stderr: &stderr, stdin: strings.NewReader(""),
 			getenv: func(string) string { return url }, connectTimeout: 200 * time.Millisecond})
 		cancel()

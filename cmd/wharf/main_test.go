@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
 	"regexp"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 )
 
 // TestMain lets bench drain -procs re-execute the test binary as its worker
@@ -27,29 +26,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// syncBuffer is a bytes.Buffer that the progress goroutine and the worker
-// processes' output copiers may write to at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // wharfRun runs the command line in-process and returns its exit code,
 // stdout and stderr.
 func wharfRun(ctx context.Context, args ...string) (int, string, string) {
-	var stdout, stderr syncBuffer
+	var stdout, stderr testio.Buffer
 	code := run(ctx, args, &env{stdout: &stdout, stderr: &stderr, stdin: strings.NewReader(""), getenv: func(string) string { return "" }})
 	return code, stdout.String(), stderr.String()
 }
@@ -217,7 +197,7 @@ func TestBenchInterrupted(t *testing.T) {
 	url := userDatabase(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr testio.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"bench", "ingest", "-d", "1m", "-c", "2", "-progress", "20ms", "-database-url", url},

@@ -25,6 +25,7 @@ import (
 	"github.com/wharfhq/wharf/eventlog"
 	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -37,7 +38,7 @@ func opsRun(ctx context.Context, url, stdin string, args ...string) (int, string
 
 // opsRunWith is opsRun with any stdin.
 func opsRunWith(ctx context.Context, url string, stdin io.Reader, args ...string) (int, string, string) {
-	var stdout, stderr syncBuffer
+	var stdout, stderr testio.Buffer
 	getenv := func(k string) string {
 		if k == "DATABASE_URL" {
 			return url
@@ -51,8 +52,8 @@ func opsRunWith(ctx context.Context, url string, stdin io.Reader, args ...string
 // runInBackground starts a command line in-process, for a test to watch its
 // output while it runs and to interrupt it by ending ctx. Its exit code
 // comes on the channel.
-func runInBackground(ctx context.Context, stdin io.Reader, args ...string) (<-chan int, *syncBuffer, *syncBuffer) {
-	var stdout, stderr syncBuffer
+func runInBackground(ctx context.Context, stdin io.Reader, args ...string) (<-chan int, *testio.Buffer, *testio.Buffer) {
+	var stdout, stderr testio.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, args, &env{stdout: &stdout, stderr: &stderr, stdin: stdin, getenv: func(string) string { return "" }})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/wharfhq/wharf/examples/internal/exampletest"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 )
 
 func TestDownstreamOutageCostsNoAttempts(t *testing.T) {
@@ -18,7 +19,7 @@ func TestDownstreamOutageCostsNoAttempts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	var out exampletest.Output
+	var out testio.Buffer
 	require.NoError(t, run(ctx, url, &out), out.String())
 	got := out.String()
 

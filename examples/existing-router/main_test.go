@@ -12,6 +12,7 @@ import (
 
 	"github.com/wharfhq/wharf/examples/internal/exampletest"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 	"github.com/wharfhq/wharf/wharftest"
 )
 
@@ -32,7 +33,7 @@ func TestExistingRouter(t *testing.T) {
 	url := dbtest.Database(t, dbtest.Options{Empty: true})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out exampletest.Output
+	var out testio.Buffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, url, &out, "127.0.0.1:0", secret) }()
 	base := exampletest.Match(t, &out, regexp.MustCompile(`listening on (http://\S+)`))[1]

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wharfhq/wharf/examples/internal/exampletest"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 )
 
 var storedRE = regexp.MustCompile(`stored (msg_[a-z0-9]+) \(202 accepted\)`)
@@ -23,7 +24,7 @@ func TestQuickstartSend(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	var out exampletest.Output
+	var out testio.Buffer
 	require.NoError(t, run(ctx, url, &out, options{addr: "127.0.0.1:0", secret: demoSecret, send: true}), out.String())
 	got := out.String()
 	m := storedRE.FindStringSubmatch(got)
@@ -42,7 +43,7 @@ func TestQuickstartSend(t *testing.T) {
 
 	// Running it again on the same database works: the migrations are a
 	// no-op, and the new test webhook is a new event.
-	var again exampletest.Output
+	var again testio.Buffer
 	require.NoError(t, run(ctx, url, &again, options{addr: "127.0.0.1:0", secret: demoSecret, send: true}), again.String())
 	m2 := storedRE.FindStringSubmatch(again.String())
 	require.NotNil(t, m2, again.String())
@@ -57,7 +58,7 @@ func TestQuickstartCurlLineWorks(t *testing.T) {
 	url := dbtest.Database(t, dbtest.Options{Empty: true})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out exampletest.Output
+	var out testio.Buffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, url, &out, options{addr: "127.0.0.1:0", secret: demoSecret}) }()
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/wharfhq/wharf/examples/internal/exampletest"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 )
 
 const restored = `  order 1  ada     15.50  paid
@@ -23,7 +24,7 @@ func TestReplayRestoresTheProjection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	var out exampletest.Output
+	var out testio.Buffer
 	require.NoError(t, run(ctx, url, &out), out.String())
 	got := out.String()
 	require.Contains(t, got, "appended 3 events to order-1")
@@ -41,7 +42,7 @@ func TestReplayRestoresTheProjection(t *testing.T) {
 
 	// Again, on the same database: the orders are in the log already, and
 	// the rebuild restores the table all the same.
-	var again exampletest.Output
+	var again testio.Buffer
 	require.NoError(t, run(ctx, url, &again), again.String())
 	require.Contains(t, again.String(), "order-1 is in the log already")
 	require.Contains(t, again.String(), "after the rebuild:\n"+restored)

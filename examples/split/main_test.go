@@ -11,15 +11,16 @@ import (
 
 	"github.com/wharfhq/wharf/examples/internal/exampletest"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 	"github.com/wharfhq/wharf/wharftest"
 )
 
 // role runs one role of the example, as its own process would, until the
 // returned stop is called; stop returns run's error.
-func role(t *testing.T, url string, o options) (out *exampletest.Output, stop func() error) {
+func role(t *testing.T, url string, o options) (out *testio.Buffer, stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	out = &exampletest.Output{}
+	out = &testio.Buffer{}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, url, out, o) }()
 	var once bool
@@ -96,6 +97,6 @@ func TestSplitIngestAndWorker(t *testing.T) {
 
 func TestSplitRefusesAnUnknownRole(t *testing.T) {
 	t.Parallel()
-	err := run(context.Background(), "postgres://unused", &exampletest.Output{}, options{role: "both"})
+	err := run(context.Background(), "postgres://unused", &testio.Buffer{}, options{role: "both"})
 	require.ErrorContains(t, err, `-role must be "ingest" or "worker", not "both"`)
 }

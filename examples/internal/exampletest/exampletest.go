@@ -4,38 +4,18 @@
 package exampletest
 
 import (
-	"bytes"
 	"context"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/wharfhq/wharf/internal/testio"
 )
 
 // Timeout bounds every wait.
 const Timeout = 20 * time.Second
-
-// Output is an io.Writer safe for concurrent use, whose text can be read
-// while it is written.
-type Output struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *Output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
-
-// String returns everything written so far.
-func (o *Output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
-}
 
 // Eventually polls cond until it holds, failing the test after Timeout.
 func Eventually(t testing.TB, what string, cond func() bool) {
@@ -52,7 +32,7 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 }
 
 // Match waits until out holds a match of re and returns its submatches.
-func Match(t testing.TB, out *Output, re *regexp.Regexp) []string {
+func Match(t testing.TB, out *testio.Buffer, re *regexp.Regexp) []string {
 	t.Helper()
 	var m []string
 	Eventually(t, "output matching "+re.String(), func() bool {

@@ -41,8 +41,9 @@ const (
 // body: whoever captured a delivery could send its body again under new
 // ids, and it would be stored as a new event, or under another
 // X-Shopify-Topic, and it would reach that topic's handler. Serve the
-// endpoint over HTTPS only, and have handlers check the body's shape. Shopify's newer Events deliveries (headers without the X- prefix)
-// are not covered.
+// endpoint over HTTPS only, and have handlers check the body's shape.
+// Shopify's newer Events deliveries (headers without the X- prefix) are
+// not covered.
 //
 // A ShopifyVerifier is safe for concurrent use; do not change its fields
 // while it is in use.

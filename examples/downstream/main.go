@@ -79,7 +79,11 @@ func run(ctx context.Context, databaseURL string, out io.Writer) error {
 	if err := wharf.Migrate(ctx, pool); err != nil && !errors.Is(err, wharf.ErrSchemaNewer) {
 		return fmt.Errorf("migrate (is PostgreSQL running at %s:%d?): %w", pool.Config().ConnConfig.Host, pool.Config().ConnConfig.Port, err)
 	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS downstream_deliveries (
+	// CREATE TABLE IF NOT EXISTS is not atomic: replicas starting at once
+	// can both find the table missing, and all but one fail. The lock
+	// serialises them (one Exec without arguments is one transaction).
+	if _, err := pool.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('downstream_deliveries'));
+	CREATE TABLE IF NOT EXISTS downstream_deliveries (
 		event_id text PRIMARY KEY,
 		attempt  int  NOT NULL,
 		delivered_at timestamptz NOT NULL DEFAULT now())`); err != nil {

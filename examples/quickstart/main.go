@@ -97,7 +97,11 @@ func run(ctx context.Context, databaseURL string, out io.Writer, o options) erro
 	}
 	// No unique constraint on event_id, on purpose: one row per event is
 	// wharf's doing, however often the provider delivers it.
-	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS quickstart_payments (
+	// CREATE TABLE IF NOT EXISTS is not atomic: replicas starting at once
+	// can both find the table missing, and all but one fail. The lock
+	// serialises them (one Exec without arguments is one transaction).
+	if _, err := pool.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('quickstart_payments'));
+	CREATE TABLE IF NOT EXISTS quickstart_payments (
 		id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 		event_id     text   NOT NULL,
 		invoice      text   NOT NULL,

@@ -74,7 +74,11 @@ func run(ctx context.Context, databaseURL string, out io.Writer) error {
 	if err := wharf.Migrate(ctx, pool); err != nil && !errors.Is(err, wharf.ErrSchemaNewer) {
 		return fmt.Errorf("migrate (is PostgreSQL running at %s:%d?): %w", pool.Config().ConnConfig.Host, pool.Config().ConnConfig.Port, err)
 	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS replay_order_totals (
+	// CREATE TABLE IF NOT EXISTS is not atomic: replicas starting at once
+	// can both find the table missing, and all but one fail. The lock
+	// serialises them (one Exec without arguments is one transaction).
+	if _, err := pool.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('replay_order_totals'));
+	CREATE TABLE IF NOT EXISTS replay_order_totals (
 		order_id    text   PRIMARY KEY,
 		customer    text   NOT NULL,
 		total_cents bigint NOT NULL,

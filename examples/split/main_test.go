@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -93,6 +96,50 @@ func TestSplitIngestAndWorker(t *testing.T) {
 
 	require.NoError(t, stopWorker(), "the worker shuts down cleanly")
 	require.NoError(t, stopIngest(), "the ingest side too")
+}
+
+// TestSplitReplicasStartTogether: replicas started at once on a new
+// database all come up; none fails creating the example's table.
+func TestSplitReplicasStartTogether(t *testing.T) {
+	t.Parallel()
+	for range 3 {
+		url := dbtest.Database(t, dbtest.Options{Empty: true})
+		ctx, cancel := context.WithCancel(context.Background())
+		dones := make([]chan error, 6)
+		up := make(chan error, len(dones))
+		for i := range dones {
+			out, done := &exampletest.Output{}, make(chan error, 1)
+			dones[i] = done
+			go func() { done <- run(ctx, url, out, options{role: "worker", secret: demoSecret}) }()
+			go func() {
+				deadline := time.After(exampletest.Timeout)
+				for !strings.Contains(out.String(), "worker: processing events") {
+					select {
+					case <-deadline:
+						up <- errors.New("a replica did not start within " + exampletest.Timeout.String())
+						return
+					case err := <-done:
+						done <- err
+						up <- fmt.Errorf("a replica stopped before it ran: %v", err)
+						return
+					case <-time.After(10 * time.Millisecond):
+					}
+				}
+				up <- nil
+			}()
+		}
+		for range dones {
+			err := <-up
+			if err != nil {
+				cancel()
+			}
+			require.NoError(t, err)
+		}
+		cancel()
+		for _, done := range dones {
+			require.NoError(t, <-done)
+		}
+	}
 }
 
 func TestSplitRefusesAnUnknownRole(t *testing.T) {

@@ -108,7 +108,7 @@ func TestSplitReplicasStartTogether(t *testing.T) {
 		dones := make([]chan error, 6)
 		up := make(chan error, len(dones))
 		for i := range dones {
-			out, done := &exampletest.Output{}, make(chan error, 1)
+			out, done := &testio.Buffer{}, make(chan error, 1)
 			dones[i] = done
 			go func() { done <- run(ctx, url, out, options{role: "worker", secret: demoSecret}) }()
 			go func() {

@@ -16,6 +16,8 @@
 // GITHUB_WEBHOOK_SECRET) at /webhooks/github: each push is recorded once
 // in the table router_pushes, whatever GitHub redelivers. DATABASE_URL
 // overrides the default postgres://postgres@127.0.0.1:5432/postgres.
+// Without GITHUB_WEBHOOK_SECRET it uses a public demo secret, and listens
+// on loopback addresses only.
 package main
 
 import (
@@ -45,10 +47,10 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
 	flag.Parse()
 	databaseURL := cmp.Or(os.Getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres")
-	secret := os.Getenv("GITHUB_WEBHOOK_SECRET")
-	if secret == "" {
-		secret = "demo-github-secret"
-		fmt.Fprintln(os.Stderr, "existing-router: GITHUB_WEBHOOK_SECRET is not set; using a public demo secret that anyone can sign with. Never deploy this.")
+	secret, err := signingSecret(*addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "existing-router:", err)
+		os.Exit(2)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -58,6 +60,24 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// signingSecret is GITHUB_WEBHOOK_SECRET or, for an endpoint listening on a loopback
+// address only, the public demo secret: an endpoint that others can reach
+// must never accept webhooks that anyone can sign.
+func signingSecret(addr string) (string, error) {
+	if s := os.Getenv("GITHUB_WEBHOOK_SECRET"); s != "" {
+		return s, nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return "", fmt.Errorf("GITHUB_WEBHOOK_SECRET is not set, and the public demo secret serves only a loopback -addr, not %q", addr)
+	}
+	fmt.Fprintln(os.Stderr, "existing-router: GITHUB_WEBHOOK_SECRET is not set; using the public demo secret, which anyone can sign with. Never deploy this.")
+	return demoSecret, nil
+}
+
+// demoSecret signs the demo's webhooks. Never use it for real.
+const demoSecret = "demo-github-secret"
 
 // run serves until ctx ends. out must be safe for concurrent use.
 func run(ctx context.Context, databaseURL string, out io.Writer, addr, githubSecret string) error {

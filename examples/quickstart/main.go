@@ -18,7 +18,8 @@
 // It creates the schema "wharf" (wharf.Migrate) and the table
 // quickstart_payments. The signing secret is a demo one unless
 // WEBHOOK_SECRET holds yours ("whsec_" and a base64 key, as Standard
-// Webhooks providers give it).
+// Webhooks providers give it); without it, it listens on loopback
+// addresses only.
 package main
 
 import (
@@ -57,14 +58,16 @@ type options struct {
 }
 
 func main() {
-	o := options{secret: os.Getenv("WEBHOOK_SECRET")}
-	if o.secret == "" {
-		o.secret = demoSecret
-		fmt.Fprintln(os.Stderr, "quickstart: WEBHOOK_SECRET is not set; using the public demo secret, which anyone can sign with. Never deploy this.")
-	}
+	var o options
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:8080", "address to listen on")
 	flag.BoolVar(&o.send, "send", false, "send a signed test webhook to this process, wait until it is processed, and exit")
 	flag.Parse()
+	secret, err := signingSecret(o.addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "quickstart:", err)
+		os.Exit(2)
+	}
+	o.secret = secret
 	databaseURL := cmp.Or(os.Getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres")
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -73,6 +76,21 @@ func main() {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
+}
+
+// signingSecret is WEBHOOK_SECRET or, for an endpoint listening on a loopback
+// address only, the public demo secret: an endpoint that others can reach
+// must never accept webhooks that anyone can sign.
+func signingSecret(addr string) (string, error) {
+	if s := os.Getenv("WEBHOOK_SECRET"); s != "" {
+		return s, nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return "", fmt.Errorf("WEBHOOK_SECRET is not set, and the public demo secret serves only a loopback -addr, not %q", addr)
+	}
+	fmt.Fprintln(os.Stderr, "quickstart: WEBHOOK_SECRET is not set; using the public demo secret, which anyone can sign with. Never deploy this.")
+	return demoSecret, nil
 }
 
 // run serves webhooks and processes them until ctx ends or, with o.send,

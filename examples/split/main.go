@@ -12,7 +12,9 @@
 //
 // Webhooks to http://127.0.0.1:8080/webhooks/shop (Standard Webhooks, the
 // secret in WEBHOOK_SECRET) are stored by the first and processed by the
-// second, into the table split_orders. Run several of either.
+// second, into the table split_orders. Run several of either. Without
+// WEBHOOK_SECRET the ingest role uses a public demo secret, and listens on
+// loopback addresses only.
 //
 // Why one binary with a -role flag rather than two mains: both roles must
 // register the same sources and handlers (setup below). The workers need
@@ -56,14 +58,21 @@ type options struct {
 }
 
 func main() {
-	o := options{secret: os.Getenv("WEBHOOK_SECRET")}
-	if o.secret == "" {
-		o.secret = demoSecret
-		fmt.Fprintln(os.Stderr, "split: WEBHOOK_SECRET is not set; using the public demo secret, which anyone can sign with. Never deploy this.")
-	}
+	var o options
 	flag.StringVar(&o.role, "role", "", `"ingest" (serve the endpoint) or "worker" (process events)`)
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:8080", "address the ingest role listens on")
 	flag.Parse()
+	// Only the ingest role verifies signatures; the worker's copy of the
+	// source is never asked to.
+	o.secret = cmp.Or(os.Getenv("WEBHOOK_SECRET"), demoSecret)
+	if o.role == "ingest" {
+		secret, err := signingSecret(o.addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "split:", err)
+			os.Exit(2)
+		}
+		o.secret = secret
+	}
 	databaseURL := cmp.Or(os.Getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres")
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -72,6 +81,21 @@ func main() {
 		fmt.Fprintln(os.Stderr, "split:", err)
 		os.Exit(1)
 	}
+}
+
+// signingSecret is WEBHOOK_SECRET or, for an endpoint listening on a loopback
+// address only, the public demo secret: an endpoint that others can reach
+// must never accept webhooks that anyone can sign.
+func signingSecret(addr string) (string, error) {
+	if s := os.Getenv("WEBHOOK_SECRET"); s != "" {
+		return s, nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return "", fmt.Errorf("WEBHOOK_SECRET is not set, and the public demo secret serves only a loopback -addr, not %q", addr)
+	}
+	fmt.Fprintln(os.Stderr, "split: WEBHOOK_SECRET is not set; using the public demo secret, which anyone can sign with. Never deploy this.")
+	return demoSecret, nil
 }
 
 // run plays o.role until ctx ends. out must be safe for concurrent use.

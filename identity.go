@@ -155,11 +155,16 @@ func IdentifyWith(fields SourceFields, fallback Identifier, header http.Header, 
 		}
 	}
 
+	// A verifier of this package prepares the request even when every
+	// field is overridden: it says which document FromJSON reads (Slack's
+	// interaction payload, not the form around it).
+	if d, ok := fallback.(defaultIdentifier); ok {
+		d.prepareIdentity(r)
+	}
 	var id, typ, key fieldValue
 	if fields.ID.IsZero() || fields.Type.IsZero() || fields.OrderingKey.IsZero() {
 		switch d := fallback.(type) {
 		case defaultIdentifier:
-			d.prepareIdentity(r)
 			id, typ, key = d.defaultIdentity(r)
 		case nil:
 			id = fieldValue{reason: "the source has no default; set SourceFields.ID"}

@@ -257,3 +257,15 @@ func TestSlackHandshake(t *testing.T) {
 		require.False(t, handled, name)
 	}
 }
+
+// FromJSON reads an interaction's payload even when every field is
+// overridden, so that no provider default is needed.
+func TestSlackIdentityAllFieldsOverridden(t *testing.T) {
+	t.Parallel()
+	v := wharf.Slack("s")
+	body := interaction(`{"type":"block_actions","user":{"id":"U1"},"trigger_id":"t1","channel":{"id":"C42"}}`)
+	fields := wharf.SourceFields{ID: wharf.FromJSON("trigger_id"), Type: wharf.FromJSON("type"), OrderingKey: wharf.FromJSON("channel.id")}
+	ident, err := wharf.IdentifyWith(fields, v, formHeader(), body)
+	require.NoError(t, err)
+	require.Equal(t, wharf.Identity{ID: "t1", Type: "block_actions", OrderingKey: "C42"}, ident)
+}

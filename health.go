@@ -9,7 +9,7 @@ import (
 )
 
 // ErrNotReady is wrapped by Ready's errors: the database does not answer,
-// or its schema lacks migrations this code needs.
+// its schema lacks migrations this code needs, or the Pipeline is closed.
 var ErrNotReady = errors.New("wharf: not ready")
 
 // healthTimeout bounds one readiness check, under the usual probe timeouts.
@@ -18,8 +18,11 @@ const healthTimeout = 2 * time.Second
 // Ready reports whether the Pipeline can work: the database answers and
 // its schema holds every migration this code knows. A schema that a newer
 // release migrated is ready (old replicas keep working during a rolling
-// deploy).
+// deploy). After Close it is not ready: the endpoints store nothing.
 func (p *Pipeline) Ready(ctx context.Context) error {
+	if p.closed.Load() {
+		return fmt.Errorf("%w: %w", ErrNotReady, ErrClosed)
+	}
 	m, err := NewMigrator(p.pool, MigratorConfig{Schema: p.cfg.Schema})
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package wharf_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -96,4 +97,32 @@ func TestHealthNotReadyWhenDatabaseDown(t *testing.T) {
 	require.ErrorIs(t, p.Ready(context.Background()), wharf.ErrNotReady)
 	code, _ := probe(t, p)
 	require.Equal(t, http.StatusServiceUnavailable, code)
+}
+
+// After Close the endpoint can store nothing (every delivery is answered
+// 503), so the probe must not say ready and keep traffic coming.
+func TestHealthNotReadyAfterClose(t *testing.T) {
+	t.Parallel()
+	p := pipelineOn(t, dbtest.Pool(t))
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	code, _ := probe(t, p)
+	require.Equal(t, http.StatusOK, code)
+
+	p.Close()
+	srv := httptest.NewServer(p.Handler("acme"))
+	t.Cleanup(srv.Close)
+	body := []byte(`{"type":"order.paid"}`)
+	req, err := http.NewRequest(http.MethodPost, srv.URL, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header = wharf.SignStandardWebhooks(testSecret, "evt_after_close", time.Now(), body)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "a closed pipeline stores nothing")
+
+	require.ErrorIs(t, p.Ready(context.Background()), wharf.ErrNotReady)
+	require.ErrorIs(t, p.Ready(context.Background()), wharf.ErrClosed)
+	code, body2 := probe(t, p)
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body2, "closed")
 }

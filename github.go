@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"net/http"
+	"net/url"
+	"strings"
 )
 
 const (
@@ -25,7 +27,9 @@ const (
 // header (a GUID, which a redelivery keeps), the type the X-GitHub-Event
 // header ("push", "pull_request"), without the body's "action": handle
 // "pull_request" and switch on the action in the handler. There is no
-// ordering key.
+// ordering key. FromJSON reads the JSON body, or, for a webhook whose
+// content type is application/x-www-form-urlencoded, the JSON in its form
+// field "payload".
 //
 // GitHub's scheme signs neither a timestamp nor these headers, only the
 // body: whoever captured a delivery could send its body again under a new
@@ -89,7 +93,23 @@ func (v *GitHubVerifier) Identify(header http.Header, body []byte) (Identity, er
 	return identifyDefaults(v, header, body)
 }
 
-func (v *GitHubVerifier) prepareIdentity(*identityRequest) {}
+// prepareIdentity points FromJSON at the form field "payload" of a webhook
+// whose content type is application/x-www-form-urlencoded, which is where
+// GitHub puts the JSON then.
+func (v *GitHubVerifier) prepareIdentity(r *identityRequest) {
+	if !strings.HasPrefix(strings.ToLower(r.header.Get("Content-Type")), "application/x-www-form-urlencoded") {
+		return
+	}
+	form, err := url.ParseQuery(string(r.body))
+	switch {
+	case err != nil:
+		r.docErr = "the form body is malformed: " + err.Error()
+	case !form.Has("payload"):
+		r.docErr = "the form body has no payload"
+	default:
+		r.doc = []byte(form.Get("payload"))
+	}
+}
 
 func (v *GitHubVerifier) defaultIdentity(r *identityRequest) (id, typ, key fieldValue) {
 	id = fieldValue{value: r.header.Get(githubDelivery), from: `header "` + githubDelivery + `"`}

@@ -3,6 +3,7 @@ package wharf_test
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -58,4 +59,25 @@ func TestGitHubIdentity(t *testing.T) {
 	h.Del("X-GitHub-Delivery")
 	_, err = v.Identify(h, body)
 	require.EqualError(t, err, `wharf: invalid event identity: id from header "X-GitHub-Delivery": is missing`)
+}
+
+// A webhook whose content type is application/x-www-form-urlencoded (the
+// default of hooks created through the API) carries its JSON in the form
+// field "payload"; FromJSON reads it there, as for Slack interactions.
+func TestGitHubIdentityFormContentType(t *testing.T) {
+	t.Parallel()
+	v := wharf.GitHub("s")
+	h := http.Header{}
+	h.Set("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+	h.Set("X-GitHub-Event", "pull_request")
+	h.Set("Content-Type", "application/x-www-form-urlencoded")
+	body := []byte(url.Values{"payload": {`{"action":"opened","number":1,"repository":{"id":35129377,"full_name":"octo/repo"}}`}}.Encode())
+
+	ident, err := wharf.IdentifyWith(wharf.SourceFields{OrderingKey: wharf.FromJSON("repository.id")}, v, h, body)
+	require.NoError(t, err)
+	require.Equal(t, wharf.Identity{ID: "72d3162e-cc78-11e3-81ab-4c9367dc0958", Type: "pull_request", OrderingKey: "35129377"}, ident)
+
+	// A form without a payload has no JSON to read.
+	_, err = wharf.IdentifyWith(wharf.SourceFields{OrderingKey: wharf.FromJSON("repository.id")}, v, h, []byte("a=1"))
+	require.ErrorIs(t, err, wharf.ErrInvalidIdentity)
 }

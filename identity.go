@@ -62,8 +62,8 @@ func FromHeader(name string) Field {
 //   - A body that is not valid JSON makes every FromJSON field fail with
 //     ErrInvalidIdentity.
 //
-// For Slack interactions (form-encoded, payload=<json>) the path reads the
-// payload's JSON. A malformed path (empty, with an empty segment, or with
+// For Slack interactions and form-encoded GitHub webhooks (payload=<json>)
+// the path reads the payload's JSON. A malformed path (empty, with an empty segment, or with
 // a backslash before anything but "." or "\") makes the source invalid
 // (ErrInvalidSource).
 func FromJSON(path string) Field {

@@ -29,7 +29,7 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 	}
 	st, err := m.Status(ctx)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNotReady, err)
+		return fmt.Errorf("%w: %w: %v", ErrNotReady, errDatabaseDown, err)
 	}
 	if st.Current < st.Latest {
 		return fmt.Errorf("%w: schema %q is at migration %d, this code needs %d: %w", ErrNotReady, st.Schema, st.Current, st.Latest, errMigrationsMissing)
@@ -40,20 +40,34 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 // errMigrationsMissing ends Ready's error for a schema behind this code.
 var errMigrationsMissing = errors.New("run wharf.Migrate")
 
+// errDatabaseDown is in Ready's error when the database did not answer;
+// the driver's own error, which can name the host, user and database,
+// follows it.
+var errDatabaseDown = errors.New("the database does not answer")
+
 // HealthHandler answers readiness probes with Ready: 200 "ok", or 503 and
-// the reason. It reads only schema_migrations, whatever the queue holds. Mount it
-// where the orchestrator probes, e.g. mux.Handle("GET /readyz", p.HealthHandler()).
+// the reason. It reads only schema_migrations, whatever the queue holds.
+// When the database does not answer, the answer says only that, and the
+// driver's error, which can name the host, user and database, goes to
+// Config.Logger. Mount it where the orchestrator probes, e.g.
+// mux.Handle("GET /readyz", p.HealthHandler()).
 func (p *Pipeline) HealthHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
 		defer cancel()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		if err := p.Ready(ctx); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, err)
+		err := p.Ready(ctx)
+		if err == nil {
+			fmt.Fprintln(w, "ok")
 			return
 		}
-		fmt.Fprintln(w, "ok")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		if errors.Is(err, errDatabaseDown) {
+			p.cfg.Logger.Warn("wharf: readiness probe: the database does not answer", "error", err)
+			fmt.Fprintf(w, "%v: %v\n", ErrNotReady, errDatabaseDown)
+			return
+		}
+		fmt.Fprintln(w, err)
 	})
 }

@@ -94,9 +94,13 @@ func TestHealthNotReadyWhenDatabaseDown(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	p := pipelineOn(t, pool)
-	require.ErrorIs(t, p.Ready(context.Background()), wharf.ErrNotReady)
-	code, _ := probe(t, p)
+	err = p.Ready(context.Background())
+	require.ErrorIs(t, err, wharf.ErrNotReady)
+	require.ErrorContains(t, err, "127.0.0.1", "Ready's error carries the driver's")
+	code, body := probe(t, p)
 	require.Equal(t, http.StatusServiceUnavailable, code)
+	// Whoever can reach the probe learns nothing of the connection.
+	require.Equal(t, "wharf: not ready: the database does not answer\n", body)
 }
 
 // After Close the endpoint can store nothing (every delivery is answered

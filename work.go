@@ -37,6 +37,9 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 		// would take it from that version during a rolling deploy.
 		return queue.Defer(time.Now().Add(otherVersionWait), fmt.Errorf("%w here; stored for handler %q", errUnhandled, qev.Handler))
 	}
+	if name, ok := qev.Prepared.(pausedHandler); ok {
+		return queue.Defer(time.Now().Add(pausedHandlerWait), fmt.Errorf("handler %q is paused", string(name)))
+	}
 	if h == nil {
 		switch p.cfg.Unhandled {
 		case DeadLetterUnhandled:
@@ -180,11 +183,20 @@ type preparedClaim struct {
 // transaction does not complete (their savepoints do not cover the
 // claims). It is the consumer's Prepare.
 func (p *Pipeline) claimAll(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+	paused, err := p.pausedUnnamed(ctx, tx, evs)
+	if err != nil {
+		return err
+	}
 	pairs := make([]idempotency.Pair, 0, len(evs))
 	claimed := make([]*queue.Event, 0, len(evs))
 	for _, ev := range evs {
 		ev.Prepared = nil
-		if h := p.handlerFor(ev.Source, ev.Type); h != nil {
+		h := p.handlerFor(ev.Source, ev.Type)
+		switch {
+		case h == nil:
+		case ev.Handler != h.name && paused[h.name]:
+			ev.Prepared = pausedHandler(h.name)
+		default:
 			pairs = append(pairs, idempotency.Pair{Consumer: h.name, Key: idempotency.Key(ev.Source, ev.ID)})
 			claimed = append(claimed, ev)
 		}
@@ -200,6 +212,33 @@ func (p *Pipeline) claimAll(ctx context.Context, tx pgx.Tx, evs []*queue.Event) 
 		ev.Prepared = &preparedClaim{pair: pairs[i], ClaimResult: results[i]}
 	}
 	return nil
+}
+
+// pausedHandler marks, in Event.Prepared, an event whose handler is
+// paused although its row does not name that handler, so the fetch let
+// it through: it goes back unrun (see pausedUnnamed).
+type pausedHandler string
+
+// pausedHandlerWait is how long an event held back by pausedHandler is put
+// back for: it is fetched again after that, and runs if the pause is over.
+const pausedHandlerWait = 5 * time.Second
+
+// pausedUnnamed returns which handlers are paused among those that would
+// run an event of evs whose row names another handler, or none (an event
+// stored before its route existed). A fetch holds back only the events
+// whose row names a paused handler; these are the rest of a paused
+// handler's events. It sends nothing when every row names its handler.
+func (p *Pipeline) pausedUnnamed(ctx context.Context, tx pgx.Tx, evs []*queue.Event) (map[string]bool, error) {
+	var names []string
+	for _, ev := range evs {
+		if h := p.handlerFor(ev.Source, ev.Type); h != nil && ev.Handler != h.name {
+			names = append(names, h.name)
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	return p.queue.PausedHandlersTx(ctx, tx, names)
 }
 
 // unclaim takes back the claims claimAll won for events the transaction

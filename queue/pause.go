@@ -96,3 +96,24 @@ func (q *Queue) Pauses(ctx context.Context) ([]Pause, error) {
 	}
 	return pauses, nil
 }
+
+// PausedHandlersTx reports which of names are paused handlers, reading in
+// tx. A fetch holds back the events whose row names a paused handler; a
+// worker that runs an event under another handler's name than its row
+// records (none, for an event stored before its handler existed) asks
+// here, so that the pause holds that event back too.
+func (q *Queue) PausedHandlersTx(ctx context.Context, tx pgx.Tx, names []string) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, q.sql.pausedHandlers, names)
+	if err != nil {
+		return nil, fmt.Errorf("queue: read paused handlers: %w", err)
+	}
+	paused := map[string]bool{}
+	var name string
+	if _, err := pgx.ForEachRow(rows, []any{&name}, func() error {
+		paused[name] = true
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("queue: read paused handlers: %w", err)
+	}
+	return paused, nil
+}

@@ -396,6 +396,9 @@ ON CONFLICT (source, handler) DO UPDATE SET reason = excluded.reason`
 
 const resumeSQL = `DELETE FROM {schema}.queue_pauses WHERE source = $1 AND handler = $2`
 
+// pausedHandlersSQL returns which of the handler names $1 are paused.
+const pausedHandlersSQL = `SELECT handler FROM {schema}.queue_pauses WHERE source = '' AND handler = ANY ($1::text[])`
+
 const pausesSQL = `
 SELECT source, handler, reason, paused_at FROM {schema}.queue_pauses ORDER BY paused_at, source, handler`
 
@@ -425,7 +428,7 @@ type statements struct {
 	payloads       string
 	heldPayloads   string
 	insert, recheck, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
-	heartbeat, expired, stats, pause, resume, pauses string
+	heartbeat, expired, stats, pause, resume, pauses, pausedHandlers string
 }
 
 func render(schema, duplicateIf string) statements {
@@ -463,5 +466,6 @@ func render(schema, duplicateIf string) statements {
 		pause:          r(pauseSQL),
 		resume:         r(resumeSQL),
 		pauses:         r(pausesSQL),
+		pausedHandlers: r(pausedHandlersSQL),
 	}
 }

@@ -608,3 +608,47 @@ func TestReplayOfAnEntryWhoseDerivedHandlerNameIsTooLong(t *testing.T) {
 	require.Equal(t, 1, f.count(t, `SELECT count(*) FROM wharf.queue WHERE event_id = 'evt_long'`))
 	require.Equal(t, 1, f.count(t, `SELECT count(*) FROM wharf.queue WHERE event_id = 'evt_other'`))
 }
+
+// Events of one ordering key that all died (a handler broken for a while)
+// go back by a bulk replay in the order they were first stored, so they
+// run in that order again: the queue runs a key's events in the order
+// they are stored, and a replay stores them anew. The bulk replay pages
+// newest first; before, each page went back as it was read, so a key's
+// newer events, on an earlier page, were queued (and run) before its
+// older ones.
+func TestReplayMatchingKeepsAKeysOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	ids := []string{"e1", "e2", "e3"}
+	for _, id := range ids {
+		_, err := f.q.Enqueue(ctx, queue.NewEvent{Source: "shop", ID: id, Type: "order.updated", OrderingKey: "order-42",
+			Body: []byte(`{}`), MaxAttempts: 1})
+		require.NoError(t, err)
+	}
+	for _, id := range ids { // the head of the key fails for good, then the next
+		evs, err := f.q.Fetch(ctx, queue.FetchParams{Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, evs, 1)
+		require.Equal(t, id, evs[0].ID)
+		require.NoError(t, pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+			exhausted, err := f.q.RetryTx(ctx, tx, evs[0], errors.New("handler bug"))
+			require.True(t, exhausted)
+			return err
+		}))
+	}
+	require.Equal(t, 3, f.count(t, `SELECT count(*) FROM wharf.dead_letters WHERE status = 'dead'`))
+
+	res, err := f.dead.ReplayMatching(ctx, f.q, dlq.Filter{Source: "shop"}, dlq.ReplayOptions{BatchSize: 1})
+	require.NoError(t, err)
+	require.Equal(t, dlq.ReplayResult{Replayed: 3}, res)
+	var ran []string
+	for range ids {
+		evs, err := f.q.Fetch(ctx, queue.FetchParams{Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, evs, 1, "one event of the key at a time")
+		ran = append(ran, evs[0].ID)
+		require.NoError(t, f.q.Complete(ctx, evs[0]))
+	}
+	require.Equal(t, ids, ran, "the key's events run in the order they were first stored")
+}

@@ -130,13 +130,14 @@ type ReplayOptions struct {
 }
 
 // ReplayMatching replays every dead entry that matches f into q, in
-// batches, newest first (Filter.Status is ignored: only dead entries
-// replay). It pages down from the newest entry, so an entry that dies
-// after its first page was read sorts above that page and is left out;
-// one that dies between the count and the first page is replayed too.
-// Set f.UpTo to replay just the entries counted, as a replay confirmed
-// for a count must. It stops at the first error or when ctx ends,
-// returning what it did so far.
+// batches, oldest first (Filter.Status is ignored: only dead entries
+// replay), so that the events of one ordering key, which died in the
+// order they were stored, are queued, and run, in that order again. It
+// replays the entries that match when it starts, up to the newest of
+// them (or f.UpTo, when set, as a replay confirmed for a count must):
+// entries that die meanwhile, such as replayed ones dying again, are left
+// out. It stops at the first error or when ctx ends, returning what it
+// did so far.
 func (d *DLQ) ReplayMatching(ctx context.Context, q *queue.Queue, f Filter, opts ReplayOptions) (ReplayResult, error) {
 	if err := d.checkQueue(q); err != nil {
 		return ReplayResult{}, err
@@ -149,24 +150,41 @@ func (d *DLQ) ReplayMatching(ctx context.Context, q *queue.Queue, f Filter, opts
 	if batch < 1 || batch > MaxListLimit || opts.MaxPerSecond < 0 {
 		return ReplayResult{}, fmt.Errorf("%w: BatchSize %d must be 1..%d and MaxPerSecond not negative", ErrInvalidFilter, batch, MaxListLimit)
 	}
+	if f.UpTo == nil {
+		newest, _, err := d.List(ctx, f, Page{Limit: 1, OmitBody: true})
+		if err != nil || len(newest) == 0 {
+			return ReplayResult{}, err
+		}
+		f.UpTo = &Cursor{DeadAt: newest[0].DeadAt, ID: newest[0].ID}
+	}
+	args, err := f.args()
+	if err != nil {
+		return ReplayResult{}, err
+	}
 	total, err := d.Count(ctx, f)
 	if err != nil {
 		return ReplayResult{}, err
 	}
 	var res ReplayResult
-	var after *Cursor
+	var afterAt *time.Time
+	var afterID int64
 	start := time.Now()
 	for {
-		entries, next, err := d.List(ctx, f, Page{Limit: batch, After: after, OmitBody: true}) // Replay reads the bodies it queues
+		rows, err := d.pool.Query(ctx, d.sql.replayPage, append(args, afterAt, afterID, batch)...)
 		if err != nil {
-			return res, err
+			return res, fmt.Errorf("dlq: replay: list: %w", err)
 		}
-		if len(entries) == 0 {
+		var ids []int64
+		var id int64
+		var deadAt time.Time
+		if _, err := pgx.ForEachRow(rows, []any{&id, &deadAt}, func() error {
+			ids = append(ids, id)
+			return nil
+		}); err != nil {
+			return res, fmt.Errorf("dlq: replay: list: %w", err)
+		}
+		if len(ids) == 0 {
 			return res, nil
-		}
-		ids := make([]int64, len(entries))
-		for i, e := range entries {
-			ids[i] = e.ID
 		}
 		r, err := d.Replay(ctx, q, ids...)
 		res.Replayed += r.Replayed
@@ -177,10 +195,10 @@ func (d *DLQ) ReplayMatching(ctx context.Context, q *queue.Queue, f Filter, opts
 		if opts.Progress != nil {
 			opts.Progress(int64(res.Replayed), total)
 		}
-		if next == nil {
+		if len(ids) < batch {
 			return res, nil
 		}
-		after = next
+		afterAt, afterID = &deadAt, id
 		if opts.MaxPerSecond > 0 {
 			due := start.Add(time.Duration(float64(res.Replayed+res.Skipped) / opts.MaxPerSecond * float64(time.Second)))
 			select {

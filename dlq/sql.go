@@ -60,6 +60,15 @@ const listSQL = `SELECT ` + entryColumns + ` FROM {schema}.dead_letters` + filte
 ORDER BY dead_at DESC, id DESC
 LIMIT $12`
 
+// replayPageSQL pages the entries a bulk replay sends back, oldest first,
+// by keyset on (dead_at, id) after $10, $11: the events of one ordering key
+// die in the order they were stored (only a key's oldest runs), and go
+// back in that order, so they run in it again.
+const replayPageSQL = `SELECT id, dead_at FROM {schema}.dead_letters` + filterSQL + `
+  AND ($10::timestamptz IS NULL OR (dead_at, id) > ($10, $11))
+ORDER BY dead_at, id
+LIMIT $12`
+
 const countSQL = `SELECT count(*) FROM {schema}.dead_letters` + filterSQL
 
 const getSQL = `SELECT ` + entryColumns + ` FROM {schema}.dead_letters WHERE id = $1`
@@ -108,8 +117,8 @@ const countPurgeableSQL = `SELECT count(*)` + purgeableSQL
 const purgeSQL = `DELETE FROM {schema}.dead_letters WHERE id = ANY (ARRAY(SELECT id` + purgeableSQL + ` LIMIT $2))`
 
 type statements struct {
-	move, list, listWithoutBodies, count, get, lockDead, markReplayed, discard string
-	purgeCutoff, countPurgeable, purge                                         string
+	move, list, listWithoutBodies, replayPage, count, get, lockDead, markReplayed, discard string
+	purgeCutoff, countPurgeable, purge                                                     string
 }
 
 func render(schema string) statements {
@@ -118,6 +127,7 @@ func render(schema string) statements {
 		move:              r(moveSQL),
 		list:              r(withBody.Replace(listSQL)),
 		listWithoutBodies: r(withoutBody.Replace(listSQL)),
+		replayPage:        r(replayPageSQL),
 		count:             r(countSQL),
 		get:               r(withBody.Replace(getSQL)),
 		lockDead:          r(lockDeadSQL),

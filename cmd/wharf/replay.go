@@ -24,7 +24,7 @@ var dlqReplayCommand = &command{
 	summary: "send dead letters back to the queue, attempts reset",
 	args:    " [ID...]",
 	help: `Sends dead-letter entries back to the queue with their attempts reset, by id or
-by filter (every dead entry matching the flags, newest first, in batches, with
+by filter (every dead entry matching the flags, oldest first, in batches, with
 a progress line on stderr). Each entry is marked replayed in the transaction
 that queues it, so a replay run twice, or concurrently, queues an event once;
 entries no longer dead are skipped. Above --confirm-above entries it asks for

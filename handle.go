@@ -26,9 +26,6 @@ type source struct {
 //	p.Source("stripe", wharf.Stripe(os.Getenv("STRIPE_WEBHOOK_SECRET")))
 //	p.Source("orders", wharf.HMAC("X-Signature", secret), wharf.SourceFields{ID: wharf.FromJSON("id"), Type: wharf.FromHeader("X-Event")})
 func (p *Pipeline) Source(name string, v Verifier, fields ...SourceFields) error {
-	if p.running.Load() {
-		return ErrRunning
-	}
 	if reason := checkName(name, queue.MaxSourceLen); reason != "" {
 		return fmt.Errorf("%w: source name %q %s", ErrInvalidConfig, name, reason)
 	}
@@ -56,6 +53,11 @@ func (p *Pipeline) Source(name string, v Verifier, fields ...SourceFields) error
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Checked under the lock that Run's reading of the routes and sources
+	// takes: one registered as Run starts is either refused or seen.
+	if p.running.Load() {
+		return ErrRunning
+	}
 	if _, ok := p.sources[name]; ok {
 		return fmt.Errorf("%w: source %q is already registered", ErrInvalidConfig, name)
 	}
@@ -229,9 +231,6 @@ func (p *Pipeline) HandleBatch(sourceName, eventType string, fn BatchHandlerFunc
 
 // register applies opts to h and adds it to the routes.
 func (p *Pipeline) register(h *handler, opts []HandleOption) error {
-	if p.running.Load() {
-		return ErrRunning
-	}
 	sourceName, eventType := h.source, h.typ
 	if reason := checkName(eventType, queue.MaxTypeLen); reason != "" {
 		return fmt.Errorf("%w: event type %q %s", ErrInvalidConfig, eventType, reason)
@@ -258,6 +257,9 @@ func (p *Pipeline) register(h *handler, opts []HandleOption) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.running.Load() { // under the lock: see Source
+		return ErrRunning
+	}
 	if _, ok := p.sources[sourceName]; !ok {
 		return fmt.Errorf("%w: handler for unknown source %q (register it with Source first)", ErrInvalidConfig, sourceName)
 	}

@@ -57,6 +57,7 @@ func main() {
 	databaseURL := cmp.Or(os.Getenv("DATABASE_URL"), "postgres://postgres@127.0.0.1:5432/postgres")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, stop) // a second Ctrl-C ends the process at once
 	if err := run(ctx, databaseURL, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "downstream:", err)
 		os.Exit(1)

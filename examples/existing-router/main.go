@@ -55,6 +55,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, stop) // a second Ctrl-C ends the process at once
 	if err := run(ctx, databaseURL, os.Stdout, *addr, secret); err != nil {
 		fmt.Fprintln(os.Stderr, "existing-router:", err)
 		os.Exit(1)

@@ -77,6 +77,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, stop) // a second Ctrl-C ends the process at once
 	if err := run(ctx, databaseURL, os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "split:", err)
 		os.Exit(1)

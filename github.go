@@ -95,9 +95,10 @@ func (v *GitHubVerifier) Identify(header http.Header, body []byte) (Identity, er
 
 // prepareIdentity points FromJSON at the form field "payload" of a webhook
 // whose content type is application/x-www-form-urlencoded, which is where
-// GitHub puts the JSON then.
+// GitHub puts the JSON then. Its defaults read headers only, so a source
+// without FromJSON fields never parses the form.
 func (v *GitHubVerifier) prepareIdentity(r *identityRequest) {
-	if !strings.HasPrefix(strings.ToLower(r.header.Get("Content-Type")), "application/x-www-form-urlencoded") {
+	if len(r.paths) == 0 || !strings.HasPrefix(strings.ToLower(r.header.Get("Content-Type")), "application/x-www-form-urlencoded") {
 		return
 	}
 	form, err := url.ParseQuery(string(r.body))

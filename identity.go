@@ -63,9 +63,9 @@ func FromHeader(name string) Field {
 //     ErrInvalidIdentity.
 //
 // For Slack interactions and form-encoded GitHub webhooks (payload=<json>)
-// the path reads the payload's JSON. A malformed path (empty, with an empty segment, or with
-// a backslash before anything but "." or "\") makes the source invalid
-// (ErrInvalidSource).
+// the path reads the payload's JSON. A malformed path (empty, with an
+// empty segment, or with a backslash before anything but "." or "\")
+// makes the source invalid (ErrInvalidSource).
 func FromJSON(path string) Field {
 	p, err := parseJSONPath(path)
 	return Field{kind: fieldJSON, name: path, path: p, err: err}

@@ -24,9 +24,9 @@ const otherVersionWait = 5 * time.Second
 
 // work processes one event inside the consumer's transaction, under its
 // savepoint: idempotency claim (made for the whole transaction by
-// claimAll), the user's handler (through its breaker), the audit record. The consumer then completes the event in the same
-// transaction, or rolls the savepoint back and retries, defers or
-// dead-letters it.
+// claimAll), the user's handler (through its breaker), the audit record.
+// The consumer then completes the event in the same transaction, or rolls
+// the savepoint back and retries, defers or dead-letters it.
 func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error {
 	h := p.handlerFor(qev.Source, qev.Type)
 	if h == nil && qev.Handler != "" {

@@ -41,7 +41,11 @@ type Event struct {
 	OrderingKey string
 	Body        []byte // the raw body, verbatim
 	Headers     http.Header
-	ReceivedAt  time.Time
+	// ReceivedAt is when the event was stored in the queue, just before
+	// its webhook was acknowledged; for an event replayed from the dead
+	// letter queue, when it was replayed (the entry it was replayed from
+	// keeps the first time).
+	ReceivedAt time.Time
 	// Attempt is this attempt's number, from 1; MaxAttempts the last one.
 	Attempt     int
 	MaxAttempts int

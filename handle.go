@@ -159,7 +159,9 @@ func Timeout(d time.Duration) HandleOption {
 // fields take its defaults). Defaults to Config.Backoff.
 func Backoff(b queue.Backoff) HandleOption {
 	return func(h *handler) error {
-		b = withBackoffDefaults(b)
+		// A copy of its own for each handler: the option may be given to
+		// several, from several goroutines.
+		b := withBackoffDefaults(b)
 		if b.Initial < 0 || b.Max < b.Initial || b.Multiplier < 1 || (b.Jitter != queue.NoJitter && (b.Jitter < 0 || b.Jitter > 1)) {
 			return fmt.Errorf("backoff %+v is not a valid schedule", b)
 		}

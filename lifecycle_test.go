@@ -1,0 +1,40 @@
+package wharf_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
+)
+
+// An option value may be built once and given to several handlers, which
+// may be registered from several goroutines: applying it must not write
+// state the option's other uses share (run with -race).
+func TestHandleOptionSharedByHandlersRegisteredConcurrently(t *testing.T) {
+	t.Parallel()
+	p, err := wharf.New(dbtest.Pool(t), wharf.Config{})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	noop := func(context.Context, pgx.Tx, wharf.Event) error { return nil }
+	shared := []wharf.HandleOption{
+		wharf.Backoff(queue.Backoff{Initial: time.Second}),
+		wharf.MaxAttempts(3),
+		wharf.Timeout(time.Second),
+		wharf.Concurrency(2),
+		wharf.Downstream("billing-api"),
+	}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() { require.NoError(t, p.Handle("acme", fmt.Sprintf("t%d", i), noop, shared...)) })
+	}
+	wg.Wait()
+}

@@ -239,6 +239,9 @@ func (p *Pipeline) register(h *handler, opts []HandleOption) error {
 	}
 	h.name = sourceName + "/" + eventType
 	for _, opt := range opts {
+		if opt == nil {
+			return fmt.Errorf("%w: handler %s/%s: an option is nil", ErrInvalidConfig, sourceName, eventType)
+		}
 		if err := opt(h); err != nil {
 			return fmt.Errorf("%w: handler %s/%s: %v", ErrInvalidConfig, sourceName, eventType, err)
 		}

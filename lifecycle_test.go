@@ -38,3 +38,21 @@ func TestHandleOptionSharedByHandlersRegisteredConcurrently(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// A nil HandleOption (an optional one left unset) is refused with an
+// error, like every other registration mistake, not a nil-pointer panic.
+func TestNilHandleOptionIsRefused(t *testing.T) {
+	t.Parallel()
+	p, err := wharf.New(dbtest.Pool(t), wharf.Config{})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	noop := func(context.Context, pgx.Tx, wharf.Event) error { return nil }
+	batch := func(context.Context, pgx.Tx, []wharf.Event) error { return nil }
+	var unset wharf.HandleOption
+	require.NotPanics(t, func() {
+		require.ErrorIs(t, p.Handle("acme", "x", noop, wharf.MaxAttempts(3), unset), wharf.ErrInvalidConfig)
+		require.ErrorIs(t, p.HandleBatch("acme", "y", batch, unset), wharf.ErrInvalidConfig)
+	})
+	require.NoError(t, p.Handle("acme", "x", noop, wharf.MaxAttempts(3)), "nothing was registered by the refused call")
+}

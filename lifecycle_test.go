@@ -56,3 +56,16 @@ func TestNilHandleOptionIsRefused(t *testing.T) {
 	})
 	require.NoError(t, p.Handle("acme", "x", noop, wharf.MaxAttempts(3)), "nothing was registered by the refused call")
 }
+
+// Run with nothing to fetch says why: with an Unhandled policy, it is that
+// no source is registered, not that no handler is.
+func TestRunWithNothingToRunSaysWhy(t *testing.T) {
+	t.Parallel()
+	p, err := wharf.New(dbtest.Pool(t), wharf.Config{Unhandled: wharf.CompleteUnhandled})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	err = p.Run(context.Background())
+	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
+	require.NotContains(t, err.Error(), "LeaveUnhandled", "Unhandled is CompleteUnhandled here")
+	require.Contains(t, err.Error(), "no sources")
+}

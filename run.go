@@ -40,6 +40,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	only, downstreams := p.kinds()
 	if len(only) == 0 {
+		if p.cfg.Unhandled != LeaveUnhandled {
+			return fmt.Errorf("%w: no sources registered (Source): nothing to run", ErrInvalidConfig)
+		}
 		return fmt.Errorf("%w: no handlers registered (Handle) and Unhandled is LeaveUnhandled: nothing to run", ErrInvalidConfig)
 	}
 	for _, name := range slices.Sorted(maps.Keys(p.cfg.RateLimits)) {

@@ -85,6 +85,11 @@ func (c *committer) close() {
 		close(c.requests)
 	}
 	c.mu.Unlock()
+	// A first submit may be starting the committers right now: through
+	// startOnce, their wg.Add happens before this Wait, as a WaitGroup
+	// needs; a submit that has not started them by then starts none, and
+	// finds the committer closed.
+	c.startOnce.Do(func() {})
 	c.wg.Wait()
 }
 

@@ -848,6 +848,46 @@ func TestCloseRacingEnqueues(t *testing.T) {
 	require.Equal(t, ok, payloads)
 }
 
+// Close racing the first Enqueue of a queue, the one that starts the
+// committers: Close must not wait for committers that a concurrent first
+// Enqueue may still be starting, a WaitGroup misuse that the race detector
+// reports (run with -race). Every call still gets a true answer.
+func TestCloseRacingTheFirstEnqueue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	for round := range 50 {
+		q, err := queue.New(pool, queue.Config{})
+		require.NoError(t, err)
+		start := make(chan struct{})
+		const n = 4
+		errs := make([]error, n)
+		results := make([]queue.EnqueueResult, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				results[i], errs[i] = q.Enqueue(ctx, event("s", fmt.Sprintf("f%02d-%d", round, i)))
+			})
+		}
+		wg.Go(func() {
+			<-start
+			q.Close()
+		})
+		close(start)
+		enqWaitAll(t, &wg, "the first Enqueue racing Close")
+		for i := range n {
+			id := fmt.Sprintf("f%02d-%d", round, i)
+			if errs[i] != nil {
+				require.ErrorIs(t, errs[i], queue.ErrClosed, "event %s", id)
+				require.Zero(t, enqQueueID(t, pool, "s", id), "event %s failed but was stored", id)
+				continue
+			}
+			require.Equal(t, results[i].QueueID, enqQueueID(t, pool, "s", id), "event %s reported stored", id)
+		}
+	}
+}
+
 // enqGoroutineID returns the calling goroutine's id, as tracebacks print it.
 func enqGoroutineID() string {
 	buf := make([]byte, 64)

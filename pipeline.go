@@ -257,8 +257,24 @@ func (c Config) validate() error {
 		return fmt.Errorf("%w: AckDeadline, MaxBodyBytes, BodyReadTimeout, ShutdownTimeout and MaxTxDuration must not be negative", ErrInvalidConfig)
 	case c.Unhandled < LeaveUnhandled || c.Unhandled > DeadLetterUnhandled:
 		return fmt.Errorf("%w: Unhandled %d is not one of the Unhandled constants", ErrInvalidConfig, c.Unhandled)
+	case c.Workers < 0 || c.TxBatch < 0 || c.TxBatch > queue.MaxTxBatch:
+		// Checked here rather than only when Run starts the workers.
+		return fmt.Errorf("%w: Workers %d must not be negative, and TxBatch %d must be 0 (the default) to %d", ErrInvalidConfig, c.Workers, c.TxBatch, queue.MaxTxBatch)
+	case c.PollInterval < 0 || c.RescueInterval < 0:
+		return fmt.Errorf("%w: PollInterval and RescueInterval must not be negative", ErrInvalidConfig)
 	}
 	return nil
+}
+
+// asConfigError makes a package's invalid-config error match
+// ErrInvalidConfig too, as every error about a Config does.
+func asConfigError(err error) error {
+	for _, invalid := range []error{queue.ErrInvalidConfig, breaker.ErrInvalidConfig, dlq.ErrInvalidConfig, idempotency.ErrInvalidConfig, eventlog.ErrInvalidConfig} {
+		if errors.Is(err, invalid) && !errors.Is(err, ErrInvalidConfig) {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+	}
+	return err
 }
 
 // Pipeline receives webhooks, stores them before acknowledging them, and
@@ -317,14 +333,14 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 		deadCfg.OnReplay = p.onReplay
 	}
 	if p.dead, err = dlq.New(pool, deadCfg); err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	if p.claims, err = idempotency.New(pool, idempotency.Config{Schema: c.Schema, Retention: c.IdempotencyRetention}); err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	if c.Audit {
 		if p.audit, err = eventlog.New(pool, eventlog.Config{Schema: c.Schema}); err != nil {
-			return nil, err
+			return nil, asConfigError(err)
 		}
 	}
 	// From here a failure stops what was started: the audit log's
@@ -337,7 +353,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Pipeline, error) {
 		if p.audit != nil {
 			p.audit.Close()
 		}
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	breakers := c.Breakers
 	breakers.OnStateChange = p.onBreakerChange(c.Breakers.OnStateChange)

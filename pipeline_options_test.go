@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf"
+	"github.com/wharfhq/wharf/breaker"
 	"github.com/wharfhq/wharf/idempotency"
 	"github.com/wharfhq/wharf/internal/dbtest"
 	"github.com/wharfhq/wharf/internal/testio"
@@ -503,4 +504,24 @@ func TestHandlerWhoseDefaultNameIsTooLongIsRefused(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, h.send("long1", typ))
 	h.run()
 	h.eventually("processed", func() bool { return h.count(`SELECT count(*) FROM effects WHERE event_id = 'long1'`) == 1 })
+}
+
+// Every Config mistake New can see is refused there, matching
+// wharf.ErrInvalidConfig, whichever package found it; none waits for Run.
+func TestNewRefusesBadConfig(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	for name, cfg := range map[string]wharf.Config{
+		"negative Workers":        {Workers: -1},
+		"TxBatch over the limit":  {TxBatch: queue.MaxTxBatch + 1},
+		"negative TxBatch":        {TxBatch: -1},
+		"negative PollInterval":   {PollInterval: -time.Second},
+		"negative RescueInterval": {RescueInterval: -time.Second},
+		"negative LeaseDuration":  {LeaseDuration: -time.Second}, // the queue's check
+		"negative MaxAttempts":    {MaxAttempts: -1},             // the queue's check
+		"bad breaker settings":    {Breakers: breaker.Config{Default: breaker.Settings{HalfOpenProbes: -1}}},
+	} {
+		_, err := wharf.New(pool, cfg)
+		require.ErrorIs(t, err, wharf.ErrInvalidConfig, name)
+	}
 }

@@ -76,7 +76,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	p.mu.RUnlock()
 	consumer, err := queue.NewConsumer(p.queue, cfg)
 	if err != nil {
-		return err
+		return asConfigError(err)
 	}
 	var maintenance sync.WaitGroup
 	maintenance.Go(func() { p.pruneProcessed(ctx) })

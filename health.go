@@ -8,17 +8,19 @@ import (
 	"time"
 )
 
-// ErrNotReady is wrapped by Ready's errors: the database does not answer,
-// its schema lacks migrations this code needs, or the Pipeline is closed.
+// ErrNotReady is wrapped by Ready's errors: the database does not answer or
+// is read-only, its schema lacks migrations this code needs, or the
+// Pipeline is closed.
 var ErrNotReady = errors.New("wharf: not ready")
 
 // healthTimeout bounds one readiness check, under the usual probe timeouts.
 const healthTimeout = 2 * time.Second
 
-// Ready reports whether the Pipeline can work: the database answers and
-// its schema holds every migration this code knows. A schema that a newer
-// release migrated is ready (old replicas keep working during a rolling
-// deploy). After Close it is not ready: the endpoints store nothing.
+// Ready reports whether the Pipeline can work: the database answers, takes
+// writes, and its schema holds every migration this code knows. A schema
+// that a newer release migrated is ready (old replicas keep working during
+// a rolling deploy). After Close it is not ready: the endpoints store
+// nothing.
 func (p *Pipeline) Ready(ctx context.Context) error {
 	if p.closed.Load() {
 		return fmt.Errorf("%w: %w", ErrNotReady, ErrClosed)
@@ -33,6 +35,16 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 	}
 	if st.Current < st.Latest {
 		return fmt.Errorf("%w: schema %q is at migration %d, this code needs %d: %w", ErrNotReady, st.Schema, st.Current, st.Latest, errMigrationsMissing)
+	}
+	// A standby (say, still behind the address after a failover), or a
+	// server set to read-only, answers and holds the schema, but every
+	// event stored or processed there fails.
+	var readOnly string
+	if err := p.pool.QueryRow(ctx, `SELECT current_setting('transaction_read_only')`).Scan(&readOnly); err != nil {
+		return fmt.Errorf("%w: %w: %v", ErrNotReady, errDatabaseDown, err)
+	}
+	if readOnly == "on" {
+		return fmt.Errorf("%w: the database is read-only (a standby, or default_transaction_read_only is on)", ErrNotReady)
 	}
 	return nil
 }

@@ -46,6 +46,24 @@ func TestHealthReadyWhenMigrated(t *testing.T) {
 	require.Equal(t, "ok\n", body)
 }
 
+// A database that answers and holds the schema but takes no writes (a
+// standby still behind the address after a failover, or one set
+// read-only) is not ready: every event stored or processed there fails.
+func TestHealthNotReadyWhenDatabaseReadOnly(t *testing.T) {
+	t.Parallel()
+	cfg, err := pgxpool.ParseConfig(dbtest.Database(t, dbtest.Options{}))
+	require.NoError(t, err)
+	cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	p := pipelineOn(t, pool)
+	require.ErrorIs(t, p.Ready(context.Background()), wharf.ErrNotReady)
+	code, body := probe(t, p)
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, "read-only")
+}
+
 // A database the code's migrations have not reached is not ready, and the
 // answer says what to do; after Migrate it is.
 func TestHealthNotReadyBeforeMigrate(t *testing.T) {

@@ -127,6 +127,27 @@ func (s *scratch) count(ctx context.Context, sql string) (int64, error) {
 	return n, err
 }
 
+// serverPIDs returns the pids of the server processes that serve the
+// bench, for its CPU figures: the scratch database's backends and the
+// server's own processes (checkpointer, WAL writer and so on, shared with
+// other databases), not the backends of other databases. Nil when it
+// cannot tell.
+func (s *scratch) serverPIDs(ctx context.Context) map[int]bool {
+	rows, err := s.pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database() OR datname IS NULL`)
+	if err != nil {
+		return nil
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return nil
+	}
+	in := make(map[int]bool, len(pids))
+	for _, pid := range pids {
+		in[int(pid)] = true
+	}
+	return in
+}
+
 // withScratch runs fn in a scratch database and cleans up after it,
 // whatever happens.
 func withScratch(ctx context.Context, o *benchOptions, e *env, maxConns int32, fn func(s *scratch) error) (err error) {

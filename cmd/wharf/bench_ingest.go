@@ -33,8 +33,10 @@ Reports requests/s, the acknowledgement latency as the sender sees it
 ceiling ÷ baseline: the most any endpoint that stores could gain here. On
 Linux it also reports the CPU time per request of the bench process
 (senders, server, wharf's committers) and, when the server runs on this
-machine, of every postgres process (its other databases included, so
-keep the server otherwise idle).
+machine, of the postgres processes that serve the scratch database: its
+backends, each counted for the time it used in the measured slices, and
+the server's own processes (WAL writer, checkpointer), which other
+databases' work keeps busy too, so keep the server otherwise idle.
 
 Examples:
   wharf bench ingest                      # 32 senders, 10s each side
@@ -144,6 +146,7 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 		}
 
 		ours, theirs := newTally("wharf"), newTally("baseline")
+		scope := func() map[int]bool { return s.serverPIDs(ctx) }
 		prog := progress{w: e.stderr, interval: o.progress}
 		slice := o.duration / time.Duration(o.rounds)
 		for r := range o.rounds {
@@ -153,7 +156,7 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 			}
 			for _, t := range sides {
 				done := prog.start(ctx, fmt.Sprintf("ingest/%s", t.prefix), t.answered.Load, nil)
-				t.cpu.during(func() { snd.sendFor(ctx, base+"/"+t.prefix, slice, t) })
+				t.cpu.during(scope, func() { snd.sendFor(ctx, base+"/"+t.prefix, slice, t) })
 				done()
 			}
 			if err := ctx.Err(); err != nil {
@@ -163,7 +166,7 @@ func benchIngest(ctx context.Context, e *env, o *ingestOptions) error {
 		ceiling := newTally("ceiling")
 		snd.sendN(ctx, base+"/ceiling", 4*o.concurrency, warm)
 		done := prog.start(ctx, "ingest/ceiling", ceiling.answered.Load, nil)
-		ceiling.cpu.during(func() { snd.sendFor(ctx, base+"/ceiling", slice, ceiling) })
+		ceiling.cpu.during(scope, func() { snd.sendFor(ctx, base+"/ceiling", slice, ceiling) })
 		done()
 		if err := ctx.Err(); err != nil {
 			return err

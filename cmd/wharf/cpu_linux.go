@@ -16,16 +16,19 @@ import (
 // on every architecture Go runs Linux on.
 const userHZ = 100
 
-// processCPU returns the CPU time (user and system) used so far by this
-// process and by every process named postgres on the machine. The
-// Postgres figure covers the whole server, its other databases included;
-// postgresSeen is false when no such process is visible (a server on
-// another machine). Processes that end between two readings take their
-// time with them, so a difference can come out low, never high.
-func processCPU() (self, postgres time.Duration, postgresSeen bool) {
+// selfCPU returns the CPU time (user and system) used so far by this
+// process.
+func selfCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// postgresProcs returns every process named postgres on the machine, by
+// pid, with its start time and the CPU time (user and system) it used so
+// far; none when the server runs elsewhere.
+func postgresProcs() map[int]procCPU {
+	procs := map[int]procCPU{}
 	paths, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
@@ -36,14 +39,15 @@ func processCPU() (self, postgres time.Duration, postgresSeen bool) {
 		if open < 0 || end < open || string(b[open+1:end]) != "postgres" || end+2 > len(b) {
 			continue
 		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b[:open])))
 		fields := strings.Fields(string(b[end+2:]))
-		if len(fields) < 13 {
+		if err != nil || len(fields) < 20 {
 			continue
 		}
 		user, _ := strconv.ParseInt(fields[11], 10, 64)
 		system, _ := strconv.ParseInt(fields[12], 10, 64)
-		postgres += time.Duration(user+system) * time.Second / userHZ
-		postgresSeen = true
+		start, _ := strconv.ParseUint(fields[19], 10, 64)
+		procs[pid] = procCPU{start: start, cpu: time.Duration(user+system) * time.Second / userHZ}
 	}
-	return self, postgres, postgresSeen
+	return procs
 }

@@ -4,5 +4,8 @@ package main
 
 import "time"
 
-// processCPU is unknown off Linux: nothing measured, left out of -json.
-func processCPU() (self, postgres time.Duration, postgresSeen bool) { return 0, 0, false }
+// selfCPU is unknown off Linux: nothing measured, left out of -json.
+func selfCPU() time.Duration { return 0 }
+
+// postgresProcs is unknown off Linux: none.
+func postgresProcs() map[int]procCPU { return nil }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strconv"
 	"sync"
@@ -137,12 +138,66 @@ type cpuTally struct {
 	postgresMissed bool // in some slice, no postgres process was visible
 }
 
+// procCPU is one process's start time (in clock ticks since boot, to tell
+// a reused pid) and the CPU time it has used so far.
+type procCPU struct {
+	start uint64
+	cpu   time.Duration
+}
+
 // during runs send and adds the CPU time used meanwhile (Linux only).
-func (c *cpuTally) during(send func()) {
-	self0, pg0, seen0 := processCPU()
+// scope, when not nil, returns the pids of the server's processes that
+// serve the bench (its scratch database's backends and the server's own
+// processes); it is read before and after, outside the measured time.
+func (c *cpuTally) during(scope func() map[int]bool, send func()) {
+	var in map[int]bool
+	if scope != nil {
+		in = scope()
+	}
+	self0, pg0 := selfCPU(), postgresProcs()
 	send()
-	self1, pg1, seen1 := processCPU()
+	self1, pg1 := selfCPU(), postgresProcs()
+	if scope != nil {
+		if in == nil {
+			in = scope()
+		} else {
+			maps.Copy(in, scope())
+		}
+	}
 	c.self += self1 - self0
-	c.postgres += max(pg1-pg0, 0)
-	c.postgresMissed = c.postgresMissed || !seen0 || !seen1
+	used, seen := postgresUsed(pg0, pg1, in)
+	c.postgres += used
+	c.postgresMissed = c.postgresMissed || !seen
+}
+
+// postgresUsed is the CPU time the postgres processes used between two
+// readings: each process's time since the first reading, or all of it for
+// a process that started in between. A process that ended in between
+// takes its time with it, so the sum can come out low, never high. Only
+// the processes in scope count, when any of them is visible here (else,
+// say, the server runs in a container with a pid namespace of its own,
+// and every postgres process counts). seen is false when no postgres
+// process is visible at all.
+func postgresUsed(before, after map[int]procCPU, scope map[int]bool) (used time.Duration, seen bool) {
+	if len(after) == 0 {
+		return 0, false
+	}
+	restrict := false
+	for pid := range scope {
+		if _, ok := after[pid]; ok {
+			restrict = true
+			break
+		}
+	}
+	for pid, p := range after {
+		if restrict && !scope[pid] {
+			continue
+		}
+		if b, ok := before[pid]; ok && b.start == p.start {
+			used += max(p.cpu-b.cpu, 0)
+		} else {
+			used += p.cpu
+		}
+	}
+	return used, true
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,16 +25,21 @@ import (
 // not acknowledged, as providers do.
 func TestPostgresCrash(t *testing.T) {
 	t.Parallel()
-	pg := newCluster(t, "synchronous_commit=off")
+	// wal_writer_delay at its maximum: the WAL writer writes out an
+	// asynchronous commit's last, partial WAL page only that often, so a
+	// commit that did not wait for its flush stays in the server's memory,
+	// and is lost in the crash, rather than written out within 200 ms.
+	pg := newCluster(t, "synchronous_commit=off", "wal_writer_delay=10s")
 	pg.migrate("postgres")
 	w := newWorld(t, pg.url("postgres"))
 	flags := []string{"-lease", "2s", "-max-attempts", "100"}
 	ingest := w.mustStart("ingest", flags...)
-	w.mustStart("worker", flags...)
+	worker := w.mustStart("worker", flags...)
 
 	evs := newEvents("pgcrash", "fi.effect", pick(600, 5000))
 	flow := pick(6*time.Second, 40*time.Second)
 	outage := pick(1500*time.Millisecond, 10*time.Second)
+	const freeze = 500 * time.Millisecond
 	s := &sender{url: ingest.url, concurrency: 8, every: flow / time.Duration(len(evs)),
 		retryAfter: 200 * time.Millisecond, deadline: outage + time.Minute}
 	type result struct {
@@ -49,12 +55,23 @@ func TestPostgresCrash(t *testing.T) {
 	eventually(t, time.Minute, "a third of the events to be sent", func() (bool, string) {
 		return s.sent.Load() >= int64(len(evs)/3), fmt.Sprintf("%d sent", s.sent.Load())
 	})
+	// The worker freezes (SIGSTOP) a moment before the crash. A running
+	// worker's commits, made with synchronous_commit on, flush the WAL up
+	// to them, and with it every ingest commit made before them: the
+	// ingest commits that a missing synchronous_commit would lose are only
+	// those made since the worker's last one. Frozen, it commits nothing,
+	// so the crash finds some 2xx'd commits of the last moments (and
+	// settings below hold back the WAL writer); it thaws once the server
+	// is back, on connections that died with it.
+	require.NoError(t, worker.cmd.Process.Signal(syscall.SIGSTOP))
+	time.Sleep(freeze) // ingest alone commits this long
 	pg.crash()
 	crashed := time.Now()
 	time.Sleep(outage) // the server stays down this long
 	restarting := time.Now()
 	pg.start()
 	restarted := time.Now()
+	require.NoError(t, worker.cmd.Process.Signal(syscall.SIGCONT))
 	w.pool.Reset() // the test's own connections died with the server
 	res := <-sent
 	require.NoError(t, res.err)

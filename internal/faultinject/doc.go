@@ -2,7 +2,8 @@
 // wharf in real processes (the program in ./node), against real PostgreSQL,
 // over real HTTP, inject faults (SIGKILL of workers, a crash of the
 // database server, a downstream outage, duplicate storms, poison events,
-// slow and hanging handlers, an event that kills its worker) and check the invariants of DESIGN.md on
+// slow and hanging handlers, an event that kills its worker, a worker
+// stalled mid-transaction past its lease) and check the invariants of DESIGN.md on
 // what comes out: every acknowledged event has exactly one effect, none is
 // lost, the dead letter queue holds exactly what should be there.
 //

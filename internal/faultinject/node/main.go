@@ -28,6 +28,10 @@
 //	               writes
 //	fi.crash       kills its own process with SIGKILL, as the OOM killer
 //	               would, on every attempt
+//	fi.stall       on its first attempt writes its effect, then stops its own
+//	               process with SIGSTOP (a stall: a GC pause, a frozen VM)
+//	               in the middle of the transaction; the test resumes it
+//	               with SIGCONT, and the handler then returns nil
 //	fi.batch       as fi.effect, through a HandleBatch handler that writes
 //	               the effects of all the events of a call in one statement;
 //	               a call holding a poison event fails whole
@@ -188,6 +192,12 @@ func setup(pool *pgxpool.Pool, o options) (*wharf.Pipeline, error) {
 			}
 			return effect(ctx, tx, ev)
 		}, wharf.Downstream("downstream")),
+		p.Handle(Source, "fi.stall", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+			if err := effect(ctx, tx, ev); err != nil || ev.Attempt > 1 {
+				return err
+			}
+			return syscall.Kill(os.Getpid(), syscall.SIGSTOP) // the fault: frozen until SIGCONT
+		}),
 		p.Handle(Source, "fi.crash", func(context.Context, pgx.Tx, wharf.Event) error {
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL) // the fault: this event kills its process
 			select {}                                      // the signal is on its way

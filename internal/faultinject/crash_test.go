@@ -17,8 +17,10 @@ import (
 // TestWorkerCrash runs three worker processes on one database and kills
 // each with SIGKILL at random moments, restarting it at once, while events
 // flow in through an ingest process at a steady rate. Killed workers die
-// mid-transaction, holding leases; their transactions roll back and the
-// rescuer hands their events to the others. Every acknowledged event must
+// holding leases, many of them mid-transaction (the row counts the kills
+// that found the victim with a writing transaction open); their
+// transactions roll back and the rescuer hands their events to the
+// others. Every acknowledged event must
 // end with exactly one effect (invariants 2 and 3).
 func TestWorkerCrash(t *testing.T) {
 	t.Parallel()
@@ -52,6 +54,7 @@ func TestWorkerCrash(t *testing.T) {
 	stop := make(chan struct{})
 	var (
 		kills    atomic.Int64
+		midTx    atomic.Int64 // kills of a worker with a writing transaction open
 		wg       sync.WaitGroup
 		startErr error
 	)
@@ -66,6 +69,9 @@ func TestWorkerCrash(t *testing.T) {
 				mu.Lock()
 				victim := workers[i]
 				mu.Unlock()
+				if w.inWritingTx(victim) { // looked at just before the kill
+					midTx.Add(1)
+				}
 				victim.kill()
 				kills.Add(1)
 				n, err := w.start("worker", flags...)
@@ -100,8 +106,9 @@ func TestWorkerCrash(t *testing.T) {
 	report(t, row{
 		scenario: "1. worker crash (3 workers, SIGKILL)",
 		events:   len(evs), acked: len(acked),
-		faults: fmt.Sprintf("%d SIGKILLs while the events flowed in (%s); %d events re-run after losing their worker", kills.Load(), ms(flowed), rerun),
-		lost:   lost, doubled: doubled, dlq: len(c.dead),
+		faults: fmt.Sprintf("%d SIGKILLs while the events flowed in (%s), %d of them with a writing transaction open; %d events re-run after losing their worker",
+			kills.Load(), ms(flowed), midTx.Load(), rerun),
+		lost: lost, doubled: doubled, dlq: len(c.dead),
 		recovery: "last kill to drained: " + ms(drain),
 	})
 	require.Len(t, acked, len(evs), "the ingest process was never killed: every event is acknowledged")

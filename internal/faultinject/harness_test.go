@@ -100,10 +100,14 @@ func (w *world) logTail(n int64) string {
 
 // node is one running node process.
 type node struct {
+	app    string // its connections' application_name, unique in the test binary
 	cmd    *exec.Cmd
 	url    string // the ingest role's endpoint
 	exited chan struct{}
 }
+
+// nodeSeq numbers the nodes' application names.
+var nodeSeq atomic.Int64
 
 // start runs a node of role with extra flags and waits until it says it is
 // ready. The process is killed (SIGKILL) when the test ends, if it has not
@@ -111,6 +115,8 @@ type node struct {
 func (w *world) start(role string, flags ...string) (*node, error) {
 	args := append([]string{"-db", w.url, "-role", role, "-secret", secret}, flags...)
 	cmd := exec.Command(nodeBinary(w.t), args...)
+	app := fmt.Sprintf("fi-%s-%d", role, nodeSeq.Add(1))
+	cmd.Env = append(os.Environ(), "PGAPPNAME="+app) // pgx reads it
 	logs, err := os.OpenFile(w.logs, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -124,7 +130,7 @@ func (w *world) start(role string, flags ...string) (*node, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	n := &node{cmd: cmd, exited: make(chan struct{})}
+	n := &node{app: app, cmd: cmd, exited: make(chan struct{})}
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -154,6 +160,15 @@ func (w *world) mustStart(role string, flags ...string) *node {
 	n, err := w.start(role, flags...)
 	require.NoError(w.t, err)
 	return n
+}
+
+// inWritingTx reports whether one of n's connections is inside a
+// transaction that has written (holds a transaction id) right now.
+func (w *world) inWritingTx(n *node) bool {
+	var writing bool
+	err := w.pool.QueryRow(context.Background(),
+		`SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = $1 AND backend_xid IS NOT NULL`, n.app).Scan(&writing)
+	return err == nil && writing
 }
 
 // kill sends SIGKILL (no chance to release anything) and waits for the

@@ -3,6 +3,7 @@ package wharf
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"time"
 	"unicode/utf8"
 
@@ -31,6 +32,11 @@ func (p *Pipeline) Source(name string, v Verifier, fields ...SourceFields) error
 	}
 	if v == nil {
 		return fmt.Errorf("%w: source %q: verifier is nil (use NoVerification to accept unsigned requests)", ErrInvalidConfig, name)
+	}
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
+		// A verifier variable left unset: its methods would panic on
+		// the first request, or on the checks below.
+		return fmt.Errorf("%w: source %q: verifier is a nil %T", ErrInvalidConfig, name, v)
 	}
 	var f SourceFields
 	switch len(fields) {

@@ -57,6 +57,22 @@ func TestNilHandleOptionIsRefused(t *testing.T) {
 	require.NoError(t, p.Handle("acme", "x", noop, wharf.MaxAttempts(3)), "nothing was registered by the refused call")
 }
 
+// A verifier variable left unset (a typed nil) is refused when the source
+// is registered, not by a panic there or at the first request.
+func TestNilVerifierOfAProviderTypeIsRefused(t *testing.T) {
+	t.Parallel()
+	p, err := wharf.New(dbtest.Pool(t), wharf.Config{})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	var stripe *wharf.StripeVerifier
+	var hmac *wharf.HMACVerifier
+	require.NotPanics(t, func() {
+		require.ErrorIs(t, p.Source("stripe", stripe), wharf.ErrInvalidConfig)
+		require.ErrorIs(t, p.Source("orders", hmac, wharf.SourceFields{ID: wharf.FromJSON("id"), Type: wharf.FromJSON("type")}), wharf.ErrInvalidConfig)
+	})
+	require.NoError(t, p.Source("stripe", wharf.Stripe("whsec_x")), "nothing was registered by the refused call")
+}
+
 // Run with nothing to fetch says why: with an Unhandled policy, it is that
 // no source is registered, not that no handler is.
 func TestRunWithNothingToRunSaysWhy(t *testing.T) {

@@ -503,7 +503,11 @@ func TestPipelineProbingBreakerLeavesItsBacklogAlone(t *testing.T) {
 	var releaseOnce sync.Once
 	unblock := func() { releaseOnce.Do(func() { close(release) }) }
 	t.Cleanup(unblock) // before the workers' shutdown, if the test fails first
-	<-probing
+	select {
+	case <-probing:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no half-open probe ran")
+	}
 	st, err := h.p.Breakers().State("ledger")
 	require.NoError(t, err)
 	require.True(t, st.Probing, "the only probe is in flight")

@@ -93,7 +93,10 @@ func TestStalledWorker(t *testing.T) {
 	require.Empty(t, c.dead)
 	var attempt, pid int
 	require.NoError(t, w.pool.QueryRow(t.Context(), `SELECT attempt, pid FROM fi_effects WHERE event_id = $1`, staller.ID).Scan(&attempt, &pid))
-	require.Equal(t, 2, attempt, "the staller's effect is from the run after the rescue (pid %d; the stalled one %d)", pid, frozenPID)
+	// From a run after the rescue: the second, unless on a loaded machine
+	// that run's own 1s lease lapsed too while it waited behind the
+	// frozen worker's claims.
+	require.GreaterOrEqual(t, attempt, 2, "the staller's effect is from a run after the rescue (pid %d; the stalled one %d)", pid, frozenPID)
 	// After the thaw the worker may fetch some of them again, under new
 	// leases, and run them legitimately; never on the attempt it held
 	// when it froze.

@@ -52,16 +52,17 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 // errMigrationsMissing ends Ready's error for a schema behind this code.
 var errMigrationsMissing = errors.New("run wharf.Migrate")
 
-// errDatabaseDown is in Ready's error when the database did not answer;
-// the driver's own error, which can name the host, user and database,
-// follows it.
-var errDatabaseDown = errors.New("the database does not answer")
+// errDatabaseDown is in Ready's error when the database did not answer,
+// or answered the check with an error; the driver's own error, which can
+// name the host, user and database, follows it.
+var errDatabaseDown = errors.New("the database does not answer, or refused the check")
 
 // HealthHandler answers readiness probes with Ready: 200 "ok", or 503 and
 // the reason. It reads only schema_migrations, whatever the queue holds.
-// When the database does not answer, the answer says only that, and the
-// driver's error, which can name the host, user and database, goes to
-// Config.Logger. Mount it where the orchestrator probes, e.g.
+// When the database does not answer, or refuses the check (a missing
+// privilege, say), the answer says only that, and the driver's error,
+// which can name the host, user and database, goes to Config.Logger.
+// Mount it where the orchestrator probes, e.g.
 // mux.Handle("GET /readyz", p.HealthHandler()).
 func (p *Pipeline) HealthHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -76,7 +77,7 @@ func (p *Pipeline) HealthHandler() http.Handler {
 		}
 		w.WriteHeader(http.StatusServiceUnavailable)
 		if errors.Is(err, errDatabaseDown) {
-			p.cfg.Logger.Warn("wharf: readiness probe: the database does not answer", "error", err)
+			p.cfg.Logger.Warn("wharf: readiness probe: the database does not answer, or refused the check", "error", err)
 			fmt.Fprintf(w, "%v: %v\n", ErrNotReady, errDatabaseDown)
 			return
 		}

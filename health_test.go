@@ -118,7 +118,7 @@ func TestHealthNotReadyWhenDatabaseDown(t *testing.T) {
 	code, body := probe(t, p)
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	// Whoever can reach the probe learns nothing of the connection.
-	require.Equal(t, "wharf: not ready: the database does not answer\n", body)
+	require.Equal(t, "wharf: not ready: the database does not answer, or refused the check\n", body)
 }
 
 // After Close the endpoint can store nothing (every delivery is answered

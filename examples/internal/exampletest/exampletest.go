@@ -1,11 +1,11 @@
-// Package exampletest holds what the examples' tests share: an output
-// buffer that an example's goroutines may write to while the test reads
-// it, and waits that poll with a deadline.
+// Package exampletest holds what the examples' tests share: waits that
+// poll with a deadline, and the check of an example's signing secret.
 package exampletest
 
 import (
 	"context"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,4 +61,29 @@ func Count(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) int {
 		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
+}
+
+// DemoSecretOnlyOnLoopback checks an example's signingSecret: without the
+// secret in env, the public demo secret serves only a loopback address,
+// because an endpoint that others can reach must not accept what anyone
+// can sign; with it, the secret is used wherever the example listens.
+// The test must not be parallel (it sets env).
+func DemoSecretOnlyOnLoopback(t *testing.T, env, demoSecret string, signingSecret func(addr string) (string, error)) {
+	t.Helper()
+	t.Setenv(env, "")
+	for _, addr := range []string{"127.0.0.1:8080", "[::1]:0", "localhost:8080"} {
+		secret, err := signingSecret(addr)
+		if err != nil || secret != demoSecret {
+			t.Errorf("signingSecret(%q) = %q, %v; want the demo secret", addr, secret, err)
+		}
+	}
+	for _, addr := range []string{":8080", "0.0.0.0:8080", "10.0.0.7:8080", "example.com:443", "no-port"} {
+		if _, err := signingSecret(addr); err == nil || !strings.Contains(err.Error(), env+" is not set") {
+			t.Errorf("signingSecret(%q) error = %v; want one saying %s is not set", addr, err, env)
+		}
+	}
+	t.Setenv(env, "mine")
+	if secret, err := signingSecret(":8080"); err != nil || secret != "mine" {
+		t.Errorf("signingSecret(\":8080\") with %s set = %q, %v; want %q", env, secret, err, "mine")
+	}
 }

@@ -1,7 +1,6 @@
 package wharf_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -134,12 +133,7 @@ func TestHealthNotReadyAfterClose(t *testing.T) {
 	srv := httptest.NewServer(p.Handler("acme"))
 	t.Cleanup(srv.Close)
 	body := []byte(`{"type":"order.paid"}`)
-	req, err := http.NewRequest(http.MethodPost, srv.URL, bytes.NewReader(body))
-	require.NoError(t, err)
-	req.Header = wharf.SignStandardWebhooks(testSecret, "evt_after_close", time.Now(), body)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
+	resp := postTo(t, srv.URL, body, wharf.SignStandardWebhooks(testSecret, "evt_after_close", time.Now(), body))
 	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "a closed pipeline stores nothing")
 
 	require.ErrorIs(t, p.Ready(context.Background()), wharf.ErrNotReady)

@@ -20,9 +20,7 @@ import (
 // state the option's other uses share (run with -race).
 func TestHandleOptionSharedByHandlersRegisteredConcurrently(t *testing.T) {
 	t.Parallel()
-	p, err := wharf.New(dbtest.Pool(t), wharf.Config{})
-	require.NoError(t, err)
-	t.Cleanup(p.Close)
+	p := pipelineOn(t, dbtest.Pool(t))
 	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
 	noop := func(context.Context, pgx.Tx, wharf.Event) error { return nil }
 	shared := []wharf.HandleOption{
@@ -43,9 +41,7 @@ func TestHandleOptionSharedByHandlersRegisteredConcurrently(t *testing.T) {
 // error, like every other registration mistake, not a nil-pointer panic.
 func TestNilHandleOptionIsRefused(t *testing.T) {
 	t.Parallel()
-	p, err := wharf.New(dbtest.Pool(t), wharf.Config{})
-	require.NoError(t, err)
-	t.Cleanup(p.Close)
+	p := pipelineOn(t, dbtest.Pool(t))
 	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
 	noop := func(context.Context, pgx.Tx, wharf.Event) error { return nil }
 	batch := func(context.Context, pgx.Tx, []wharf.Event) error { return nil }
@@ -61,9 +57,7 @@ func TestNilHandleOptionIsRefused(t *testing.T) {
 // is registered, not by a panic there or at the first request.
 func TestNilVerifierOfAProviderTypeIsRefused(t *testing.T) {
 	t.Parallel()
-	p, err := wharf.New(dbtest.Pool(t), wharf.Config{})
-	require.NoError(t, err)
-	t.Cleanup(p.Close)
+	p := pipelineOn(t, dbtest.Pool(t))
 	var stripe *wharf.StripeVerifier
 	var hmac *wharf.HMACVerifier
 	require.NotPanics(t, func() {

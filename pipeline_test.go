@@ -113,13 +113,20 @@ func (h *harness) send(id, typ string) int {
 
 func (h *harness) post(body []byte, header http.Header) int {
 	h.t.Helper()
-	req, err := http.NewRequest(http.MethodPost, h.url, bytes.NewReader(body))
-	require.NoError(h.t, err)
+	return postTo(h.t, h.url, body, header).StatusCode
+}
+
+// postTo posts body with header to url and returns the answer, its body
+// closed.
+func postTo(t testing.TB, url string, body []byte, header http.Header) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	require.NoError(t, err)
 	req.Header = header
 	resp, err := http.DefaultClient.Do(req)
-	require.NoError(h.t, err)
+	require.NoError(t, err)
 	resp.Body.Close()
-	return resp.StatusCode
+	return resp
 }
 
 func (h *harness) count(sql string, args ...any) int {
@@ -669,12 +676,7 @@ func TestPipelineStoreDownAnswers503(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	body := []byte(`{"type":"order.paid"}`)
-	req, err := http.NewRequest(http.MethodPost, srv.URL, bytes.NewReader(body))
-	require.NoError(t, err)
-	req.Header = wharf.SignStandardWebhooks(testSecret, "evt_down", time.Now(), body)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
+	resp := postTo(t, srv.URL, body, wharf.SignStandardWebhooks(testSecret, "evt_down", time.Now(), body))
 	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "never a 2xx for what is not stored")
 	require.NotEmpty(t, resp.Header.Get("Retry-After"))
 }

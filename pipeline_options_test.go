@@ -525,3 +525,55 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		require.ErrorIs(t, err, wharf.ErrInvalidConfig, name)
 	}
 }
+
+// A rescued event whose last run's transaction is still open (its worker
+// stalled, or its host vanished and the server has not noticed) cannot
+// be claimed until that transaction ends. The worker that runs it again
+// waits a second at most, then puts it back without spending an attempt,
+// and goes on with other events; it runs once the transaction is gone.
+// Before, it waited on the claim for as long as the transaction stayed
+// open, and the only worker here never took another event.
+func TestRescuedEventWhoseLostRunStillHoldsItsClaimWaitsAside(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Workers: 1, PollInterval: 50 * time.Millisecond})
+	var stuckAttempt atomic.Int32
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if ev.ID == "stuck" {
+			stuckAttempt.Store(int32(ev.Attempt))
+		}
+		return writeEffect(ctx, tx, ev)
+	}))
+	ctx := context.Background()
+	require.Equal(t, http.StatusAccepted, h.send("stuck", "order.paid"))
+
+	// The lost run: its transaction made the claim and stays open.
+	lost, err := h.pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = lost.Rollback(ctx) })
+	_, err = lost.Exec(ctx, `INSERT INTO wharf.processed_events (consumer, key, mode) VALUES ($1, $2, 'tx')`,
+		"acme/order.paid", idempotency.Key("acme", "stuck"))
+	require.NoError(t, err)
+	// The rescue that took the event from it.
+	_, err = h.pool.Exec(ctx, `UPDATE wharf.queue SET rescued = true WHERE event_id = 'stuck'`)
+	require.NoError(t, err)
+
+	for i := range 5 {
+		require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("o%d", i), "order.paid"))
+	}
+	h.run()
+	h.eventually("the other events to run beside the held one", func() bool {
+		return h.count(`SELECT count(*) FROM effects WHERE event_id LIKE 'o%'`) == 5
+	})
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE event_id = 'stuck'`))
+	h.eventually("the held event to be put back", func() bool {
+		return h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'stuck' AND deferrals > 0`) == 1
+	})
+
+	require.NoError(t, lost.Rollback(ctx))
+	h.eventually("the held event to run once its lost run's transaction is gone", func() bool {
+		return h.count(`SELECT count(*) FROM effects WHERE event_id = 'stuck'`) == 1
+	})
+	require.Equal(t, int32(1), stuckAttempt.Load(), "every put-back gave its attempt back")
+	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`))
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+}

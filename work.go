@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/wharfhq/wharf/breaker"
 	"github.com/wharfhq/wharf/idempotency"
@@ -39,6 +40,12 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 	}
 	if name, ok := qev.Prepared.(pausedHandler); ok {
 		return queue.Defer(time.Now().Add(pausedHandlerWait), fmt.Errorf("handler %q is paused", string(name)))
+	}
+	if _, ok := qev.Prepared.(claimHeld); ok {
+		// One backoff step later each time, as for a downstream that
+		// rejects the event: the lost run's transaction may stay open for
+		// as long as its server takes to notice that its client is gone.
+		return queue.DeferCounted(time.Now().Add(p.cfg.Backoff.Delay(qev.Attempt+qev.Deferrals)), errClaimHeld)
 	}
 	if h == nil {
 		switch p.cfg.Unhandled {
@@ -204,7 +211,15 @@ func (p *Pipeline) claimAll(ctx context.Context, tx pgx.Tx, evs []*queue.Event) 
 	if len(pairs) == 0 {
 		return nil
 	}
-	results, err := p.claims.ClaimAll(ctx, tx, pairs)
+	claim := p.claims.ClaimAll
+	if len(evs) == 1 && evs[0].Rescued {
+		claim = p.claimRescued
+	}
+	results, err := claim(ctx, tx, pairs)
+	if errors.Is(err, errClaimHeld) {
+		evs[0].Prepared = claimHeld{}
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -212,6 +227,47 @@ func (p *Pipeline) claimAll(ctx context.Context, tx pgx.Tx, evs []*queue.Event) 
 		ev.Prepared = &preparedClaim{pair: pairs[i], ClaimResult: results[i]}
 	}
 	return nil
+}
+
+// claimHeld marks, in Event.Prepared, a rescued event whose idempotency
+// claim is held by the transaction of the run that lost its lease, still
+// open (see claimRescued): it goes back unrun, its attempt given back.
+type claimHeld struct{}
+
+// errClaimHeld is the reason recorded for a claimHeld event's deferral.
+var errClaimHeld = errors.New("its last run's transaction, whose lease expired, is still open on the server and holds its idempotency claim")
+
+// rescuedClaimWait bounds how long a rescued event's claim waits for the
+// lost run's transaction.
+const rescuedClaimWait = time.Second
+
+// claimRescued is ClaimAll for a rescued event (the only event of its
+// transaction), waiting at most rescuedClaimWait for a lock. The run that
+// lost the event's lease may still be inside its transaction, its claim
+// written but not committed: a worker whose process stalls, or whose host
+// vanished while the server keeps its session open, until TCP gives up,
+// hours later by default. Waiting on that claim unbounded would take this
+// worker for as long; each rescued event of a stalled batch would take
+// another, until none is left. When the wait runs out it returns
+// errClaimHeld, with the claim undone and the transaction usable.
+func (p *Pipeline) claimRescued(ctx context.Context, tx pgx.Tx, pairs []idempotency.Pair) ([]idempotency.ClaimResult, error) {
+	if _, err := tx.Exec(ctx, fmt.Sprintf(`SAVEPOINT wharf_rescued_claim; SET LOCAL lock_timeout = %d`, rescuedClaimWait.Milliseconds())); err != nil {
+		return nil, err
+	}
+	results, err := p.claims.ClaimAll(ctx, tx, pairs)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available: lock_timeout ran out
+		// ROLLBACK TO also undoes the SET LOCAL.
+		if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT wharf_rescued_claim`); err != nil {
+			return nil, err
+		}
+		return nil, errClaimHeld
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, err = tx.Exec(ctx, `SET LOCAL lock_timeout TO DEFAULT; RELEASE SAVEPOINT wharf_rescued_claim`)
+	return results, err
 }
 
 // pausedHandler marks, in Event.Prepared, an event whose handler is

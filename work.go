@@ -188,7 +188,8 @@ type preparedClaim struct {
 // every event of it that has a handler, so that events cost no claim
 // statement of their own; unclaim then takes back the claims of those the
 // transaction does not complete (their savepoints do not cover the
-// claims). It is the consumer's Prepare.
+// claims). A rescued event, which comes alone, waits for its claim at
+// most rescuedClaimWait (see claimRescued). It is the consumer's Prepare.
 func (p *Pipeline) claimAll(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
 	paused, err := p.pausedUnnamed(ctx, tx, evs)
 	if err != nil {

@@ -87,6 +87,13 @@
 // Workers is set higher than the pool can serve makes Drain fail with
 // "pool too small".
 //
+// The endpoint answers 503 when storing an event takes longer than
+// Config.AckDeadline (2s by default, for a provider's patience). On a
+// loaded CI machine, with other tests creating databases and the race
+// detector on, a store can stall that long now and then, and a test that
+// expects 202 fails; give the test's Pipeline a generous AckDeadline
+// (wharf's own tests use 30s) unless the test is about the deadline.
+//
 // One Harness at a time may run a Pipeline's workers (Pipeline.Run cannot
 // run twice at once).
 //

@@ -54,6 +54,9 @@ func newEdgeServer(t *testing.T, cfg wharf.Config) *edgeServer {
 	t.Helper()
 	pool := dbtest.Pool(t)
 	cfg.MaxBodyBytes = edgeMaxBody
+	if cfg.AckDeadline == 0 {
+		cfg.AckDeadline = harnessAckDeadline // as newHarness, for the same reason
+	}
 	p, err := wharf.New(pool, cfg)
 	require.NoError(t, err)
 	t.Cleanup(p.Close)

@@ -35,6 +35,11 @@ func setup(t *testing.T, cfg wharf.Config) (*pgxpool.Pool, *wharf.Pipeline) {
 	if cfg.Backoff == (queue.Backoff{}) {
 		cfg.Backoff = fastRetries
 	}
+	if cfg.AckDeadline == 0 {
+		// The tests expect 202s; a store can stall past the 2s default
+		// on a loaded CI machine (see the package doc).
+		cfg.AckDeadline = 30 * time.Second
+	}
 	p, err := wharf.New(pool, cfg)
 	require.NoError(t, err)
 	t.Cleanup(p.Close)

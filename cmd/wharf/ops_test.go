@@ -110,7 +110,8 @@ func newFixture(t *testing.T) *fixture {
 	f.pool, err = pgxpool.New(context.Background(), f.url)
 	require.NoError(t, err)
 	t.Cleanup(f.pool.Close)
-	f.p, err = wharf.New(f.pool, wharf.Config{MaxAttempts: 1, Audit: true, PollInterval: 50 * time.Millisecond})
+	f.p, err = wharf.New(f.pool, wharf.Config{MaxAttempts: 1, Audit: true, PollInterval: 50 * time.Millisecond,
+		AckDeadline: 30 * time.Second})
 	require.NoError(t, err)
 	t.Cleanup(f.p.Close)
 	mux := http.NewServeMux()

@@ -43,7 +43,11 @@ func TestStalledWorker(t *testing.T) {
 	// handler. With one worker goroutine, the staller's is its only open
 	// transaction: every event it holds then is in that transaction or
 	// fetched ahead for the next, and it must commit none of those runs.
-	frozen := w.mustStart("worker", append(flags, "-workers", "1")...)
+	// It never rescues: frozen in the middle of its own rescue (its
+	// leases can lapse under load before it freezes), that transaction
+	// would keep the rows it locked from the other worker's rescuer until
+	// the thaw.
+	frozen := w.mustStart("worker", append(flags, "-workers", "1", "-rescue-interval", "1h")...)
 	frozenPID := frozen.cmd.Process.Pid
 	eventually(t, 30*time.Second, "the worker to stop itself", func() (bool, string) {
 		st := processState(frozenPID)
@@ -68,10 +72,16 @@ func TestStalledWorker(t *testing.T) {
 	// Its leases lapse and the rescuer (the other worker's) takes the
 	// events back, charging the attempt. The other worker may fetch them
 	// again, but their runs wait on the frozen transaction's claims.
-	eventually(t, 30*time.Second, "the staller's lease to be rescued", func() (bool, string) {
-		var errs string
-		_ = w.pool.QueryRow(t.Context(), `SELECT errors::text FROM wharf.queue WHERE event_id = $1`, staller.ID).Scan(&errs)
-		return strings.Contains(errs, "lease expired"), "errors " + errs
+	eventually(t, time.Minute, "the staller's lease to be rescued", func() (bool, string) {
+		// Besides the errors, what a failure needs explained: whether the
+		// lease had lapsed, and who held it. (Whether a transaction locks
+		// the row, which the rescuer would skip, cannot be asked without
+		// locking it, and so getting in the rescuer's way.)
+		var errs, row string
+		_ = w.pool.QueryRow(t.Context(), `SELECT errors::text, format('state %s, lease expired %s, leased by %s, attempt %s',
+				state, lease_expires_at < now(), leased_by, attempt)
+			FROM wharf.queue WHERE event_id = $1`, staller.ID).Scan(&errs, &row)
+		return strings.Contains(errs, "lease expired"), "errors " + errs + "; " + row
 	})
 	stall := time.Since(stalledAt)
 	require.NoError(t, frozen.cmd.Process.Signal(syscall.SIGCONT))

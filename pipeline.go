@@ -52,8 +52,10 @@ type Event struct {
 	// Errors holds the earlier attempts' errors, oldest first.
 	Errors []queue.AttemptError
 	// Deferrals counts the earlier runs that a downstream failed (through
-	// the handler's breaker, while it stayed closed): they spent no
-	// attempt, and each one made the event wait longer before this run.
+	// the handler's breaker, while it stayed closed), and the times a
+	// rescued event found its lost run's transaction still holding its
+	// idempotency claim: they spent no attempt, and each one made the
+	// event wait longer before this run.
 	Deferrals int
 }
 

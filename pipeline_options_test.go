@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf"
@@ -576,4 +577,49 @@ func TestRescuedEventWhoseLostRunStillHoldsItsClaimWaitsAside(t *testing.T) {
 	require.Equal(t, int32(1), stuckAttempt.Load(), "every put-back gave its attempt back")
 	require.Zero(t, h.count(`SELECT count(*) FROM effects WHERE n <> 1`))
 	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+}
+
+// A rescued event's claim waits with a lock_timeout of its own; the
+// handler that runs after it must see the session's lock_timeout, however
+// the session got it: a SET when the connection opened (AfterConnect),
+// the pool's RuntimeParams, or the role's defaults. SET LOCAL ... TO
+// DEFAULT restored only the latter two: a handler that relied on a
+// session-level SET ran with no lock_timeout at all.
+func TestRescuedEventHandlerSeesTheSessionsLockTimeout(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(dbtest.Database(t, dbtest.Options{}))
+	require.NoError(t, err)
+	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, `SET lock_timeout = '4321ms'`)
+		return err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	h := newHarnessOn(t, pool, wharf.Config{Workers: 1, PollInterval: 50 * time.Millisecond})
+	seen := make(chan string, 10)
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		var v string
+		if err := tx.QueryRow(ctx, `SELECT current_setting('lock_timeout')`).Scan(&v); err != nil {
+			return err
+		}
+		seen <- ev.ID + " " + v
+		return writeEffect(ctx, tx, ev)
+	}))
+	require.Equal(t, http.StatusAccepted, h.send("plain", "order.paid"))
+	require.Equal(t, http.StatusAccepted, h.send("rescued", "order.paid"))
+	_, err = pool.Exec(ctx, `UPDATE wharf.queue SET rescued = true WHERE event_id = 'rescued'`)
+	require.NoError(t, err)
+	h.run()
+	got := map[string]bool{}
+	for range 2 {
+		select {
+		case s := <-seen:
+			got[s] = true
+		case <-time.After(20 * time.Second):
+			t.Fatalf("handlers did not run; saw %v", got)
+		}
+	}
+	require.Equal(t, map[string]bool{"plain 4321ms": true, "rescued 4321ms": true}, got)
 }

@@ -252,13 +252,24 @@ const rescuedClaimWait = time.Second
 // another, until none is left. When the wait runs out it returns
 // errClaimHeld, with the claim undone and the transaction usable.
 func (p *Pipeline) claimRescued(ctx context.Context, tx pgx.Tx, pairs []idempotency.Pair) ([]idempotency.ClaimResult, error) {
-	if _, err := tx.Exec(ctx, fmt.Sprintf(`SAVEPOINT wharf_rescued_claim; SET LOCAL lock_timeout = %d`, rescuedClaimWait.Milliseconds())); err != nil {
+	// The lock_timeout the transaction had is put back by name, not with
+	// SET ... TO DEFAULT: that is the value RESET would give, which lacks a
+	// SET the session made itself (a pool's AfterConnect, say), and the
+	// handler that runs next would go without it.
+	var previous string
+	b := &pgx.Batch{}
+	b.Queue(`SAVEPOINT wharf_rescued_claim`)
+	b.Queue(`SELECT current_setting('lock_timeout'), set_config('lock_timeout', $1, true)`,
+		fmt.Sprint(rescuedClaimWait.Milliseconds())).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&previous, new(string))
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, err
 	}
 	results, err := p.claims.ClaimAll(ctx, tx, pairs)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available: lock_timeout ran out
-		// ROLLBACK TO also undoes the SET LOCAL.
+		// ROLLBACK TO also undoes the set_config.
 		if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT wharf_rescued_claim`); err != nil {
 			return nil, err
 		}
@@ -267,8 +278,10 @@ func (p *Pipeline) claimRescued(ctx context.Context, tx pgx.Tx, pairs []idempote
 	if err != nil {
 		return nil, err
 	}
-	_, err = tx.Exec(ctx, `SET LOCAL lock_timeout TO DEFAULT; RELEASE SAVEPOINT wharf_rescued_claim`)
-	return results, err
+	b = &pgx.Batch{}
+	b.Queue(`SELECT set_config('lock_timeout', $1, true)`, previous)
+	b.Queue(`RELEASE SAVEPOINT wharf_rescued_claim`)
+	return results, tx.SendBatch(ctx, b).Close()
 }
 
 // pausedHandler marks, in Event.Prepared, an event whose handler is

@@ -191,15 +191,19 @@ type preparedClaim struct {
 // claims). A rescued event, which comes alone, waits for its claim at
 // most rescuedClaimWait (see claimRescued). It is the consumer's Prepare.
 func (p *Pipeline) claimAll(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
-	paused, err := p.pausedUnnamed(ctx, tx, evs)
+	handlers := make([]*handler, len(evs))
+	for i, ev := range evs {
+		handlers[i] = p.handlerFor(ev.Source, ev.Type)
+	}
+	paused, err := p.pausedUnnamed(ctx, tx, evs, handlers)
 	if err != nil {
 		return err
 	}
 	pairs := make([]idempotency.Pair, 0, len(evs))
 	claimed := make([]*queue.Event, 0, len(evs))
-	for _, ev := range evs {
+	for i, ev := range evs {
 		ev.Prepared = nil
-		h := p.handlerFor(ev.Source, ev.Type)
+		h := handlers[i]
 		switch {
 		case h == nil:
 		case ev.Handler != h.name && paused[h.name]:
@@ -294,14 +298,15 @@ type pausedHandler string
 const pausedHandlerWait = 5 * time.Second
 
 // pausedUnnamed returns which handlers are paused among those that would
-// run an event of evs whose row names another handler, or none (an event
-// stored before its route existed). A fetch holds back only the events
-// whose row names a paused handler; these are the rest of a paused
-// handler's events. It sends nothing when every row names its handler.
-func (p *Pipeline) pausedUnnamed(ctx context.Context, tx pgx.Tx, evs []*queue.Event) (map[string]bool, error) {
+// run an event of evs (handlers[i] runs evs[i]) whose row names another
+// handler, or none (an event stored before its route existed). A fetch
+// holds back only the events whose row names a paused handler; these are
+// the rest of a paused handler's events. It sends nothing when every row
+// names its handler.
+func (p *Pipeline) pausedUnnamed(ctx context.Context, tx pgx.Tx, evs []*queue.Event, handlers []*handler) (map[string]bool, error) {
 	var names []string
-	for _, ev := range evs {
-		if h := p.handlerFor(ev.Source, ev.Type); h != nil && ev.Handler != h.name {
+	for i, ev := range evs {
+		if h := handlers[i]; h != nil && ev.Handler != h.name {
 			names = append(names, h.name)
 		}
 	}

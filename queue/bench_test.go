@@ -116,16 +116,30 @@ func benchmarkIngest(b *testing.B, callers int) {
 // BenchmarkDrain: the consumer empties 100,000 queued 1 KB events with a
 // no-op handler (fetch with lease, then complete). Baseline: a raw loop of
 // DELETE ... FOR UPDATE SKIP LOCKED ... RETURNING in batches of 100, with
-// the same number of connections.
+// the same number of connections. kinds=1: one event type, and a consumer
+// of every kind (no Only); kinds=10: ten types, and a consumer that names
+// them in Only, as the Pipeline's do, so that each fetch reads ten kinds.
 func BenchmarkDrain(b *testing.B) {
+	for _, kinds := range []int{1, 10} {
+		b.Run(fmt.Sprintf("kinds=%d", kinds), func(b *testing.B) { benchmarkDrain(b, kinds) })
+	}
+}
+
+func benchmarkDrain(b *testing.B, kinds int) {
 	const events = 100_000
 	const workers = 4
 	ctx := context.Background()
+	var only []queue.Kind
+	if kinds > 1 {
+		for i := range kinds {
+			only = append(only, queue.Kind{Source: "bench", Type: fmt.Sprintf("bench.event%d", i)})
+		}
+	}
 	for range b.N {
 		pool := dbtest.PoolWith(b, dbtest.Options{MaxConns: workers + 4})
 		_, err := pool.Exec(ctx, baselineTable)
 		require.NoError(b, err)
-		preload(b, pool, events)
+		preload(b, pool, events, kinds)
 
 		start := time.Now()
 		parallelFor(b, workers, workers, func(int) error {
@@ -157,6 +171,7 @@ RETURNING id, source, event_id, event_type, body`)
 		finished := make(chan struct{})
 		c, err := queue.NewConsumer(q, queue.ConsumerConfig{
 			Workers: workers,
+			Only:    only,
 			Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
 				if handled.Add(1) == events {
 					close(finished)
@@ -186,19 +201,22 @@ RETURNING id, source, event_id, event_type, body`)
 	b.ReportMetric(0, "ns/op")
 }
 
-// preload fills both the queue and the baseline table with n 1 KB events.
-func preload(b *testing.B, pool *pgxpool.Pool, n int) {
+// preload fills both the queue and the baseline table with n 1 KB events,
+// of one type ("bench.event") or, with kinds > 1, of that many types taken
+// in turn ("bench.event0", ...).
+func preload(b *testing.B, pool *pgxpool.Pool, n, kinds int) {
 	ctx := context.Background()
+	const eventType = `CASE WHEN $3 = 1 THEN 'bench.event' ELSE 'bench.event' || g % $3 END`
 	for _, sql := range []string{
 		`INSERT INTO bench_baseline (source, event_id, event_type, body)
-		 SELECT 'bench', g::text, 'bench.event', $1 FROM generate_series(1, $2) g`,
+		 SELECT 'bench', g::text, ` + eventType + `, $1 FROM generate_series(1, $2) g`,
 		`WITH ins AS (
 		     INSERT INTO wharf.queue (source, event_id, event_type, max_attempts)
-		     SELECT 'bench', g::text, 'bench.event', 8 FROM generate_series(1, $2) g
+		     SELECT 'bench', g::text, ` + eventType + `, 8 FROM generate_series(1, $2) g
 		     RETURNING id, source, event_id)
 		 INSERT INTO wharf.queue_payloads (queue_id, source, event_id, body) SELECT id, source, event_id, $1 FROM ins`,
 	} {
-		_, err := pool.Exec(ctx, sql, body1K, n)
+		_, err := pool.Exec(ctx, sql, body1K, n, kinds)
 		require.NoError(b, err)
 	}
 	_, err := pool.Exec(ctx, `VACUUM ANALYZE bench_baseline, wharf.queue, wharf.queue_payloads`)
@@ -242,4 +260,60 @@ func BenchmarkPickupLatency(b *testing.B) {
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
 	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkFetchPastBacklog: a fetch of 10 events behind a backlog of a
+// kind it skips (a handler's whose breaker is open, types no handler
+// takes), walking (FetchParams.ByKind false) and by kind, against the
+// walk with no backlog, in the same run. Each op is one Fetch and the
+// Release of what it took. "only" names the kinds (the Pipeline);
+// "any-type" takes every type of the source but the skipped one (a
+// Pipeline with an Unhandled policy and an open breaker).
+func BenchmarkFetchPastBacklog(b *testing.B) {
+	ctx := context.Background()
+	wanted, skipped := queue.Kind{Source: "bench", Type: "wanted"}, queue.Kind{Source: "bench", Type: "skipped"}
+	for _, backlog := range []int{10_000, 100_000} {
+		for _, shape := range []struct {
+			name          string
+			only, exclude []queue.Kind
+		}{
+			{"only", []queue.Kind{wanted}, nil},
+			{"any-type", []queue.Kind{{Source: "bench", Type: queue.AnyType}}, []queue.Kind{skipped}},
+		} {
+			b.Run(fmt.Sprintf("backlog=%d/%s", backlog, shape.name), func(b *testing.B) {
+				q, pool := newQueue(b, queue.Config{})
+				insertKind := func(kind queue.Kind, n int, age time.Duration) {
+					_, err := pool.Exec(ctx, `
+WITH ins AS (
+    INSERT INTO wharf.queue (source, event_id, event_type, max_attempts, run_at)
+    SELECT $1, $2 || g, $2, 8, now() - $4 * interval '1 millisecond' FROM generate_series(1, $3) g
+    RETURNING id, source, event_id)
+INSERT INTO wharf.queue_payloads (queue_id, source, event_id, body) SELECT id, source, event_id, '{}' FROM ins`,
+						kind.Source, kind.Type, n, age.Milliseconds())
+					require.NoError(b, err)
+					_, err = pool.Exec(ctx, `VACUUM ANALYZE wharf.queue, wharf.queue_payloads`)
+					require.NoError(b, err)
+				}
+				measure := func(byKind bool) time.Duration {
+					p := queue.FetchParams{Limit: 10, Only: shape.only, Exclude: shape.exclude, ByKind: byKind}
+					start := time.Now()
+					for range b.N {
+						evs, err := q.Fetch(ctx, p)
+						require.NoError(b, err)
+						require.Len(b, evs, 10)
+						require.NoError(b, q.Release(ctx, evs...))
+					}
+					return time.Since(start)
+				}
+				insertKind(wanted, 100, time.Minute)
+				clear := measure(false)
+				insertKind(skipped, backlog, time.Hour)
+				walk, byKind := measure(false), measure(true)
+				b.ReportMetric(float64(clear.Microseconds())/float64(b.N), "baseline-µs/op")
+				b.ReportMetric(walk.Seconds()/clear.Seconds(), "walk-x-baseline")
+				b.ReportMetric(byKind.Seconds()/clear.Seconds(), "bykind-x-baseline")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
+	}
 }

@@ -81,8 +81,11 @@ type ConsumerConfig struct {
 
 	// Only restricts the consumer to these kinds (source, type or AnyType).
 	// A consumer never fetches an event it cannot handle, so during a
-	// rolling deploy old code leaves new event types alone. Defaults to
-	// every event.
+	// rolling deploy old code leaves new event types alone. While more
+	// than half of the first 1,000 due events are of kinds the consumer
+	// skips (checked every 5 seconds), it fetches by kind
+	// (FetchParams.ByKind), so that a backlog of other kinds does not slow
+	// its fetches. Defaults to every event.
 	Only []Kind
 
 	// Exclude, when set, is called before each fetch and its kinds are left
@@ -245,6 +248,12 @@ type Consumer struct {
 	// perEvent is a moving average of how long a transaction takes per
 	// event it runs, in nanoseconds; zero until one has committed.
 	perEvent atomic.Int64
+
+	// byKind is whether fetches walk each kind on their own
+	// (FetchParams.ByKind), as last decided at probedAt (see
+	// chooseFetch). Only the fetch loop sets them.
+	byKind   atomic.Bool
+	probedAt time.Time
 
 	mu        sync.Mutex
 	active    map[int64]*Event // leases held, for heartbeats
@@ -463,15 +472,46 @@ func (c *Consumer) fetch(ctx context.Context, limit int) ([]*Event, error) {
 	if c.cfg.Exclude != nil {
 		exclude = c.cfg.Exclude()
 	}
+	c.chooseFetch(ctx, exclude)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	started := time.Now()
-	evs, err := c.q.fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name}, false)
+	evs, err := c.q.fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name, ByKind: c.byKind.Load()}, false)
 	for _, ev := range evs {
 		ev.fetchStarted = started
 	}
 	c.track(evs)
 	return evs, err
+}
+
+// How a Consumer chooses between walking every due event and walking each
+// of its kinds (FetchParams.ByKind): every skipProbeInterval it counts,
+// of the first skipProbeDepth due events, those its fetches would skip,
+// and fetches by kind while they are more than half.
+const (
+	skipProbeInterval = 5 * time.Second
+	skipProbeDepth    = 1000
+)
+
+// chooseFetch sets c.byKind when a probe is due. A walk is the cheaper
+// fetch, unless many due events ahead are of kinds this consumer skips (a
+// backlog behind an open breaker, types no handler takes, another
+// consumer's kinds, a paused source): it reads past every one of them,
+// while a fetch by kind never reads them. A probe that fails leaves the
+// choice as it was.
+func (c *Consumer) chooseFetch(ctx context.Context, exclude []Kind) {
+	if time.Since(c.probedAt) < skipProbeInterval {
+		return
+	}
+	c.probedAt = time.Now()
+	skipped, err := c.q.skipped(ctx, skipProbeDepth, c.cfg.Only, exclude)
+	if err != nil {
+		c.log.Debug("queue: counting skipped events failed; fetching as before", "error", err)
+		return
+	}
+	if byKind := skipped > skipProbeDepth/2; c.byKind.Swap(byKind) != byKind {
+		c.log.Debug("queue: fetch strategy changed", "by_kind", byKind, "skipped_ahead", skipped)
+	}
 }
 
 // chunkSize is how many events to hand a worker at once: as many as its

@@ -228,7 +228,7 @@ func TestLeaseFetchSkipsFutureRunAt(t *testing.T) {
 	require.Equal(t, "running", mustLeaseRow(t, pool, ids[0]).State)
 }
 
-// 3. Kind filters: Only, AnyType, Exclude.
+// 3. Kind filters: Only, AnyType, Exclude, walking and by kind.
 func TestLeaseKindFilters(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -259,15 +259,22 @@ func TestLeaseKindFilters(t *testing.T) {
 		{"exclude any type", nil, []queue.Kind{{Source: "s1", Type: queue.AnyType}}, []string{"c", "d"}},
 		{"exclude pairs", nil, []queue.Kind{{Source: "s2", Type: "t1"}, {Source: "s3", Type: queue.AnyType}}, []string{"a", "b"}},
 		{"only minus exclude", []queue.Kind{{Source: "s1", Type: queue.AnyType}}, []queue.Kind{{Source: "s1", Type: "t2"}}, []string{"a"}},
+		{"only pairs minus an excluded pair", []queue.Kind{{Source: "s1", Type: "t1"}, {Source: "s1", Type: "t2"}, {Source: "s2", Type: "t1"}}, []queue.Kind{{Source: "s1", Type: "t2"}}, []string{"a", "c"}},
+		{"only pairs minus an excluded source", []queue.Kind{{Source: "s1", Type: "t1"}, {Source: "s1", Type: "t2"}, {Source: "s2", Type: "t1"}}, []queue.Kind{{Source: "s1", Type: queue.AnyType}}, []string{"c"}},
+		{"only pairs all excluded", []queue.Kind{{Source: "s1", Type: "t1"}}, []queue.Kind{{Source: "s1", Type: "t1"}}, nil},
+		{"only a pair twice", []queue.Kind{{Source: "s1", Type: "t1"}, {Source: "s1", Type: "t1"}}, nil, []string{"a"}},
+		{"only a pair and its source", []queue.Kind{{Source: "s1", Type: "t1"}, {Source: "s1", Type: queue.AnyType}}, nil, []string{"a", "b"}},
 		{"no filter", nil, nil, []string{"a", "b", "c", "d"}},
 	}
-	for _, tc := range cases {
-		evs := leaseFetch(t, q, queue.FetchParams{Only: tc.only, Exclude: tc.exclude})
-		if tc.want == nil {
-			tc.want = []string{}
+	for _, byKind := range []bool{false, true} {
+		for _, tc := range cases {
+			evs := leaseFetch(t, q, queue.FetchParams{Only: tc.only, Exclude: tc.exclude, ByKind: byKind})
+			if tc.want == nil {
+				tc.want = []string{}
+			}
+			require.Equal(t, tc.want, leaseIDs(evs), "%s (by kind: %v)", tc.name, byKind)
+			require.NoError(t, q.Release(ctx, evs...), tc.name)
 		}
-		require.Equal(t, tc.want, leaseIDs(evs), tc.name)
-		require.NoError(t, q.Release(ctx, evs...), tc.name)
 	}
 
 	// Released events got their attempts back; nothing is running.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -320,6 +321,14 @@ type FetchParams struct {
 	Only []Kind
 	// Exclude leaves these kinds out (applied after Only).
 	Exclude []Kind
+	// ByKind walks each kind the fetch takes on its own, oldest first,
+	// instead of walking every due event oldest first and skipping those
+	// of other kinds. Choose it when many due events ahead are of kinds
+	// the fetch skips (a backlog behind an open circuit breaker, types no
+	// handler takes): it never reads them. It costs more than the walk when
+	// several kinds it takes have backlogs. A Consumer chooses by itself
+	// (ConsumerConfig.Only).
+	ByKind bool
 	// Worker is recorded as the lease holder. Defaults to
 	// "hostname:pid:random".
 	Worker string
@@ -356,25 +365,17 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*
 	if worker == "" {
 		worker = q.worker
 	}
+	sql, kindArgs := q.fetchStatement(p, withPayload)
+	if sql == "" {
+		return nil, nil // every kind asked for is excluded
+	}
 	token := rand.Int64()
+	args := append([]any{p.Limit, token, q.cfg.LeaseDuration.Milliseconds(), worker}, kindArgs...)
 	// The statements travel in one round trip and run in one implicit
 	// transaction, so the settings apply to the fetch only.
 	b := &pgx.Batch{}
 	b.Queue(fetchSettingsSQL)
-	args := []any{p.Limit, token, q.cfg.LeaseDuration.Milliseconds(), worker}
-	if len(p.Only) > 0 {
-		sources, types := splitKinds(p.Only)
-		args = append(args, sources, types)
-	}
-	if len(p.Exclude) > 0 {
-		sources, types := splitKinds(p.Exclude)
-		args = append(args, sources, types)
-	}
-	statements := q.sql.fetchNoPayload
-	if withPayload {
-		statements = q.sql.fetch
-	}
-	b.Queue(statements[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], args...)
+	b.Queue(sql, args...)
 	var events []*Event
 	err := q.sendOwn(ctx, b, func(br pgx.BatchResults) error {
 		var isolation string
@@ -472,6 +473,91 @@ func boolIndex(b bool) int {
 	return 0
 }
 
+// fetchStatement returns the fetch statement for p and its arguments from
+// $5 on: for a walk, the Only and Exclude arrays it was given; by kind,
+// its kinds listed (listKinds), or, when they must be read off the queue,
+// the Only and Exclude arrays. It returns "" when Exclude leaves nothing
+// of Only.
+func (q *Queue) fetchStatement(p FetchParams, withPayload bool) (sql string, kindArgs []any) {
+	statements := q.sql.fetchNoPayload
+	if withPayload {
+		statements = q.sql.fetch
+	}
+	kinds, listed := listKinds(p.Only, p.Exclude)
+	if listed && len(kinds) == 0 {
+		return "", nil
+	}
+	if !p.ByKind {
+		return statements.walk[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], kindArrays(p.Only, p.Exclude)
+	}
+	if !listed {
+		onlySources, onlyTypes := splitKinds(p.Only)
+		excludeSources, excludeTypes := splitKinds(p.Exclude)
+		return statements.byKind[kindsPresent], []any{onlySources, onlyTypes, excludeSources, excludeTypes}
+	}
+	sources, types := splitKinds(kinds)
+	return statements.byKind[kindsListed], []any{sources, types}
+}
+
+// kindArrays returns the arrays of the walk's kind filters: Only's sources
+// and types when it is given, then Exclude's when it is.
+func kindArrays(only, exclude []Kind) []any {
+	var args []any
+	for _, kinds := range [][]Kind{only, exclude} {
+		if len(kinds) > 0 {
+			sources, types := splitKinds(kinds)
+			args = append(args, sources, types)
+		}
+	}
+	return args
+}
+
+// skipped counts, of the first n due events, those a walking fetch with
+// only and exclude would read past (skippedSQL).
+func (q *Queue) skipped(ctx context.Context, n int, only, exclude []Kind) (int, error) {
+	// One round trip, one implicit transaction: the settings hold the
+	// count to the walk's index, as they do the fetch.
+	b := &pgx.Batch{}
+	b.Queue(indexPlansSQL)
+	var count int
+	b.Queue(q.sql.skipped[boolIndex(len(only) > 0)][boolIndex(len(exclude) > 0)], append([]any{n}, kindArrays(only, exclude)...)...).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&count) })
+	if err := q.pool.SendBatch(ctx, b).Close(); err != nil {
+		return 0, fmt.Errorf("queue: count skipped events: %w", err)
+	}
+	return count, nil
+}
+
+// How a by-kind fetch knows its kinds: the index into fetchStatements.byKind.
+const (
+	kindsListed  = iota // from the caller (listKinds)
+	kindsPresent        // read off the queue
+)
+
+// listKinds returns the kinds a fetch with Only and Exclude takes, each
+// once, when Only names them all with their types; listed is false when
+// Only is empty or has an AnyType kind, whose types the fetch must read
+// off the queue.
+func listKinds(only, exclude []Kind) (kinds []Kind, listed bool) {
+	if len(only) == 0 {
+		return nil, false
+	}
+	seen := make(map[Kind]bool, len(only))
+	for _, k := range only {
+		if k.Type == AnyType {
+			return nil, false
+		}
+		if seen[k] || slices.Contains(exclude, k) || slices.Contains(exclude, Kind{Source: k.Source, Type: AnyType}) {
+			continue
+		}
+		seen[k] = true
+		kinds = append(kinds, k)
+	}
+	return kinds, true
+}
+
+// splitKinds returns kinds as the two parallel arrays the fetch takes,
+// empty (never NULL) when kinds is.
 func splitKinds(kinds []Kind) (sources, types []string) {
 	sources = make([]string, len(kinds))
 	types = make([]string, len(kinds))

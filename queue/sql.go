@@ -130,15 +130,14 @@ const (
 // fetchSQL claims up to $1 due events in one statement, under lease token
 // $2 for $3 milliseconds, for worker $4.
 //
-// {kind_filters} is replaced by the Only and Exclude conditions a fetch
-// needs, and by nothing when it has none: an unused anti-join against an
-// empty array still makes the planner expect to scan the whole table,
-// which inflates the cost estimate past jit_above_cost.
+// {candidates} finds the due events that may be claimed, oldest first, and
+// locks them: walkCandidatesSQL or byKindCandidatesSQL.
 //
 // Candidates are due, available, not paused (queue_pauses is tiny: each
-// NOT IN is one hashed scan of it per fetch), match the kind filters, and, when they
-// have an ordering key, are the head of their key (no older event of the
-// key is left, other than exhausted ones) and the key is not locked. The
+// NOT IN is one hashed scan of it per fetch), of a kind the fetch takes,
+// and, when they have an ordering key, are the head of their key (no
+// older event of the key is left, other than exhausted ones) and the key
+// is not locked (eligibleSQL). The
 // head check alone could be passed by two fetchers at once (an older event
 // that commits late), so the key is then locked by inserting it into
 // queue_ordering_locks: ON CONFLICT sees keys that other fetchers have
@@ -151,26 +150,7 @@ const (
 // leaves the others available, so an event that kills its worker is never
 // leased together with events it would make spend an attempt.
 const fetchSQL = `
-WITH candidates AS (
-    SELECT q.id, q.source, q.ordering_key, q.rescued, q.run_at
-    FROM {schema}.queue q
-    WHERE q.state = 'available'
-      AND q.run_at <= now()
-      AND q.source NOT IN (SELECT source FROM {schema}.queue_pauses WHERE handler = '')
-      AND coalesce(q.handler, '') NOT IN (SELECT handler FROM {schema}.queue_pauses WHERE source = '')
-      {kind_filters}
-      AND (q.ordering_key IS NULL OR (
-            NOT EXISTS (
-                SELECT 1 FROM {schema}.queue_ordering_locks l
-                WHERE l.source = q.source AND l.ordering_key = q.ordering_key)
-            AND NOT EXISTS (
-                SELECT 1 FROM {schema}.queue h
-                WHERE h.source = q.source AND h.ordering_key = q.ordering_key
-                  AND h.id < q.id AND h.state <> 'exhausted')))
-    ORDER BY q.run_at, q.id
-    LIMIT $1
-    FOR UPDATE OF q SKIP LOCKED
-),
+WITH RECURSIVE {candidates},
 chosen AS (
     SELECT id, source, ordering_key FROM candidates
     WHERE NOT EXISTS (SELECT 1 FROM candidates WHERE rescued)
@@ -204,6 +184,59 @@ SELECT c.id, c.source, c.event_id, c.event_type, coalesce(c.ordering_key, ''), c
        c.attempt, c.max_attempts, c.errors, c.lease_expires_at, c.rescued, c.deferrals, {payload_columns}
 FROM claimed c {payload_join}
 ORDER BY c.id`
+
+// walkCandidatesSQL is fetchSQL's candidates when the fetch walks every
+// available event in run_at order and filters out the kinds it does not
+// take ({kind_filters}: the Only and Exclude conditions it needs, or
+// nothing, since an unused anti-join against an empty array still makes
+// the planner expect to scan the whole table, which inflates the cost
+// estimate past jit_above_cost). The cheapest fetch, unless many events
+// ahead are of kinds it skips: it reads past each of them.
+const walkCandidatesSQL = `candidates AS (
+    SELECT q.id, q.source, q.ordering_key, q.rescued, q.run_at
+    FROM {schema}.queue q
+    WHERE {eligible}
+      {kind_filters}
+    ORDER BY q.run_at, q.id
+    LIMIT $1
+    FOR UPDATE OF q SKIP LOCKED
+)`
+
+// byKindCandidatesSQL is fetchSQL's candidates when the fetch walks each
+// kind it takes on its own, through the kind index, oldest first, for at
+// most $1 candidates, and cuts their union to the $1 oldest: a backlog of
+// kinds it skips is never read. {kinds} is the CTE "kinds", listed by the
+// caller (kindsListedSQL) or read off the queue (kindsPresentSQL). It
+// locks up to $1 events of each kind, so with several kinds that have
+// backlogs it costs more than a walk (rows locked and left; their locks
+// end with the statement).
+const byKindCandidatesSQL = `{kinds},
+candidates AS (
+    SELECT c.* FROM kinds k CROSS JOIN LATERAL (
+        SELECT q.id, q.source, q.ordering_key, q.rescued, q.run_at
+        FROM {schema}.queue q
+        WHERE q.source COLLATE "C" = k.source AND q.event_type COLLATE "C" = k.event_type
+          AND {eligible}
+        ORDER BY q.run_at, q.id
+        LIMIT $1
+        FOR UPDATE OF q SKIP LOCKED) c
+    ORDER BY c.run_at, c.id
+    LIMIT $1
+)`
+
+// eligibleSQL is what fetchSQL requires of a candidate q, whatever its kind.
+const eligibleSQL = `q.state = 'available'
+          AND q.run_at <= now()
+          AND q.source NOT IN (SELECT source FROM {schema}.queue_pauses WHERE handler = '')
+          AND coalesce(q.handler, '') NOT IN (SELECT handler FROM {schema}.queue_pauses WHERE source = '')
+          AND (q.ordering_key IS NULL OR (
+                NOT EXISTS (
+                    SELECT 1 FROM {schema}.queue_ordering_locks l
+                    WHERE l.source = q.source AND l.ordering_key = q.ordering_key)
+                AND NOT EXISTS (
+                    SELECT 1 FROM {schema}.queue h
+                    WHERE h.source = q.source AND h.ordering_key = q.ordering_key
+                      AND h.id < q.id AND h.state <> 'exhausted')))`
 
 // The payload parts of fetchSQL: Fetch returns each event's body and
 // headers; a Consumer's fetch leaves them to its workers (payloadsSQL), so
@@ -415,16 +448,79 @@ func kindFilterSQL(match bool, first int) string {
             WHERE k.source = q.source AND (k.event_type = '*' OR k.event_type = q.event_type))`, not, first, first+1)
 }
 
+// kindsListedSQL is fetchSQL's kinds when the caller lists them, as two
+// arrays $5 (sources) and $6 (types), less the paused sources.
+const kindsListedSQL = `kinds AS (
+    SELECT k.source COLLATE "C" AS source, k.event_type COLLATE "C" AS event_type
+    FROM unnest($5::text[], $6::text[]) AS k(source, event_type)
+    WHERE k.source NOT IN (SELECT source FROM {schema}.queue_pauses WHERE handler = '')
+)`
+
+// kindsPresentSQL is fetchSQL's kinds when they must be read off the
+// queue: a fetch of every kind, or of every type of a source. "present"
+// lists the kinds of the available events, one index descent per kind (a
+// skip scan: each step seeks the first entry past the kind before), so
+// its cost grows with the number of kinds, not of events. Of those, kinds
+// takes the ones that match Only ($5 sources, $6 types; AnyType matches
+// every type; empty arrays match every kind), match no Exclude ($7, $8)
+// and whose source is not paused.
+const kindsPresentSQL = `present AS (
+    (SELECT q.source COLLATE "C" AS source, q.event_type COLLATE "C" AS event_type
+     FROM {schema}.queue q WHERE q.state = 'available'
+     ORDER BY 1, 2 LIMIT 1)
+    UNION ALL
+    SELECT n.source, n.event_type FROM present p CROSS JOIN LATERAL (
+        SELECT q.source COLLATE "C" AS source, q.event_type COLLATE "C" AS event_type
+        FROM {schema}.queue q
+        WHERE q.state = 'available'
+          AND (q.source COLLATE "C", q.event_type COLLATE "C") > (p.source, p.event_type)
+        ORDER BY 1, 2 LIMIT 1) n
+),
+kinds AS (
+    SELECT p.source, p.event_type FROM present p
+    WHERE p.source NOT IN (SELECT source FROM {schema}.queue_pauses WHERE handler = '')
+      AND (cardinality($5::text[]) = 0 OR EXISTS (
+            SELECT 1 FROM unnest($5::text[], $6::text[]) AS k(source, event_type)
+            WHERE k.source = p.source AND (k.event_type = '*' OR k.event_type = p.event_type)))
+      AND NOT EXISTS (
+            SELECT 1 FROM unnest($7::text[], $8::text[]) AS k(source, event_type)
+            WHERE k.source = p.source AND (k.event_type = '*' OR k.event_type = p.event_type))
+)`
+
 // fetchSettingsSQL (above) also turns JIT compilation off for the fetch: its
 // cost estimate can pass jit_above_cost when the planner cannot see how
 // selective the filters are, and compiling then costs hundreds of
 // milliseconds for a statement that runs in one.
 
+// fetchStatements are the renderings of fetchSQL: walk, indexed by kind
+// filters [Only used][Exclude used], and byKind, by how its kinds are
+// known [kindsListed, kindsPresent].
+type fetchStatements struct {
+	walk   [2][2]string
+	byKind [2]string
+}
+
+// skippedSQL counts, of the first $1 due available events in run_at order
+// (the ones a walking fetch reads first), those it would skip: paused, or
+// of a kind it does not take ({kind_filters}, from $2, as in fetchSQL). A
+// Consumer fetches by kind while they are many. It reads at most $1 index
+// entries, and rows for their visibility, without locking any.
+const skippedSQL = `
+SELECT count(*) FILTER (WHERE NOT (
+           q.source NOT IN (SELECT source FROM {schema}.queue_pauses WHERE handler = '')
+           AND coalesce(q.handler, '') NOT IN (SELECT handler FROM {schema}.queue_pauses WHERE source = '')
+           {kind_filters}))
+FROM (SELECT q.source, q.event_type, q.handler
+      FROM {schema}.queue q
+      WHERE q.state = 'available' AND q.run_at <= now()
+      ORDER BY q.run_at, q.id
+      LIMIT $1) q`
+
 // statements holds the SQL rendered for one schema.
 type statements struct {
-	// fetch is indexed by kind filters: [Only used][Exclude used].
-	fetch          [2][2]string // by Only and Exclude given; with payloads
-	fetchNoPayload [2][2]string // the same, leaving payloads to payloads
+	fetch          fetchStatements // with payloads
+	fetchNoPayload fetchStatements // the same, leaving payloads to payloads
+	skipped        [2][2]string    // skippedSQL, by Only and Exclude given
 	payloads       string
 	heldPayloads   string
 	insert, recheck, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
@@ -440,17 +536,35 @@ func render(schema, duplicateIf string) statements {
 		sql = strings.NewReplacer("{duplicate_if}", duplicateIf, "{read_committed}", readCommitted).Replace(sql)
 		return sqlschema.Render(sql, schema)
 	}
-	fetches := func(columns, join string) [2][2]string {
+	filters := func(first int) [2][2]string {
+		only, exclude := kindFilterSQL(true, first), kindFilterSQL(false, first)
+		return [2][2]string{{"", exclude}, {only, only + "\n      " + kindFilterSQL(false, first+2)}}
+	}
+	fetches := func(columns, join string) fetchStatements {
 		sql := strings.NewReplacer("{payload_columns}", columns, "{payload_join}", join).Replace(fetchSQL)
-		with := func(filters string) string { return r(strings.Replace(sql, "{kind_filters}", filters, 1)) }
-		return [2][2]string{
-			{with(""), with(kindFilterSQL(false, 5))},
-			{with(kindFilterSQL(true, 5)), with(kindFilterSQL(true, 5) + "\n      " + kindFilterSQL(false, 7))},
+		with := func(candidates, kinds, kindFilters string) string {
+			candidates = strings.NewReplacer("{kinds}", kinds, "{kind_filters}", kindFilters, "{eligible}", eligibleSQL).Replace(candidates)
+			return r(strings.Replace(sql, "{candidates}", candidates, 1))
+		}
+		var f fetchStatements
+		for only, byExclude := range filters(5) {
+			for exclude, kindFilters := range byExclude {
+				f.walk[only][exclude] = with(walkCandidatesSQL, "", kindFilters)
+			}
+		}
+		f.byKind = [2]string{kindsListed: with(byKindCandidatesSQL, kindsListedSQL, ""), kindsPresent: with(byKindCandidatesSQL, kindsPresentSQL, "")}
+		return f
+	}
+	var skipped [2][2]string
+	for only, byExclude := range filters(2) {
+		for exclude, kindFilters := range byExclude {
+			skipped[only][exclude] = r(strings.Replace(skippedSQL, "{kind_filters}", kindFilters, 1))
 		}
 	}
 	return statements{
 		fetch:          fetches(fetchPayloadColumns, fetchPayloadJoin),
 		fetchNoPayload: fetches(fetchNoPayload, ""),
+		skipped:        skipped,
 		payloads:       r(payloadsSQL),
 		heldPayloads:   r(heldPayloadsSQL),
 		insert:         r(insertSQL),

@@ -1,0 +1,135 @@
+package queue_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/queue"
+)
+
+// eventsOfKind returns n valid events of source and type typ, with ids
+// "<typ>-<i>".
+func eventsOfKind(source, typ string, n int) []queue.NewEvent {
+	evs := make([]queue.NewEvent, n)
+	for i := range evs {
+		evs[i] = event(source, fmt.Sprintf("%s-%d", typ, i))
+		evs[i].Type = typ
+	}
+	return evs
+}
+
+// The count a Consumer chooses its fetch by: of the first n due events,
+// those a walking fetch would read past, because their kind is not one it
+// takes, is excluded, or their source is paused.
+func TestSkippedCountsWhatAWalkWouldReadPast(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, _ := newQueue(t, queue.Config{})
+	evs := append(eventsOfKind("s", "a", 30), eventsOfKind("s", "b", 20)...)
+	evs = append(evs, eventsOfKind("paused", "a", 10)...)
+	scheduled := event("s", "later")
+	scheduled.Type = "b"
+	scheduled.RunAt = time.Now().Add(time.Hour)
+	leaseEnqueue(t, q, append(evs, scheduled)...)
+	require.NoError(t, q.Pause(ctx, queue.PauseTarget{Source: "paused"}, "test"))
+
+	a, b := queue.Kind{Source: "s", Type: "a"}, queue.Kind{Source: "s", Type: "b"}
+	for _, tc := range []struct {
+		name          string
+		n             int
+		only, exclude []queue.Kind
+		want          int
+	}{
+		{"every kind: only the paused source's", 1000, nil, nil, 10},
+		{"only one kind", 1000, []queue.Kind{a}, nil, 30},
+		{"only a source, one type excluded", 1000, []queue.Kind{{Source: "s", Type: queue.AnyType}}, []queue.Kind{a}, 40},
+		{"one kind excluded", 1000, nil, []queue.Kind{b}, 30},
+		{"only the first n due events", 25, []queue.Kind{b}, nil, 25},
+	} {
+		got, err := queue.Skipped(ctx, q, tc.n, tc.only, tc.exclude)
+		require.NoError(t, err, tc.name)
+		require.Equal(t, tc.want, got, tc.name)
+	}
+}
+
+// A Consumer behind a backlog of kinds it skips fetches by kind; one with
+// nothing to skip walks. Both take what is theirs and nothing else.
+func TestConsumerFetchesByKindBehindASkippedBacklog(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{})
+	leaseEnqueue(t, q, append(eventsOfKind("s", "backlog", 600), eventsOfKind("s", "wanted", 3)...)...)
+
+	consume := func(typ string, n int64) *queue.Consumer {
+		var handled atomic.Int64
+		c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+			Only: []queue.Kind{{Source: "s", Type: typ}},
+			Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+				if ev.Type != typ {
+					return fmt.Errorf("fetched %s, a kind this consumer does not take", ev.Type)
+				}
+				handled.Add(1)
+				return nil
+			},
+		})
+		require.NoError(t, err)
+		stop := runConsumer(t, c)
+		dbtest.Eventually(t, 30*time.Second, typ+" events handled", func() bool { return handled.Load() == n })
+		stop()
+		return c
+	}
+
+	c := consume("wanted", 3)
+	require.True(t, c.FetchesByKind(), "600 of the first 603 due events are skipped")
+	require.Equal(t, 600, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'available' AND attempt = 0`))
+
+	c = consume("backlog", 600)
+	require.False(t, c.FetchesByKind(), "nothing is skipped")
+	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
+}
+
+// A fetch by kind keeps the rules that span kinds: an ordering key is one
+// queue whatever the types of its events, and a rescued event is fetched
+// alone.
+func TestFetchByKindKeepsOrderingKeysAndRescuedAlone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, pool := newQueue(t, queue.Config{})
+	typed := func(ev queue.NewEvent, typ string) queue.NewEvent {
+		ev.Type = typ
+		return ev
+	}
+	ids := leaseEnqueue(t, q,
+		typed(leaseKeyed("s", "first", "k"), "t1"),
+		typed(leaseKeyed("s", "second", "k"), "t2"),
+		typed(event("s", "free"), "t2"),
+	)
+	byKind := queue.FetchParams{Only: []queue.Kind{{Source: "s", Type: "t2"}, {Source: "s", Type: "t1"}}, ByKind: true}
+
+	evs := leaseFetch(t, q, byKind)
+	require.Equal(t, []string{"first", "free"}, leaseIDs(evs), "the key's second event waits for its first, of another type")
+	for _, ev := range evs {
+		if ev.ID == "first" {
+			require.NoError(t, q.Complete(ctx, ev))
+			continue
+		}
+		leaseExpire(t, pool, ev.QueueID) // its worker died
+	}
+	n, err := q.Rescue(ctx, 100)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	leaseMakeDue(t, pool, ids[2])
+
+	evs = leaseFetch(t, q, byKind)
+	require.Equal(t, []string{"free"}, leaseIDs(evs), "a rescued event comes alone")
+	require.True(t, evs[0].Rescued)
+	require.NoError(t, q.Complete(ctx, evs[0]))
+	evs = leaseFetch(t, q, byKind)
+	require.Equal(t, []string{"second"}, leaseIDs(evs))
+}

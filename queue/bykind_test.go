@@ -133,3 +133,50 @@ func TestFetchByKindKeepsOrderingKeysAndRescuedAlone(t *testing.T) {
 	evs = leaseFetch(t, q, byKind)
 	require.Equal(t, []string{"second"}, leaseIDs(evs))
 }
+
+// A fetch by kind locks only the events it claims: a fetcher that runs
+// beside it (another process's, its transaction not yet committed) takes
+// the rest, as it would beside a walk, instead of skipping the events of
+// each kind that the other fetch locked and then left unclaimed.
+func TestFetchByKindLeavesTheRestToConcurrentFetchers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, pool := newQueue(t, queue.Config{})
+	var only []queue.Kind
+	var evs []queue.NewEvent
+	for i := range 4 {
+		for _, typ := range []string{"a", "b", "c"} {
+			ev := event("s", fmt.Sprintf("%s-%d", typ, i))
+			ev.Type = typ
+			evs = append(evs, ev)
+			if i == 0 {
+				only = append(only, queue.Kind{Source: "s", Type: typ})
+			}
+		}
+	}
+	leaseEnqueue(t, q, evs...)
+
+	for _, byKind := range []bool{false, true} {
+		p := queue.FetchParams{Limit: 6, Only: only, ByKind: byKind}
+		tx, err := pool.Begin(ctx)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = tx.Rollback(ctx) })
+		sql, args := queue.FetchStatement(q, p)
+		rows, err := tx.Query(ctx, sql, args...)
+		require.NoError(t, err)
+		var first []string
+		for rows.Next() {
+			vals, err := rows.Values()
+			require.NoError(t, err)
+			first = append(first, vals[2].(string))
+		}
+		require.NoError(t, rows.Err())
+		require.ElementsMatch(t, []string{"a-0", "b-0", "c-0", "a-1", "b-1", "c-1"}, first, "by kind: %v", byKind)
+
+		second := leaseFetch(t, q, p)
+		require.Equal(t, []string{"a-2", "a-3", "b-2", "b-3", "c-2", "c-3"}, leaseIDs(second),
+			"by kind: %v: the events the first fetch, not yet committed, did not claim", byKind)
+		require.NoError(t, tx.Rollback(ctx))
+		require.NoError(t, q.Release(ctx, second...))
+	}
+}

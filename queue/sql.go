@@ -203,25 +203,46 @@ const walkCandidatesSQL = `candidates AS (
 )`
 
 // byKindCandidatesSQL is fetchSQL's candidates when the fetch walks each
-// kind it takes on its own, through the kind index, oldest first, for at
-// most $1 candidates, and cuts their union to the $1 oldest: a backlog of
-// kinds it skips is never read. {kinds} is the CTE "kinds", listed by the
-// caller (kindsListedSQL) or read off the queue (kindsPresentSQL). It
-// locks up to $1 events of each kind, so with several kinds that have
-// backlogs it costs more than a walk (rows locked and left; their locks
-// end with the statement).
+// kind it takes on its own, through the kind index, oldest first: a
+// backlog of kinds it skips is never read. {kinds} is the CTE "kinds",
+// listed by the caller (kindsListedSQL) or read off the queue
+// (kindsPresentSQL). "ahead" finds, without locking, the $1 oldest
+// eligible events of those kinds (up to $1 of each, cut to the $1 oldest
+// of them all), and "quotas" how many of them each kind has; each kind
+// then locks that many of its oldest (FOR UPDATE SKIP LOCKED: past those
+// a concurrent fetch holds). Locking up to $1 of each kind and cutting
+// their union would leave rows locked but unclaimed until the fetch
+// commits, which a concurrent fetch skips: it could come back short, or
+// empty, with events available, and its consumer wait for a poll. It can
+// still come back short when a kind's quota falls on events a concurrent
+// fetch holds and the kind has too few beyond them (a row's lock cannot
+// be seen without taking it); a walk would take another kind's. Each
+// kind reads up to $1 entries, so with several kinds that have backlogs
+// it costs more than a walk.
 const byKindCandidatesSQL = `{kinds},
+ahead AS (
+    SELECT k.source, k.event_type FROM kinds k CROSS JOIN LATERAL (
+        SELECT q.run_at, q.id
+        FROM {schema}.queue q
+        WHERE q.source COLLATE "C" = k.source AND q.event_type COLLATE "C" = k.event_type
+          AND {eligible}
+        ORDER BY q.run_at, q.id
+        LIMIT $1) a
+    ORDER BY a.run_at, a.id
+    LIMIT $1
+),
+quotas AS (
+    SELECT source, event_type, count(*) AS n FROM ahead GROUP BY source, event_type
+),
 candidates AS (
-    SELECT c.* FROM kinds k CROSS JOIN LATERAL (
+    SELECT c.* FROM quotas k CROSS JOIN LATERAL (
         SELECT q.id, q.source, q.ordering_key, q.rescued, q.run_at
         FROM {schema}.queue q
         WHERE q.source COLLATE "C" = k.source AND q.event_type COLLATE "C" = k.event_type
           AND {eligible}
         ORDER BY q.run_at, q.id
-        LIMIT $1
+        LIMIT k.n
         FOR UPDATE OF q SKIP LOCKED) c
-    ORDER BY c.run_at, c.id
-    LIMIT $1
 )`
 
 // eligibleSQL is what fetchSQL requires of a candidate q, whatever its kind.

@@ -66,10 +66,12 @@ func TestConsumerFetchesByKindBehindASkippedBacklog(t *testing.T) {
 	q, pool := newQueue(t, queue.Config{})
 	leaseEnqueue(t, q, append(eventsOfKind("s", "backlog", 600), eventsOfKind("s", "wanted", 3)...)...)
 
-	consume := func(typ string, n int64) *queue.Consumer {
-		var handled atomic.Int64
+	// consume starts a consumer of one type; handled counts its events.
+	consume := func(typ string) (c *queue.Consumer, handled *atomic.Int64) {
+		handled = new(atomic.Int64)
 		c, err := queue.NewConsumer(q, queue.ConsumerConfig{
-			Only: []queue.Kind{{Source: "s", Type: typ}},
+			Only:         []queue.Kind{{Source: "s", Type: typ}},
+			PollInterval: 100 * time.Millisecond,
 			Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
 				if ev.Type != typ {
 					return fmt.Errorf("fetched %s, a kind this consumer does not take", ev.Type)
@@ -79,19 +81,23 @@ func TestConsumerFetchesByKindBehindASkippedBacklog(t *testing.T) {
 			},
 		})
 		require.NoError(t, err)
-		stop := runConsumer(t, c)
-		dbtest.Eventually(t, 30*time.Second, typ+" events handled", func() bool { return handled.Load() == n })
-		stop()
-		return c
+		runConsumer(t, c)
+		return c, handled
 	}
 
-	c := consume("wanted", 3)
-	require.True(t, c.FetchesByKind(), "600 of the first 603 due events are skipped")
+	wanted, handledWanted := consume("wanted")
+	dbtest.Eventually(t, 30*time.Second, "wanted events handled", func() bool { return handledWanted.Load() == 3 })
+	dbtest.Eventually(t, 30*time.Second, "a fetch by kind, with 600 of the first 603 due events skipped", wanted.FetchesByKind)
 	require.Equal(t, 600, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state = 'available' AND attempt = 0`))
 
-	c = consume("backlog", 600)
-	require.False(t, c.FetchesByKind(), "nothing is skipped")
+	// Another consumer takes the backlog: it walks, and once the backlog
+	// is gone the first one walks again (at its next probe, 5 s on).
+	backlog, handledBacklog := consume("backlog")
+	dbtest.Eventually(t, 30*time.Second, "backlog handled", func() bool { return handledBacklog.Load() == 600 })
 	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
+	require.False(t, backlog.FetchesByKind(), "nothing is skipped ahead of the backlog")
+	dbtest.Eventually(t, 30*time.Second, "a walk again, with nothing skipped", func() bool { return !wanted.FetchesByKind() })
+	require.Equal(t, int64(3), handledWanted.Load())
 }
 
 // A fetch by kind keeps the rules that span kinds: an ordering key is one

@@ -410,6 +410,7 @@ func (c *Consumer) fetchLoop(ctx context.Context) {
 			c.chunks <- chunk
 			free--
 		}
+		c.chooseFetch(ctx)
 		if err == nil && len(evs) == limit {
 			continue // there may be more
 		}
@@ -472,7 +473,6 @@ func (c *Consumer) fetch(ctx context.Context, limit int) ([]*Event, error) {
 	if c.cfg.Exclude != nil {
 		exclude = c.cfg.Exclude()
 	}
-	c.chooseFetch(ctx, exclude)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	started := time.Now()
@@ -497,14 +497,21 @@ const (
 // fetch, unless many due events ahead are of kinds this consumer skips (a
 // backlog behind an open breaker, types no handler takes, another
 // consumer's kinds, a paused source): it reads past every one of them,
-// while a fetch by kind never reads them. A probe that fails leaves the
-// choice as it was.
-func (c *Consumer) chooseFetch(ctx context.Context, exclude []Kind) {
+// while a fetch by kind never reads them. The fetch loop calls it after
+// handing out what it fetched, so that the probe's round trip delays no
+// event. A probe that fails leaves the choice as it was.
+func (c *Consumer) chooseFetch(ctx context.Context) {
 	if time.Since(c.probedAt) < skipProbeInterval {
 		return
 	}
 	c.probedAt = time.Now()
-	skipped, err := c.q.skipped(ctx, skipProbeDepth, c.cfg.Only, exclude)
+	var exclude []Kind
+	if c.cfg.Exclude != nil {
+		exclude = c.cfg.Exclude()
+	}
+	pctx, cancel := context.WithTimeout(ctx, skipProbeInterval)
+	defer cancel()
+	skipped, err := c.q.skipped(pctx, skipProbeDepth, c.cfg.Only, exclude)
 	if err != nil {
 		c.log.Debug("queue: counting skipped events failed; fetching as before", "error", err)
 		return

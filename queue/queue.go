@@ -515,14 +515,19 @@ func kindArrays(only, exclude []Kind) []any {
 // skipped counts, of the first n due events, those a walking fetch with
 // only and exclude would read past (skippedSQL).
 func (q *Queue) skipped(ctx context.Context, n int, only, exclude []Kind) (int, error) {
-	// One round trip, one implicit transaction: the settings hold the
-	// count to the walk's index, as they do the fetch.
+	// One round trip, one transaction of the queue's own: the settings
+	// hold the count to the walk's index, as they do the fetch.
 	b := &pgx.Batch{}
 	b.Queue(indexPlansSQL)
+	b.Queue(q.sql.skipped[boolIndex(len(only) > 0)][boolIndex(len(exclude) > 0)], append([]any{n}, kindArrays(only, exclude)...)...)
 	var count int
-	b.Queue(q.sql.skipped[boolIndex(len(only) > 0)][boolIndex(len(exclude) > 0)], append([]any{n}, kindArrays(only, exclude)...)...).
-		QueryRow(func(row pgx.Row) error { return row.Scan(&count) })
-	if err := q.pool.SendBatch(ctx, b).Close(); err != nil {
+	err := q.sendOwn(ctx, b, func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		return br.QueryRow().Scan(&count)
+	})
+	if err != nil {
 		return 0, fmt.Errorf("queue: count skipped events: %w", err)
 	}
 	return count, nil

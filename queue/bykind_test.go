@@ -93,8 +93,10 @@ func TestConsumerFetchesByKindBehindASkippedBacklog(t *testing.T) {
 	// Another consumer takes the backlog: it walks, and once the backlog
 	// is gone the first one walks again (at its next probe, 5 s on).
 	backlog, handledBacklog := consume("backlog")
-	dbtest.Eventually(t, 30*time.Second, "backlog handled", func() bool { return handledBacklog.Load() == 600 })
-	require.Zero(t, dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`))
+	dbtest.Eventually(t, 30*time.Second, "backlog handled and committed", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue`) == 0
+	})
+	require.Equal(t, int64(600), handledBacklog.Load())
 	require.False(t, backlog.FetchesByKind(), "nothing is skipped ahead of the backlog")
 	dbtest.Eventually(t, 30*time.Second, "a walk again, with nothing skipped", func() bool { return !wanted.FetchesByKind() })
 	require.Equal(t, int64(3), handledWanted.Load())

@@ -579,6 +579,43 @@ func TestRescuedEventWhoseLostRunStillHoldsItsClaimWaitsAside(t *testing.T) {
 	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
 }
 
+// A session whose statement_timeout is shorter than the rescued claim's
+// wait cancels the claim before its lock_timeout runs out: the event is
+// still held by its lost run, and goes back with a backoff like one whose
+// wait ran out, not at once, over and over, without a deferral counted.
+func TestRescuedEventHeldPastAShortStatementTimeoutWaitsAside(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(dbtest.Database(t, dbtest.Options{}))
+	require.NoError(t, err)
+	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "300ms"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	h := newHarnessOn(t, pool, wharf.Config{Workers: 1, PollInterval: 50 * time.Millisecond})
+	require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
+	require.Equal(t, http.StatusAccepted, h.send("stuck", "order.paid"))
+
+	lost, err := h.pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = lost.Rollback(ctx) })
+	_, err = lost.Exec(ctx, `INSERT INTO wharf.processed_events (consumer, key, mode) VALUES ($1, $2, 'tx')`,
+		"acme/order.paid", idempotency.Key("acme", "stuck"))
+	require.NoError(t, err)
+	_, err = h.pool.Exec(ctx, `UPDATE wharf.queue SET rescued = true WHERE event_id = 'stuck'`)
+	require.NoError(t, err)
+
+	h.run()
+	h.eventually("the held event to be put back", func() bool {
+		return h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'stuck' AND deferrals > 0`) == 1
+	})
+	require.NoError(t, lost.Rollback(ctx))
+	h.eventually("the held event to run once its lost run's transaction is gone", func() bool {
+		return h.count(`SELECT count(*) FROM effects WHERE event_id = 'stuck'`) == 1
+	})
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+}
+
 // A rescued event's claim waits with a lock_timeout of its own; the
 // handler that runs after it must see the session's lock_timeout, however
 // the session got it: a SET when the connection opened (AfterConnect),

@@ -253,8 +253,9 @@ const rescuedClaimWait = time.Second
 // vanished while the server keeps its session open, until TCP gives up,
 // hours later by default. Waiting on that claim unbounded would take this
 // worker for as long; each rescued event of a stalled batch would take
-// another, until none is left. When the wait runs out it returns
-// errClaimHeld, with the claim undone and the transaction usable.
+// another, until none is left. When the wait runs out (or the session's
+// shorter statement_timeout) it returns errClaimHeld, with the claim
+// undone and the transaction usable.
 func (p *Pipeline) claimRescued(ctx context.Context, tx pgx.Tx, pairs []idempotency.Pair) ([]idempotency.ClaimResult, error) {
 	// The lock_timeout the transaction had is put back by name, not with
 	// SET ... TO DEFAULT: that is the value RESET would give, which lacks a
@@ -272,7 +273,10 @@ func (p *Pipeline) claimRescued(ctx context.Context, tx pgx.Tx, pairs []idempote
 	}
 	results, err := p.claims.ClaimAll(ctx, tx, pairs)
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available: lock_timeout ran out
+	// lock_not_available: lock_timeout ran out; or query_canceled, not by
+	// ctx: a session's statement_timeout shorter than rescuedClaimWait ran
+	// out first, and the claim is as held.
+	if errors.As(err, &pgErr) && (pgErr.Code == "55P03" || pgErr.Code == "57014" && ctx.Err() == nil) {
 		// ROLLBACK TO also undoes the set_config.
 		if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT wharf_rescued_claim`); err != nil {
 			return nil, err

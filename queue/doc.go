@@ -47,6 +47,13 @@
 // it (the dead letter queue installs one), or kept in the table as
 // "exhausted".
 //
+// A fetch walks the due events oldest first and skips those it may not
+// take (ConsumerConfig.Only and Exclude, paused sources and handlers). While
+// most of the events ahead are ones it skips (a backlog behind an open
+// breaker, types no handler takes), a Consumer fetches each of its kinds
+// on its own instead, through an index by kind, so that the backlog costs
+// its fetches nothing (FetchParams.ByKind).
+//
 // # Leases and crashes
 //
 // A fetched event is leased for LeaseDuration and its lease is extended by

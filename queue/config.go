@@ -56,7 +56,8 @@ type Config struct {
 	Backoff Backoff
 
 	// OnExhausted takes events that used their last attempt out of the
-	// queue, in the same transaction. Defaults to nil: such events stay in
+	// queue, in the same transaction. During a rescue (Queue.Rescue) that
+	// transaction ends if it is idle for 30 s. Defaults to nil: such events stay in
 	// the queue table with state "exhausted", never fetched again, visible
 	// in Stats.
 	OnExhausted ExhaustFunc

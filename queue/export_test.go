@@ -2,7 +2,10 @@ package queue
 
 // Test access to the SQL a Queue renders and the settings sent ahead of it.
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 const (
 	FetchSettingsSQL = fetchSettingsSQL
@@ -35,6 +38,10 @@ func Skipped(ctx context.Context, q *Queue, n int, only, exclude []Kind) (int, e
 // FetchesByKind says whether c's fetches walk each kind on their own, as
 // its fetch loop last chose.
 func (c *Consumer) FetchesByKind() bool { return c.byKind.Load() }
+
+// SetRescueIdleTimeout sets how long q's rescue transactions may wait on
+// the client. Call it before q is used.
+func SetRescueIdleTimeout(q *Queue, d time.Duration) { q.rescueIdleTimeout = d }
 
 // Units returns how c's transactions would run evs: one slice per
 // BatchHandler call or per event alone.

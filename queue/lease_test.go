@@ -1267,3 +1267,60 @@ func TestConsumerFetchedAheadEventThatLostItsLeaseDoesNotRun(t *testing.T) {
 	require.Len(t, rec.byID()["b"], 0, "b ran under a lease lost before it started, while %q holds it", "other")
 	require.Equal(t, bNew[0].Lease.Token, *ctGetRow(t, pool, "b").LeaseToken, "b is still the other worker's")
 }
+
+// A rescue whose process stalls inside its transaction holds the expired
+// events it locked only until Postgres ends its idle session; another
+// process's rescuer then takes them. (A stalled OnExhausted stands in for
+// the stall.)
+func TestRescueStalledMidTransactionLetsGoOfItsEvents(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	stalled, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	q1, pool := newQueue(t, queue.Config{OnExhausted: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+		once.Do(func() { close(stalled) })
+		<-release
+		return nil
+	}})
+	queue.SetRescueIdleTimeout(q1, time.Second)
+	var releaseOnce sync.Once
+	unstall := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unstall) // before the pool closes, which waits for the stalled rescue's connection
+	var exhausted atomic.Int32
+	q2, err := queue.New(pool, queue.Config{OnExhausted: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+		exhausted.Add(int32(len(evs)))
+		return nil
+	}})
+	require.NoError(t, err)
+	defer q2.Close()
+
+	ev := event("s", "stuck")
+	ev.MaxAttempts = 1
+	id := leaseEnqueue(t, q1, ev)[0]
+	leaseFetchOne(t, q1, "stuck")
+	leaseExpire(t, pool, id)
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := q1.Rescue(ctx, 10)
+		done <- err
+	}()
+	select {
+	case <-stalled:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first rescue did not reach OnExhausted")
+	}
+	n, err := q2.Rescue(ctx, 10)
+	require.NoError(t, err)
+	require.Zero(t, n, "the stalled rescue holds the event")
+	dbtest.Eventually(t, 15*time.Second, "another rescuer to take the event", func() bool {
+		n, err := q2.Rescue(ctx, 10)
+		require.NoError(t, err)
+		return n == 1
+	})
+	unstall()
+	require.Error(t, <-done, "the stalled rescue's session was ended")
+	require.Equal(t, int32(1), exhausted.Load())
+	_, ok := leaseRowOf(t, pool, id)
+	require.False(t, ok, "the event left the queue once, through the second rescuer's OnExhausted")
+}

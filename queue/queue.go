@@ -34,6 +34,10 @@ type Queue struct {
 	// READ COMMITTED and COMMIT, two statements more that the usual
 	// default does not need.
 	setReadCommitted atomic.Bool
+
+	// rescueIdleTimeout is the rescues' idle_in_transaction_session_timeout:
+	// the constant of that name, which tests shorten.
+	rescueIdleTimeout time.Duration
 }
 
 // New returns a Queue on pool. It does no I/O; the schema must have been
@@ -46,7 +50,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Queue, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	q := &Queue{pool: pool, cfg: c, sql: render(c.Schema, c.DuplicateIf), worker: defaultWorkerName()}
+	q := &Queue{pool: pool, cfg: c, sql: render(c.Schema, c.DuplicateIf), worker: defaultWorkerName(), rescueIdleTimeout: rescueIdleTimeout}
 	q.notify = pgnotify.New(pool, pgnotify.Channel(c.Schema, "queue"), c.Logger)
 	q.committer = newCommitter(q)
 	return q, nil
@@ -889,7 +893,10 @@ func (q *Queue) Heartbeat(ctx context.Context, evs ...*Event) (int, error) {
 // transaction holds. So Rescue waits at most rescueLockTimeout for any
 // lock; if a batch times out, it rescues the events one at a time and
 // leaves those that still wait for a later call, so one stalled
-// transaction holds back no other rescue.
+// transaction holds back no other rescue. A rescue whose own process
+// stalls holds its events for at most 30 s more: Postgres then ends its
+// session (idle_in_transaction_session_timeout), so OnExhausted must not
+// leave the transaction idle that long.
 func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 	found, err := q.rescueBatch(ctx, limit, nil)
 	if err == nil || !isLockTimeout(err) {
@@ -919,12 +926,20 @@ func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 // rescueLockTimeout bounds each lock wait of a rescue (see Rescue).
 const rescueLockTimeout = time.Second
 
+// rescueIdleTimeout ends a rescue's session when its transaction waits on
+// the client this long: a process that stalls mid-rescue (stopped, its VM
+// frozen) would otherwise keep the expired events it locked from every
+// other rescuer until it resumes. Postgres ends the session, which rolls
+// the rescue back, and the events go to the next rescuer.
+const rescueIdleTimeout = 30 * time.Second
+
 // rescueBatch rescues up to limit expired events, other than those in
 // skip, in one transaction, and returns the ids it found: rescued, unless
 // it returns an error.
 func (q *Queue) rescueBatch(ctx context.Context, limit int, skip []int64) (found []int64, err error) {
 	err = pgx.BeginTxFunc(ctx, q.pool, readCommitted, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true)`, fmt.Sprint(rescueLockTimeout.Milliseconds())); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true), set_config('idle_in_transaction_session_timeout', $2, true)`,
+			fmt.Sprint(rescueLockTimeout.Milliseconds()), fmt.Sprint(q.rescueIdleTimeout.Milliseconds())); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, q.sql.expired, limit, skip)

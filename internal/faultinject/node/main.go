@@ -9,9 +9,10 @@
 // The ingest role serves the endpoint of source "fi" (Standard Webhooks,
 // the secret in -secret) at /webhooks/fi and prints "ready http://ADDR"
 // once it listens; the worker role runs Pipeline.Run and prints "ready"
-// before it starts. Both roles register the same handlers (the ingest side
-// needs their names to answer redeliveries of processed events as
-// duplicates).
+// before it starts. Both roles log to stderr at -log-level (warn unless
+// told), each line with the process's pid, and register the same handlers
+// (the ingest side needs their names to answer redeliveries of processed
+// events as duplicates).
 //
 // Every handler writes its effect as one row of fi_effects (a table the
 // test creates), in the event's transaction: an event processed twice has
@@ -69,6 +70,7 @@ type options struct {
 	timeout, openTimeout   time.Duration
 	downstream, hangURL    string
 	fixed                  bool
+	logLevel               slog.Level
 }
 
 func main() {
@@ -87,6 +89,7 @@ func main() {
 	flag.StringVar(&o.downstream, "downstream", "", "URL fi.downstream calls")
 	flag.StringVar(&o.hangURL, "hang-url", "", "URL fi.hang waits on (a server that never answers)")
 	flag.BoolVar(&o.fixed, "fixed", false, "poison events no longer fail (the fix is deployed)")
+	flag.TextVar(&o.logLevel, "log-level", slog.LevelWarn, "lowest level logged to stderr (debug shows the consumer's switches of fetch strategy)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "node:", err)
@@ -150,7 +153,8 @@ func setup(pool *pgxpool.Pool, o options) (*wharf.Pipeline, error) {
 			HalfOpenProbes:      1,
 			HalfOpenWait:        200 * time.Millisecond,
 		}}},
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		// Every node logs to the same file; the pid tells whose line it is.
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel})).With("pid", os.Getpid()),
 	})
 	if err != nil {
 		return nil, err

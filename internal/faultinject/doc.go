@@ -3,7 +3,8 @@
 // over real HTTP, inject faults (SIGKILL of workers, a crash of the
 // database server, a downstream outage, duplicate storms, poison events,
 // slow and hanging handlers, an event that kills its worker, a worker
-// stalled mid-transaction past its lease) and check the invariants of DESIGN.md on
+// stalled mid-transaction past its lease, workers killed while a paused
+// backlog makes them fetch by kind) and check the invariants of DESIGN.md on
 // what comes out: every acknowledged event has exactly one effect, none is
 // lost, the dead letter queue holds exactly what should be there.
 //

@@ -357,18 +357,20 @@ func TestPipelineSlotWaitAtShutdownSpendsNoAttempt(t *testing.T) {
 
 // A Timeout bounds a run of many short statements, not only each
 // statement: once the deadline has passed, a statement given the
-// handler's ctx fails at once, and the run is a failed attempt.
+// handler's ctx fails at once, and the run is a failed attempt. Each
+// statement takes a sixth of the Timeout, so that its statement_timeout
+// does not end it first, even on a loaded machine.
 func TestPipelineTimeoutBoundsARunOfShortStatements(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, wharf.Config{})
 	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
-		for range 5 {
-			if _, err := tx.Exec(ctx, `SELECT pg_sleep(0.15)`); err != nil {
+		for range 20 {
+			if _, err := tx.Exec(ctx, `SELECT pg_sleep(0.05)`); err != nil {
 				return err
 			}
 		}
 		return writeEffect(ctx, tx, ev)
-	}, wharf.Timeout(200*time.Millisecond), wharf.MaxAttempts(1)))
+	}, wharf.Timeout(300*time.Millisecond), wharf.MaxAttempts(1)))
 	require.Equal(t, http.StatusAccepted, h.send("slow", "order.paid"))
 	h.run()
 	h.eventually("the run dead-lettered", func() bool { return h.count(`SELECT count(*) FROM wharf.dead_letters`) == 1 })

@@ -1282,7 +1282,7 @@ func TestRescueStalledMidTransactionLetsGoOfItsEvents(t *testing.T) {
 		<-release
 		return nil
 	}})
-	queue.SetRescueIdleTimeout(q1, time.Second)
+	queue.SetRescueIdleTimeout(q1, 3*time.Second)
 	var releaseOnce sync.Once
 	unstall := func() { releaseOnce.Do(func() { close(release) }) }
 	t.Cleanup(unstall) // before the pool closes, which waits for the stalled rescue's connection
@@ -1323,4 +1323,45 @@ func TestRescueStalledMidTransactionLetsGoOfItsEvents(t *testing.T) {
 	require.Equal(t, int32(1), exhausted.Load())
 	_, ok := leaseRowOf(t, pool, id)
 	require.False(t, ok, "the event left the queue once, through the second rescuer's OnExhausted")
+}
+
+// A rescue's transaction runs with an idle timeout of 30 s, or the
+// session's own when that is shorter; the session's setting is left as it
+// was.
+func TestRescueIdleTimeoutKeepsAShorterSessionSetting(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, tc := range []struct{ session, inRescue string }{{"", "30s"}, {"1500ms", "1500ms"}, {"1min", "30s"}} {
+		cfg, err := pgxpool.ParseConfig(dbtest.Database(t, dbtest.Options{}))
+		require.NoError(t, err)
+		cfg.MaxConns = 1
+		if tc.session != "" {
+			cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = tc.session
+		}
+		pool, err := pgxpool.NewWithConfig(ctx, cfg)
+		require.NoError(t, err)
+		var seen string
+		q, err := queue.New(pool, queue.Config{OnExhausted: func(ctx context.Context, tx pgx.Tx, evs []*queue.Event) error {
+			return tx.QueryRow(ctx, `SELECT current_setting('idle_in_transaction_session_timeout')`).Scan(&seen)
+		}})
+		require.NoError(t, err)
+		ev := event("s", "e")
+		ev.MaxAttempts = 1
+		id := leaseEnqueue(t, q, ev)[0]
+		leaseFetchOne(t, q, "e")
+		leaseExpire(t, pool, id)
+		n, err := q.Rescue(ctx, 10)
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+		require.Equal(t, tc.inRescue, seen, "session %q", tc.session)
+		var after string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT current_setting('idle_in_transaction_session_timeout')`).Scan(&after))
+		want := tc.session
+		if want == "" {
+			want = "0"
+		}
+		require.Equal(t, want, after, "session %q after the rescue", tc.session)
+		q.Close()
+		pool.Close()
+	}
 }

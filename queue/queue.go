@@ -894,9 +894,10 @@ func (q *Queue) Heartbeat(ctx context.Context, evs ...*Event) (int, error) {
 // lock; if a batch times out, it rescues the events one at a time and
 // leaves those that still wait for a later call, so one stalled
 // transaction holds back no other rescue. A rescue whose own process
-// stalls holds its events for at most 30 s more: Postgres then ends its
-// session (idle_in_transaction_session_timeout), so OnExhausted must not
-// leave the transaction idle that long.
+// stalls between statements holds its events for at most 30 s more (or
+// the session's own shorter idle_in_transaction_session_timeout):
+// Postgres then ends its session, so OnExhausted must not leave the
+// transaction idle that long.
 func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 	found, err := q.rescueBatch(ctx, limit, nil)
 	if err == nil || !isLockTimeout(err) {
@@ -927,19 +928,31 @@ func (q *Queue) Rescue(ctx context.Context, limit int) (int, error) {
 const rescueLockTimeout = time.Second
 
 // rescueIdleTimeout ends a rescue's session when its transaction waits on
-// the client this long: a process that stalls mid-rescue (stopped, its VM
-// frozen) would otherwise keep the expired events it locked from every
-// other rescuer until it resumes. Postgres ends the session, which rolls
-// the rescue back, and the events go to the next rescuer.
+// the client this long between statements: a process that stalls
+// mid-rescue (stopped, its VM frozen) would otherwise keep the expired
+// events it locked from every other rescuer until it resumes. Postgres
+// ends the session, which rolls the rescue back, and the events go to the
+// next rescuer. (A stall while the server is still sending a large result
+// is not idle time, and is not cut short.)
 const rescueIdleTimeout = 30 * time.Second
+
+// rescueSettingsSQL starts a rescue's transaction: lock_timeout $1 (in
+// ms), and an idle_in_transaction_session_timeout of $2 (an interval)
+// unless the session has a shorter one of its own.
+const rescueSettingsSQL = `
+SELECT set_config('lock_timeout', $1, true),
+       set_config('idle_in_transaction_session_timeout',
+           CASE WHEN current_setting('idle_in_transaction_session_timeout')::interval > interval '0'
+                 AND current_setting('idle_in_transaction_session_timeout')::interval < $2::text::interval
+                THEN current_setting('idle_in_transaction_session_timeout')
+                ELSE $2::text END, true)`
 
 // rescueBatch rescues up to limit expired events, other than those in
 // skip, in one transaction, and returns the ids it found: rescued, unless
 // it returns an error.
 func (q *Queue) rescueBatch(ctx context.Context, limit int, skip []int64) (found []int64, err error) {
 	err = pgx.BeginTxFunc(ctx, q.pool, readCommitted, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true), set_config('idle_in_transaction_session_timeout', $2, true)`,
-			fmt.Sprint(rescueLockTimeout.Milliseconds()), fmt.Sprint(q.rescueIdleTimeout.Milliseconds())); err != nil {
+		if _, err := tx.Exec(ctx, rescueSettingsSQL, fmt.Sprint(rescueLockTimeout.Milliseconds()), fmt.Sprintf("%dms", q.rescueIdleTimeout.Milliseconds())); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, q.sql.expired, limit, skip)

@@ -371,7 +371,7 @@ func (q *Queue) fetch(ctx context.Context, p FetchParams, withPayload bool) ([]*
 	}
 	sql, kindArgs := q.fetchStatement(p, withPayload)
 	if sql == "" {
-		return nil, nil // every kind asked for is excluded
+		return nil, nil // by kind, every kind asked for is excluded
 	}
 	token := rand.Int64()
 	args := append([]any{p.Limit, token, q.cfg.LeaseDuration.Milliseconds(), worker}, kindArgs...)
@@ -480,19 +480,22 @@ func boolIndex(b bool) int {
 // fetchStatement returns the fetch statement for p and its arguments from
 // $5 on: for a walk, the Only and Exclude arrays it was given; by kind,
 // its kinds listed (listKinds), or, when they must be read off the queue,
-// the Only and Exclude arrays. It returns "" when Exclude leaves nothing
-// of Only.
+// the Only and Exclude arrays. It returns "" for a fetch by kind whose
+// Exclude leaves nothing of Only. A walk, the hot path of every drain,
+// takes its statement as it is: listing its kinds would cost every fetch
+// work to spare only the rare one whose kinds are all excluded (which
+// finds nothing; a Consumer fetches by kind while such events are many).
 func (q *Queue) fetchStatement(p FetchParams, withPayload bool) (sql string, kindArgs []any) {
 	statements := q.sql.fetchNoPayload
 	if withPayload {
 		statements = q.sql.fetch
 	}
+	if !p.ByKind {
+		return statements.walk[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], kindArrays(p.Only, p.Exclude)
+	}
 	kinds, listed := listKinds(p.Only, p.Exclude)
 	if listed && len(kinds) == 0 {
 		return "", nil
-	}
-	if !p.ByKind {
-		return statements.walk[boolIndex(len(p.Only) > 0)][boolIndex(len(p.Exclude) > 0)], kindArrays(p.Only, p.Exclude)
 	}
 	if !listed {
 		onlySources, onlyTypes := splitKinds(p.Only)

@@ -554,15 +554,13 @@ func listKinds(only, exclude []Kind) (kinds []Kind, listed bool) {
 	if len(only) == 0 {
 		return nil, false
 	}
-	seen := make(map[Kind]bool, len(only))
 	for _, k := range only {
 		if k.Type == AnyType {
 			return nil, false
 		}
-		if seen[k] || slices.Contains(exclude, k) || slices.Contains(exclude, Kind{Source: k.Source, Type: AnyType}) {
+		if slices.Contains(kinds, k) || slices.Contains(exclude, k) || slices.Contains(exclude, Kind{Source: k.Source, Type: AnyType}) {
 			continue
 		}
-		seen[k] = true
 		kinds = append(kinds, k)
 	}
 	return kinds, true

@@ -52,7 +52,9 @@
 // most of the events ahead are ones it skips (a backlog behind an open
 // breaker, types no handler takes), a Consumer fetches each of its kinds
 // on its own instead, through an index by kind, so that the backlog costs
-// its fetches nothing (FetchParams.ByKind).
+// its fetches nothing (FetchParams.ByKind). A paused handler's events are
+// the exception: a pause by handler is not a kind, so a fetch by kind
+// still reads past them inside their kind.
 //
 // # Leases and crashes
 //

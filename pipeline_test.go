@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/wharfhq/wharf/dlq"
 	"github.com/wharfhq/wharf/eventlog"
 	"github.com/wharfhq/wharf/internal/dbtest"
+	"github.com/wharfhq/wharf/internal/testio"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -393,6 +395,56 @@ func TestPipelineDownstreamOutageSpendsNoAttempts(t *testing.T) {
 	for id, attempt := range processedAt {
 		require.Equal(t, 1, attempt, "%s processed on its first counted attempt", id)
 	}
+}
+
+// While a downstream's breaker is open and its events pile up ahead of
+// another handler's, the Pipeline's workers switch to fetching by kind
+// (queue.FetchParams.ByKind): the breaker's kinds, which the fetch
+// excludes, are what the workers' count of skipped events sees. The other
+// handler's events run meanwhile, and the backlog spends no attempt.
+func TestPipelineOpenBreakerBacklogSwitchesWorkersToFetchByKind(t *testing.T) {
+	t.Parallel()
+	var log testio.Buffer
+	h := newHarness(t, wharf.Config{
+		Logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Breakers: breaker.Config{Default: breaker.Settings{
+			Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 2, OpenTimeout: time.Hour,
+		}},
+	})
+	require.NoError(t, h.p.Handle("acme", "order.paid", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		return &breaker.StatusError{Code: http.StatusServiceUnavailable} // the ledger is down
+	}, wharf.Downstream("ledger")))
+	require.NoError(t, h.p.Handle("acme", "order.shipped", writeEffect))
+
+	const backlog = 600
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < backlog; i += 8 {
+				require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("paid-%d", i), "order.paid"))
+			}
+		})
+	}
+	wg.Wait()
+	h.run()
+	defer func() {
+		if t.Failed() {
+			t.Logf("log:\n%s", log.String())
+		}
+	}()
+	h.eventually("the ledger's breaker to open", func() bool {
+		st, err := h.p.Breakers().State("ledger")
+		return err == nil && st.State == breaker.StateOpen
+	})
+	for i := range 5 {
+		require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("shipped-%d", i), "order.shipped"))
+	}
+	h.eventually("the other handler's events to run", func() bool { return h.count(`SELECT count(*) FROM effects`) == 5 })
+	h.eventually("the workers to fetch by kind", func() bool {
+		return strings.Contains(log.String(), `msg="queue: fetch strategy changed" by_kind=true`)
+	})
+	require.Equal(t, backlog, h.count(`SELECT count(*) FROM wharf.queue WHERE event_type = 'order.paid' AND attempt <= 1`),
+		"the backlog waits, spending no attempt")
 }
 
 // A handler that runs under Downstream("ledger") and sends through the

@@ -549,16 +549,7 @@ func TestRescuedEventWhoseLostRunStillHoldsItsClaimWaitsAside(t *testing.T) {
 	ctx := context.Background()
 	require.Equal(t, http.StatusAccepted, h.send("stuck", "order.paid"))
 
-	// The lost run: its transaction made the claim and stays open.
-	lost, err := h.pool.Begin(ctx)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = lost.Rollback(ctx) })
-	_, err = lost.Exec(ctx, `INSERT INTO wharf.processed_events (consumer, key, mode) VALUES ($1, $2, 'tx')`,
-		"acme/order.paid", idempotency.Key("acme", "stuck"))
-	require.NoError(t, err)
-	// The rescue that took the event from it.
-	_, err = h.pool.Exec(ctx, `UPDATE wharf.queue SET rescued = true WHERE event_id = 'stuck'`)
-	require.NoError(t, err)
+	lost := loseRunHoldingClaim(t, h, "stuck")
 
 	for i := range 5 {
 		require.Equal(t, http.StatusAccepted, h.send(fmt.Sprintf("o%d", i), "order.paid"))
@@ -581,6 +572,24 @@ func TestRescuedEventWhoseLostRunStillHoldsItsClaimWaitsAside(t *testing.T) {
 	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
 }
 
+// loseRunHoldingClaim makes the queued acme/order.paid event id look
+// rescued from a run that lost its lease while its transaction, still
+// open, holds the event's idempotency claim. It returns that transaction;
+// rolling it back ends the lost run.
+func loseRunHoldingClaim(t *testing.T, h *harness, id string) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	lost, err := h.pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = lost.Rollback(ctx) })
+	_, err = lost.Exec(ctx, `INSERT INTO wharf.processed_events (consumer, key, mode) VALUES ($1, $2, 'tx')`,
+		"acme/order.paid", idempotency.Key("acme", id))
+	require.NoError(t, err)
+	_, err = h.pool.Exec(ctx, `UPDATE wharf.queue SET rescued = true WHERE event_id = $1`, id)
+	require.NoError(t, err)
+	return lost
+}
+
 // A session whose statement_timeout is shorter than the rescued claim's
 // wait cancels the claim before its lock_timeout runs out: the event is
 // still held by its lost run, and goes back with a backoff like one whose
@@ -598,14 +607,7 @@ func TestRescuedEventHeldPastAShortStatementTimeoutWaitsAside(t *testing.T) {
 	require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect))
 	require.Equal(t, http.StatusAccepted, h.send("stuck", "order.paid"))
 
-	lost, err := h.pool.Begin(ctx)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = lost.Rollback(ctx) })
-	_, err = lost.Exec(ctx, `INSERT INTO wharf.processed_events (consumer, key, mode) VALUES ($1, $2, 'tx')`,
-		"acme/order.paid", idempotency.Key("acme", "stuck"))
-	require.NoError(t, err)
-	_, err = h.pool.Exec(ctx, `UPDATE wharf.queue SET rescued = true WHERE event_id = 'stuck'`)
-	require.NoError(t, err)
+	lost := loseRunHoldingClaim(t, h, "stuck")
 
 	h.run()
 	h.eventually("the held event to be put back", func() bool {

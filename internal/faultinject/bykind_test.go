@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,8 +67,7 @@ func TestFetchByKindUnderCrashes(t *testing.T) {
 		mu       sync.Mutex
 		workers  [workerCount]*node
 		stop     = make(chan struct{})
-		kills    atomic.Int64
-		midTx    atomic.Int64 // kills of a worker with a writing transaction open
+		killed   kills
 		wg       sync.WaitGroup
 		startErr error
 	)
@@ -93,12 +91,7 @@ func TestFetchByKindUnderCrashes(t *testing.T) {
 					return
 				case <-time.After(time.Duration(300+rand.IntN(1200)) * time.Millisecond): // pacing the fault
 				}
-				if w.inWritingTx(victim) { // looked at just before the kill
-					midTx.Add(1)
-				}
-				victim.kill()
-				kills.Add(1)
-				n, err := w.start("worker", workerFlags...)
+				n, err := w.replace(victim, &killed, workerFlags...)
 				mu.Lock()
 				if err != nil {
 					startErr = errors.Join(startErr, err)
@@ -174,7 +167,7 @@ func TestFetchByKindUnderCrashes(t *testing.T) {
 		scenario: "9. fetch by kind behind a paused backlog, worker crashes",
 		events:   len(held) + len(flowing), acked: len(acked),
 		faults: fmt.Sprintf("handler fi.batch paused with %d events queued ahead; %d worker processes switched to fetching by kind; %d SIGKILLs, each of a worker fetching by kind (%d with a writing transaction open), while %d events of another kind flowed in (%s); %d events re-run after losing their worker",
-			heldQueued, byKindProcesses, kills.Load(), midTx.Load(), len(flowing), ms(flowed), rerun),
+			heldQueued, byKindProcesses, killed.all.Load(), killed.midTx.Load(), len(flowing), ms(flowed), rerun),
 		lost: lost, doubled: doubled, dlq: len(c.dead),
 		recovery: "resume to drained: " + ms(drain) + "; every worker walking again " + ms(walking) + " after the resume",
 	})
@@ -182,8 +175,8 @@ func TestFetchByKindUnderCrashes(t *testing.T) {
 	require.Zero(t, lost, "lost events")
 	require.Zero(t, doubled, "events with more than one effect")
 	require.Empty(t, c.dead, "no event spent its 100 attempts")
-	require.GreaterOrEqual(t, kills.Load(), int64(3), "workers killed while fetching by kind")
-	require.Equal(t, int(kills.Load())+workerCount, byKindProcesses, "every worker process switched to fetching by kind at its first count")
+	require.GreaterOrEqual(t, killed.all.Load(), int64(3), "workers killed while fetching by kind")
+	require.Equal(t, int(killed.all.Load())+workerCount, byKindProcesses, "every worker process switched to fetching by kind at its first count")
 	require.Equal(t, len(held), heldQueued, "the paused events waited in the queue")
 	require.Zero(t, heldRan, "paused events ran while their handler was paused")
 	require.Zero(t, heldTouched, "paused events fetched, or charged an attempt, while their handler was paused")

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,8 +52,7 @@ func TestWorkerCrash(t *testing.T) {
 	// restarted at once, until the last event is sent.
 	stop := make(chan struct{})
 	var (
-		kills    atomic.Int64
-		midTx    atomic.Int64 // kills of a worker with a writing transaction open
+		killed   kills
 		wg       sync.WaitGroup
 		startErr error
 	)
@@ -69,12 +67,7 @@ func TestWorkerCrash(t *testing.T) {
 				mu.Lock()
 				victim := workers[i]
 				mu.Unlock()
-				if w.inWritingTx(victim) { // looked at just before the kill
-					midTx.Add(1)
-				}
-				victim.kill()
-				kills.Add(1)
-				n, err := w.start("worker", flags...)
+				n, err := w.replace(victim, &killed, flags...)
 				mu.Lock()
 				if err != nil {
 					startErr = errors.Join(startErr, err)
@@ -107,7 +100,7 @@ func TestWorkerCrash(t *testing.T) {
 		scenario: "1. worker crash (3 workers, SIGKILL)",
 		events:   len(evs), acked: len(acked),
 		faults: fmt.Sprintf("%d SIGKILLs while the events flowed in (%s), %d of them with a writing transaction open; %d events re-run after losing their worker",
-			kills.Load(), ms(flowed), midTx.Load(), rerun),
+			killed.all.Load(), ms(flowed), killed.midTx.Load(), rerun),
 		lost: lost, doubled: doubled, dlq: len(c.dead),
 		recovery: "last kill to drained: " + ms(drain),
 	})
@@ -115,6 +108,6 @@ func TestWorkerCrash(t *testing.T) {
 	require.Zero(t, lost, "lost events")
 	require.Zero(t, doubled, "events with more than one effect")
 	require.Empty(t, c.dead, "no event spent its 100 attempts")
-	require.Positive(t, kills.Load())
+	require.Positive(t, killed.all.Load())
 	w.requireOnePlace(ackedList)
 }

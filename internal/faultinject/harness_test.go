@@ -171,6 +171,21 @@ func (w *world) inWritingTx(n *node) bool {
 	return err == nil && writing
 }
 
+// kills counts a scenario's SIGKILLs of workers, and those of a worker
+// with a writing transaction open.
+type kills struct{ all, midTx atomic.Int64 }
+
+// replace kills victim (see kill), counting it in k, and starts a worker
+// with flags in its place.
+func (w *world) replace(victim *node, k *kills, flags ...string) (*node, error) {
+	if w.inWritingTx(victim) { // looked at just before the kill
+		k.midTx.Add(1)
+	}
+	victim.kill()
+	k.all.Add(1)
+	return w.start("worker", flags...)
+}
+
 // kill sends SIGKILL (no chance to release anything) and waits for the
 // process to be gone.
 func (n *node) kill() {

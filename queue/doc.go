@@ -50,11 +50,10 @@
 // A fetch walks the due events oldest first and skips those it may not
 // take (ConsumerConfig.Only and Exclude, paused sources and handlers). While
 // most of the events ahead are ones it skips (a backlog behind an open
-// breaker, types no handler takes), a Consumer fetches each of its kinds
-// on its own instead, through an index by kind, so that the backlog costs
-// its fetches nothing (FetchParams.ByKind). A paused handler's events are
-// the exception: a pause by handler is not a kind, so a fetch by kind
-// still reads past them inside their kind.
+// breaker, types no handler takes, a paused handler), a Consumer fetches
+// each of its kinds on its own instead, one handler name at a time,
+// through an index by kind and handler, so that the backlog costs its
+// fetches nothing (FetchParams.ByKind).
 //
 // # Leases and crashes
 //

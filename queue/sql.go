@@ -206,25 +206,49 @@ const walkCandidatesSQL = `candidates AS (
 // kind it takes on its own, through the kind index, oldest first: a
 // backlog of kinds it skips is never read. {kinds} is the CTE "kinds",
 // listed by the caller (kindsListedSQL) or read off the queue
-// (kindsPresentSQL). "ahead" finds, without locking, the $1 oldest
-// eligible events of those kinds (up to $1 of each, cut to the $1 oldest
-// of them all), and "quotas" how many of them each kind has; each kind
-// then locks that many of its oldest (FOR UPDATE SKIP LOCKED: past those
-// a concurrent fetch holds). Locking up to $1 of each kind and cutting
+// (kindsPresentSQL). The index orders each kind's events by handler name
+// (empty for none) before their time, so "handlers" lists each kind's
+// handler names, one index descent each (a skip scan), and "groups"
+// leaves out the paused ones: a paused handler's events are not read
+// either. "ahead" finds, without locking, the $1 oldest eligible events
+// of those groups (up to $1 of each, cut to the $1 oldest of them all),
+// and "quotas" how many of them each group has; each group then locks
+// that many of its oldest (FOR UPDATE SKIP LOCKED: past those a
+// concurrent fetch holds). Locking up to $1 of each kind and cutting
 // their union would leave rows locked but unclaimed until the fetch
 // commits, which a concurrent fetch skips: it could come back short, or
 // empty, with events available, and its consumer wait for a poll. It can
 // still come back short when a kind's quota falls on events a concurrent
 // fetch holds and the kind has too few beyond them (a row's lock cannot
 // be seen without taking it); a walk would take another kind's. Each
-// kind reads up to $1 entries, so with several kinds that have backlogs
+// group reads up to $1 entries, so with several kinds that have backlogs
 // it costs more than a walk.
 const byKindCandidatesSQL = `{kinds},
+handlers AS (
+    SELECT k.source, k.event_type, (
+        SELECT coalesce(q.handler, '') COLLATE "C" FROM {schema}.queue q
+        WHERE q.state = 'available' AND q.source COLLATE "C" = k.source AND q.event_type COLLATE "C" = k.event_type
+        ORDER BY 1 LIMIT 1) AS handler
+    FROM kinds k
+    UNION ALL
+    SELECT h.source, h.event_type, (
+        SELECT coalesce(q.handler, '') COLLATE "C" FROM {schema}.queue q
+        WHERE q.state = 'available' AND q.source COLLATE "C" = h.source AND q.event_type COLLATE "C" = h.event_type
+          AND coalesce(q.handler, '') COLLATE "C" > h.handler
+        ORDER BY 1 LIMIT 1)
+    FROM handlers h WHERE h.handler IS NOT NULL
+),
+groups AS (
+    SELECT source, event_type, handler FROM handlers
+    WHERE handler IS NOT NULL
+      AND handler NOT IN (SELECT handler FROM {schema}.queue_pauses WHERE source = '')
+),
 ahead AS (
-    SELECT k.source, k.event_type FROM kinds k CROSS JOIN LATERAL (
+    SELECT g.source, g.event_type, g.handler FROM groups g CROSS JOIN LATERAL (
         SELECT q.run_at, q.id
         FROM {schema}.queue q
-        WHERE q.source COLLATE "C" = k.source AND q.event_type COLLATE "C" = k.event_type
+        WHERE q.source COLLATE "C" = g.source AND q.event_type COLLATE "C" = g.event_type
+          AND coalesce(q.handler, '') COLLATE "C" = g.handler
           AND {eligible}
         ORDER BY q.run_at, q.id
         LIMIT $1) a
@@ -232,16 +256,17 @@ ahead AS (
     LIMIT $1
 ),
 quotas AS (
-    SELECT source, event_type, count(*) AS n FROM ahead GROUP BY source, event_type
+    SELECT source, event_type, handler, count(*) AS n FROM ahead GROUP BY source, event_type, handler
 ),
 candidates AS (
-    SELECT c.* FROM quotas k CROSS JOIN LATERAL (
+    SELECT c.* FROM quotas g CROSS JOIN LATERAL (
         SELECT q.id, q.source, q.ordering_key, q.rescued, q.run_at
         FROM {schema}.queue q
-        WHERE q.source COLLATE "C" = k.source AND q.event_type COLLATE "C" = k.event_type
+        WHERE q.source COLLATE "C" = g.source AND q.event_type COLLATE "C" = g.event_type
+          AND coalesce(q.handler, '') COLLATE "C" = g.handler
           AND {eligible}
         ORDER BY q.run_at, q.id
-        LIMIT k.n
+        LIMIT g.n
         FOR UPDATE OF q SKIP LOCKED) c
 )`
 

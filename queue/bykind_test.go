@@ -188,3 +188,34 @@ func TestFetchByKindLeavesTheRestToConcurrentFetchers(t *testing.T) {
 		require.NoError(t, q.Release(ctx, second...))
 	}
 }
+
+// A fetch by kind takes the oldest due events of each kind across all of
+// its handler names (none, plain ones, ones with odd bytes), as a walk
+// would, and leaves out only a paused handler's: the kind's handler names
+// are listed one after another, not only the first.
+func TestFetchByKindTakesEveryHandlerNameOfAKind(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, pool := newQueue(t, queue.Config{})
+	start := time.Now().Add(-time.Hour)
+	var evs []queue.NewEvent
+	for i, e := range []struct{ id, typ, handler string }{
+		{"held-1", "t", "held"}, {"none-1", "t", ""}, {"b-1", "t", "b"}, {"a-1", "t", "a"},
+		{"odd-1", "t", "\x01é "}, {"other-1", "u", "a"}, {"none-2", "t", ""}, {"a-2", "t", "a"},
+	} {
+		ev := event("s", e.id)
+		ev.Type, ev.Handler, ev.RunAt = e.typ, e.handler, start.Add(time.Duration(i)*time.Minute)
+		evs = append(evs, ev)
+	}
+	leaseEnqueue(t, q, evs...)
+	require.NoError(t, q.Pause(ctx, queue.PauseTarget{Handler: "held"}, "test"))
+	_, err := pool.Exec(ctx, `ANALYZE wharf.queue`)
+	require.NoError(t, err)
+
+	t4, u := queue.Kind{Source: "s", Type: "t"}, queue.Kind{Source: "s", Type: "u"}
+	// Listed kinds, then kinds read off the queue.
+	got := leaseFetch(t, q, queue.FetchParams{Limit: 4, Only: []queue.Kind{t4}, ByKind: true})
+	require.Equal(t, []string{"a-1", "b-1", "none-1", "odd-1"}, leaseIDs(got), "the 4 oldest of the kind, whatever their handler names")
+	got = leaseFetch(t, q, queue.FetchParams{Limit: 10, Only: []queue.Kind{{Source: "s", Type: queue.AnyType}}, Exclude: []queue.Kind{u}, ByKind: true})
+	require.Equal(t, []string{"a-2", "none-2"}, leaseIDs(got), "the rest of the kind, but the paused handler's")
+}

@@ -79,3 +79,27 @@ func TestRunWithNothingToRunSaysWhy(t *testing.T) {
 	require.NotContains(t, err.Error(), "LeaveUnhandled", "Unhandled is CompleteUnhandled here")
 	require.Contains(t, err.Error(), "no sources")
 }
+
+// Closing the pool under Run ends Run, maintenance included, with an
+// error wrapping queue.ErrPoolClosed: no retry can succeed on a closed
+// pool, and Run used to log a failed fetch every poll interval until its
+// ctx ended.
+func TestRunEndsWhenItsPoolIsClosed(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	p, err := wharf.New(pool, wharf.Config{PollInterval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	require.NoError(t, p.Source("acme", wharf.StandardWebhooks(testSecret)))
+	require.NoError(t, p.Handle("acme", "*", func(context.Context, pgx.Tx, wharf.Event) error { return nil }))
+	ran := make(chan error, 1)
+	go func() { ran <- p.Run(context.Background()) }()
+
+	pool.Close()
+	select {
+	case err := <-ran:
+		require.ErrorIs(t, err, queue.ErrPoolClosed)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run still running 30 s after its pool was closed")
+	}
+}

@@ -19,7 +19,8 @@ import (
 // It also prunes processed event ids past their retention (see
 // Config.IdempotencyPruneInterval). It returns at once an error wrapping
 // ErrNotReady if the schema lacks migrations this code needs, and ErrClosed
-// after Close.
+// after Close. If the pool is closed under it, it shuts down as for ctx
+// and returns an error wrapping queue.ErrPoolClosed.
 // Workers fetch only the (source, type) pairs with a handler, and leave
 // out those whose downstream breaker turns calls away (open, or half-open
 // with its probes in flight). Run may run in a process of its own, apart
@@ -78,10 +79,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	if err != nil {
 		return asConfigError(err)
 	}
+	maintenanceCtx, stopMaintenance := context.WithCancel(ctx)
 	var maintenance sync.WaitGroup
-	maintenance.Go(func() { p.pruneProcessed(ctx) })
-	defer maintenance.Wait()
-	return consumer.Run(ctx)
+	maintenance.Go(func() { p.pruneProcessed(maintenanceCtx) })
+	err = consumer.Run(ctx)
+	stopMaintenance()
+	maintenance.Wait()
+	return err
 }
 
 // pruneProcessed deletes processed event ids older than

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/puddle/v2"
 
 	"github.com/wharfhq/wharf/internal/pgnotify"
 )
@@ -287,7 +288,8 @@ func NewConsumer(q *Queue, cfg ConsumerConfig) (*Consumer, error) {
 // fetching, releases at once the fetched events that have not started
 // (attempts given back), lets running handlers finish within
 // ShutdownTimeout, and returns.
-// It returns an error only if called while already running.
+// It returns an error if called while already running, and one wrapping
+// ErrPoolClosed, after the same shutdown, if the pool is closed under it.
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("queue: consumer is already running")
@@ -321,7 +323,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 		})
 	}
-	c.fetchLoop(ctx)
+	err := c.fetchLoop(ctx)
 	c.releaseWaiting()
 	close(c.chunks)
 
@@ -340,7 +342,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	unsubscribe()
 	stopBackground()
 	background.Wait()
-	return nil
+	return err
 }
 
 // releaseWaiting gives back, at once, the chunks fetched ahead that no
@@ -368,8 +370,9 @@ func (c *Consumer) releaseWaiting() {
 // running ones.
 const prefetchFactor = 2
 
-// fetchLoop fetches chunks for free worker slots until ctx ends.
-func (c *Consumer) fetchLoop(ctx context.Context) {
+// fetchLoop fetches chunks for free worker slots until ctx ends, or until
+// a fetch finds the pool closed, which it returns: no retry can succeed.
+func (c *Consumer) fetchLoop(ctx context.Context) error {
 	free := prefetchFactor * c.cfg.Workers
 	poll := time.NewTimer(c.cfg.PollInterval)
 	defer poll.Stop()
@@ -385,24 +388,28 @@ func (c *Consumer) fetchLoop(ctx context.Context) {
 		if free == 0 {
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case <-c.freed:
 				free++
 			}
 			continue
 		}
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
 		size := c.chunkSize()
 		limit := min(free*size, MaxTxBatch)
 		evs, err := c.fetch(ctx, limit)
+		if errors.Is(err, puddle.ErrClosedPool) {
+			c.log.Error("queue: the pool was closed; the consumer stops")
+			return fmt.Errorf("%w: %w", ErrPoolClosed, err)
+		}
 		if err != nil {
 			c.log.Warn("queue: fetch failed; retrying after the poll interval", "error", err)
 		}
 		if len(evs) == 1 && evs[0].Rescued {
 			if !c.isolate(ctx, evs[0], &free) {
-				return
+				return nil
 			}
 			continue // there may be more: a rescued event comes alone
 		}
@@ -417,7 +424,7 @@ func (c *Consumer) fetchLoop(ctx context.Context) {
 		poll.Reset(c.cfg.PollInterval)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-c.wake:
 		case <-poll.C:
 		}

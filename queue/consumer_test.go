@@ -1704,6 +1704,38 @@ func TestConsumerRunTwice(t *testing.T) {
 	stop()
 }
 
+// 10c. Closing the pool under Run ends it, after the same graceful
+// shutdown as ctx would start, with an error wrapping ErrPoolClosed: a
+// closed pool never serves again, and retrying every PollInterval would
+// only log a failed fetch each time until ctx ended.
+func TestConsumerRunEndsWhenItsPoolIsClosed(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{Backoff: ctSmallBackoff})
+	ctCreateEffects(t, pool)
+	ctEnqueueAll(t, q, []string{"before"})
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:      1,
+		PollInterval: 20 * time.Millisecond,
+		Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+			return ctWriteEffect(ctx, tx, ev.ID)
+		},
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ran := make(chan error, 1)
+	go func() { ran <- c.Run(ctx) }()
+	dbtest.Eventually(t, 20*time.Second, "the event to be processed", func() bool { return ctQueueLen(t, pool) == 0 })
+
+	pool.Close()
+	select {
+	case err := <-ran:
+		require.ErrorIs(t, err, queue.ErrPoolClosed)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run still running 30 s after its pool was closed")
+	}
+}
+
 // 11. A handler cannot end the transaction it was given: Commit and
 // Rollback return ErrTxOwned and do nothing.
 func TestConsumerHandlerCannotEndTx(t *testing.T) {

@@ -25,6 +25,11 @@ var (
 	// worker, or the event was already completed. Nothing was changed.
 	ErrLeaseLost = errors.New("queue: lease lost")
 
+	// ErrPoolClosed is wrapped by the error Consumer.Run returns when the
+	// pool it runs on was closed under it: a closed pool never serves
+	// again, so Run shuts down instead of retrying every PollInterval.
+	ErrPoolClosed = errors.New("queue: the pool was closed")
+
 	// ErrClosed is returned by Enqueue after Close.
 	ErrClosed = errors.New("queue: closed")
 

@@ -226,10 +226,13 @@ func (c ConsumerConfig) validate(q *Queue) error {
 }
 
 // ConnsNeeded is how many pool connections a consumer with this many
-// workers uses at once: one per worker, one for the fetcher and one for
-// heartbeats and the rescuer. LISTEN uses a connection of its own outside
-// the pool. A process that also calls Enqueue needs Config.Committers more,
-// plus one for the notifier.
+// workers needs at once: one per worker, and two for the short statements
+// of the fetcher, the heartbeats and the rescuer, which run apart and may
+// wait a moment for each other's connection (each holds one for a round
+// trip or a short transaction, while a worker may hold its own for as
+// long as its handlers run). LISTEN uses a connection of its own outside
+// the pool. A process that also calls Enqueue needs Config.Committers
+// more, plus one for the notifier.
 func ConnsNeeded(workers int) int { return workers + 2 }
 
 // Consumer runs a Handler over the queue's events: it fetches due events in

@@ -118,7 +118,7 @@
 // migration).
 //
 // A consumer needs ConnsNeeded(Workers) pool connections at once: one per
-// worker, one fetcher, one for heartbeats and rescues. Its LISTEN connection
+// worker, and two that the fetcher, the heartbeats and the rescuer share. Its LISTEN connection
 // is opened outside the pool. A process that also enqueues needs
 // Config.Committers more, plus one for the notifier. NewConsumer returns
 // ErrPoolTooSmall rather than starving at run time.

@@ -92,7 +92,10 @@
 // fetchers on any number of replicas. An event that commits later than a
 // younger event of its key (its transaction started first but committed
 // last) runs after that younger event. An exhausted event stops holding
-// back its key.
+// back its key; replayed from the dead letter queue, it is stored anew,
+// and so runs after the events of its key stored before the replay. An
+// event that waits (a paused handler, a retry's backoff, a deferral)
+// holds back the later events of its key, whichever handler takes them.
 //
 // # Wake-ups
 //

@@ -118,11 +118,13 @@ func (d *DLQ) checkQueue(q *queue.Queue) error {
 
 // ReplayOptions shape a bulk replay.
 type ReplayOptions struct {
-	// BatchSize is how many entries each transaction replays. Defaults to
-	// 100.
+	// BatchSize is how many entries each transaction replays, and no more
+	// than MaxPerSecond when that is set. Defaults to 100.
 	BatchSize int
 	// MaxPerSecond caps the replay rate, so a bulk replay does not flood
-	// the consumers or the downstream. Defaults to no cap.
+	// the consumers or the downstream: batches hold at most a second's
+	// worth (at least one entry) and are spaced to keep the rate.
+	// Defaults to no cap.
 	MaxPerSecond float64
 	// Progress, when set, is called after each batch with the entries
 	// replayed so far and how many matched when the replay began.
@@ -149,6 +151,12 @@ func (d *DLQ) ReplayMatching(ctx context.Context, q *queue.Queue, f Filter, opts
 	}
 	if batch < 1 || batch > MaxListLimit || opts.MaxPerSecond < 0 {
 		return ReplayResult{}, fmt.Errorf("%w: BatchSize %d must be 1..%d and MaxPerSecond not negative", ErrInvalidFilter, batch, MaxListLimit)
+	}
+	if opts.MaxPerSecond > 0 && opts.MaxPerSecond < float64(batch) {
+		// A batch is queued at once, in one transaction: a bigger one than
+		// the rate would break the cap, and a set smaller than BatchSize
+		// would go back in one go, unpaced.
+		batch = max(1, int(opts.MaxPerSecond))
 	}
 	if f.UpTo == nil {
 		newest, _, err := d.List(ctx, f, Page{Limit: 1, OmitBody: true})

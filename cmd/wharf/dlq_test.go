@@ -419,3 +419,22 @@ func TestDLQPurgeAsksFirst(t *testing.T) {
 	require.Equal(t, "purged 1 entries replayed or discarded more than 1ms ago\n",
 		mustRun(t, f.url, "", "dlq", "purge", "--older-than", "1ms", "--confirm-above", "0", "--yes"))
 }
+
+// --rate caps the entries replayed in any second, also when fewer entries
+// match than --batch: they go back a second's worth at a time (a progress
+// line each), not all at once.
+func TestDLQReplayRateBoundsEachBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	var events []*queue.Event
+	for i := range 5 {
+		events = append(events, deadEvent("stripe", "evt_"+strconv.Itoa(i), "invoice.paid"))
+	}
+	require.NoError(t, f.moveToDLQ(ctx, events...))
+
+	code, out, stderr := opsRun(ctx, f.url, "", "dlq", "replay", "--all", "--rate", "2", "--yes")
+	require.Equal(t, exitOK, code, stderr)
+	require.Equal(t, "replayed 5\n", out)
+	require.Equal(t, "replayed 2 of 5\nreplayed 4 of 5\nreplayed 5 of 5\n", stderr, "batches of the rate, under the default --batch 100")
+}

@@ -53,7 +53,7 @@ Examples:
 		ask.register(fs, "replayed")
 		var opts dlq.ReplayOptions
 		fs.Float64Var(&opts.MaxPerSecond, "rate", 0, "the most entries to replay per second, so the consumers and the downstream are not flooded; 0 for no cap")
-		fs.IntVar(&opts.BatchSize, "batch", dlq.DefaultReplayBatch, fmt.Sprintf("entries per transaction of a replay by filter, 1 to %d", dlq.MaxListLimit))
+		fs.IntVar(&opts.BatchSize, "batch", dlq.DefaultReplayBatch, fmt.Sprintf("entries per transaction of a replay by filter, 1 to %d; with --rate, at most the rate", dlq.MaxListLimit))
 		noAudit := fs.Bool("no-audit", false, "write no \"replayed\" audit records")
 		return func(ctx context.Context, e *env, args []string) error {
 			ids, err := parseIDs(path, args)

@@ -26,7 +26,9 @@ type listPage struct {
 }
 
 // dlqList serves GET /dlq: the entries matching the filter in the query,
-// newest first, one keyset page at a time (dlq.Cursor in "after").
+// newest first, one keyset page at a time (dlq.Cursor in "after"). It
+// shows no bodies, so it reads none (dlq.Page.OmitBody): a body can be
+// megabytes.
 func (c *Console) dlqList(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	form := readFilter(q)
@@ -40,6 +42,7 @@ func (c *Console) dlqList(w http.ResponseWriter, r *http.Request) {
 		c.failErr(w, r, "the dead letter list", err)
 		return
 	}
+	pg.OmitBody = true
 	entries, next, err := c.parts.dlq.List(r.Context(), f, pg)
 	if err != nil {
 		c.failErr(w, r, "the dead letter list", err)

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wharfhq/wharf/console"
+	"github.com/wharfhq/wharf/dlq"
+	"github.com/wharfhq/wharf/internal/dbtest"
 	"github.com/wharfhq/wharf/queue"
 	"github.com/wharfhq/wharf/wharftest"
 )
@@ -220,4 +223,36 @@ func TestDLQEntryShowsHistoryMaskedHeadersBodyAndTrail(t *testing.T) {
 		require.Equal(t, http.StatusNotFound, pg.Status, bad)
 		require.Contains(t, pg.Body, "no dead letter has the id", bad)
 	}
+}
+
+// The list shows no bodies, so it reads none: a page of 20 entries of
+// 1 MiB each must not load 20 MiB (nor 200 pages' worth at the largest
+// page). Not parallel: it measures the process's allocations, the
+// console's server included, while no other test runs.
+func TestDLQListReadsNoBodies(t *testing.T) {
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	const entries, bodyBytes = 20, 1 << 20
+	_, err := pool.Exec(ctx, `INSERT INTO wharf.dead_letters (source, event_id, event_type, body, received_at,
+		attempts, max_attempts, errors, last_error, handler)
+		SELECT 'stripe', 'evt_' || g, 'invoice.paid', convert_to(repeat('x', $2), 'UTF8'), now(), 1, 1,
+			'[{"attempt": 1, "error": "boom"}]', 'boom', 'stripe/invoice.paid'
+		FROM generate_series(1, $1) g`, entries, bodyBytes)
+	require.NoError(t, err)
+	d, err := dlq.New(pool, dlq.Config{})
+	require.NoError(t, err)
+	c, err := console.New(console.Config{DLQ: d})
+	require.NoError(t, err)
+	srv := serve(t, c)
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	pg := get(t, srv, "/dlq?limit="+strconv.Itoa(entries))
+	runtime.ReadMemStats(&after)
+	ids, total := listed(t, pg)
+	require.Len(t, ids, entries)
+	require.Equal(t, entries, total)
+	require.Contains(t, pg.Body, "boom", "the last error is shown")
+	allocated := after.TotalAlloc - before.TotalAlloc
+	require.Less(t, allocated, uint64(entries*bodyBytes/2), "the list allocated %d MiB for %d MiB of bodies it does not show", allocated>>20, entries*bodyBytes>>20)
 }

@@ -84,9 +84,9 @@ func (ff filterForm) Empty() bool {
 	return ff.Source == "" && ff.Type == "" && ff.Handler == "" && ff.Error == "" && ff.Since == "" && ff.Until == ""
 }
 
-// maxPageLimit caps the list page's size, under dlq.MaxListLimit: the
-// list reads whole entries, bodies included (up to Config.MaxBodyBytes
-// each), to show a line of each.
+// maxPageLimit caps the list page's size, under dlq.MaxListLimit: a page
+// is one HTML table, read by a person, and each row carries its entry's
+// whole error history (a line of it shown).
 const maxPageLimit = 200
 
 // readPage reads the page size ("limit", 1 to maxPageLimit, default

@@ -55,8 +55,8 @@
 // X-Slack-Signature, X-Shopify-Hmac-Sha256, X-Twilio-Signature and
 // X-Api-Key, of every header whose name contains signature, secret, token,
 // hmac, auth, password, api-key, apikey, cookie, session, -sig, -key,
-// credential or verification (in any case, an underscore counting as a
-// hyphen), and of Config.MaskHeaders are masked before they reach the
+// credential, verification or hash (in any case, an underscore counting
+// as a hyphen), and of Config.MaskHeaders are masked before they reach the
 // template. Every
 // answer forbids framing, caching and scripts (Content-Security-Policy).
 // A malformed entry id, or one that names no entry, is 404; a filter the

@@ -19,9 +19,10 @@ var maskedHeaders = []string{
 // the headers of providers and proxies not listed above.
 // Names are matched in lower case with underscores read as hyphens
 // (X_Api_Key); "-sig" and "-key" catch PayPal's Transmission-Sig and the
-// cloud gateways' subscription and access keys.
+// cloud gateways' subscription and access keys, "hash" Flutterwave's
+// Verif-Hash, which carries the webhook secret itself.
 var maskedWords = []string{"signature", "secret", "token", "hmac", "auth", "password", "api-key", "apikey", "cookie", "session",
-	"-sig", "-key", "credential", "verification"}
+	"-sig", "-key", "credential", "verification", "hash"}
 
 // maskedValue replaces a masked header's value.
 const maskedValue = "•••• masked"

@@ -15,7 +15,7 @@ func TestHeaderMask(t *testing.T) {
 	for _, h := range []string{"Authorization", "Stripe-Signature", "webhook-signature", "X-Hub-Signature-256", "X-Slack-Signature",
 		"X-Shopify-Hmac-Sha256", "Cookie", "Set-Cookie", "X-Tenant-Key", "X-Gitlab-Token", "X-Webhook-Secret", "X-Signature", "X-Api-Key",
 		"X_Api_Key", "x_api_key", "Paypal-Transmission-Sig", "X-Access-Key", "Ocp-Apim-Subscription-Key", "X-Functions-Key",
-		"X-Amz-Credential", "Plaid-Verification"} {
+		"X-Amz-Credential", "Plaid-Verification", "Verif-Hash", "X-Webhook-Hash"} {
 		require.True(t, m.masked(h), h)
 	}
 	for _, h := range []string{"Content-Type", "User-Agent", "X-Request-Id", "X-GitHub-Event", "Webhook-Id", "X-Shopify-Topic"} {

@@ -233,9 +233,10 @@ func printEntries(w io.Writer, entries []dlq.Entry) error {
 // secretWords mark the header names whose values dlq show masks: every
 // name that contains one, in lower case with underscores read as hyphens.
 // They are at least the web console's: "-sig" catches PayPal's
-// Transmission-Sig.
+// Transmission-Sig, "hash" Flutterwave's Verif-Hash, which carries the
+// webhook secret itself.
 var secretWords = []string{"key", "auth", "password", "secret", "token", "signature", "hmac",
-	"cookie", "session", "credential", "verification", "-sig"}
+	"cookie", "session", "credential", "verification", "-sig", "hash"}
 
 // secretHeader reports whether a header's value is a credential or a
 // signature, which dlq show masks: a signature leaks nothing of the
@@ -319,8 +320,8 @@ body), here and in every table; --json leaves them to JSON's own escaping.
 
 Credentials and signatures are masked: every header whose name contains key,
 auth, password, secret, token, signature, hmac, cookie, session, credential,
-verification or -sig (Authorization, X-Api-Key, Cookie, Stripe-Signature,
-X-Hub-Signature-256, X-Shopify-Hmac-Sha256, X-Gitlab-Token, ...).
+verification, -sig or hash (Authorization, X-Api-Key, Cookie, Stripe-Signature,
+X-Hub-Signature-256, X-Shopify-Hmac-Sha256, X-Gitlab-Token, Verif-Hash, ...).
 
 Examples:
   wharf dlq show 42

@@ -338,6 +338,7 @@ func TestDLQShowMasksSecrets(t *testing.T) {
 		"X-Api-Key": {"sk_live_apikey"}, "Authorization": {"Bearer sk_live_bearer"}, "X-Auth-User": {"sk_live_user"},
 		"X-Db-Password": {"sk_live_password"}, "Stripe-Signature": {"t=1,v1=sk_live_sig"}, "X-Gitlab-Token": {"sk_live_token"},
 		"Set-Cookie": {"session=sk_live_cookie"}, "X_Client_Secret": {"sk_live_secret"}, "Paypal-Transmission-Sig": {"sk_live_paypal"},
+		"Verif-Hash": {"sk_live_flutterwave"},
 	}
 	ev := deadEvent("stripe", "evt_1", "invoice.paid")
 	ev.Headers = secrets.Clone()

@@ -106,9 +106,11 @@ type ProjectionConfig struct {
 	RebuildBatchSize int
 
 	// PollInterval is how often an idle projection looks for new events
-	// when no notification arrives (NOTIFY unavailable, PollOnly, an
-	// AppendTx whose caller did not call Notify, or a tail held back by a
-	// long transaction). Defaults to 1s.
+	// when no notification arrives (NOTIFY unavailable, PollOnly, or an
+	// AppendTx whose caller did not call Notify). A projection whose tail
+	// is held back by an older transaction, with committed events waiting
+	// beyond it, looks again sooner: after 5ms, backing off to a second,
+	// or to PollInterval if shorter. Defaults to 1s.
 	PollInterval time.Duration
 
 	// RetryDelay is the wait after a failed batch (the Handler returned an

@@ -153,15 +153,16 @@ func (p *Projection) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		n, err := p.step(batchCtx)
 		wait, wakeable := p.cfg.PollInterval, true
-		if !errors.Is(err, errTailHeld) {
-			held = 0
+		if !errors.Is(err, errTailHeld) || n > 0 {
+			held = 0 // the tail moved: back off from the start
 		}
 		switch {
 		case errors.Is(err, errTailHeld):
 			// Look again soon, backing off from 5ms to a second (or the
 			// poll interval, if shorter): the transaction holding the
 			// horizon usually ends in moments, and the events are known
-			// to be there, so no wake-up may come for them.
+			// to be there, so no wake-up may come for them. (The batch
+			// may have applied the events below the horizon first.)
 			held++
 			wait = min(minTailRetry<<min(held-1, 16), maxTailRetry, p.cfg.PollInterval)
 			failures = 0
@@ -239,8 +240,9 @@ func (p *Projection) CatchUp(ctx context.Context) (int, error) {
 	}
 }
 
-// errTailHeld: a batch found no event below the horizon, but committed
-// events wait after the checkpoint beyond it.
+// errTailHeld: a live batch reached the horizon, having applied the
+// events below it, if any, and committed events wait after it beyond the
+// horizon.
 var errTailHeld = errors.New("eventlog: the tail is held back by an older transaction")
 
 // errNoCheckpoint: the checkpoint row is missing or locked by another
@@ -322,34 +324,56 @@ func (p *Projection) batch(ctx context.Context, db beginner, rebuild bool, size 
 	if err != nil {
 		return 0, fmt.Errorf("eventlog: projection %q: %w", p.cfg.Name, err)
 	}
+	if len(events) == 0 && rebuild {
+		return 0, nil
+	}
+	if len(events) > 0 {
+		if err := p.call(ctx, tx, events); err != nil {
+			return 0, fmt.Errorf("eventlog: projection %q: batch after %s: %w", p.cfg.Name, cursor, err)
+		}
+		if _, err := tx.Exec(ctx, p.log.sql.saveCheckpoint, p.cfg.Name, next.TxID, next.Position); err != nil {
+			return 0, fmt.Errorf("eventlog: projection %q: save checkpoint: %w", p.cfg.Name, err)
+		}
+	}
+	// A short live batch reached the horizon: if committed events wait
+	// beyond it, the caller looks again soon, whether or not this batch
+	// applied anything (their wake-ups came before it).
+	held := false
+	if !rebuild && len(events) < size {
+		if held, err = p.pending(ctx, tx, next); err != nil {
+			return 0, err
+		}
+	}
 	if len(events) == 0 {
-		if rebuild {
-			return 0, nil
-		}
-		var pending bool
-		if p.cfg.Category == "" {
-			err = tx.QueryRow(ctx, p.log.sql.pending[0], cursor.TxID, cursor.Position).Scan(&pending)
-		} else {
-			err = tx.QueryRow(ctx, p.log.sql.pending[1], cursor.TxID, cursor.Position, likePrefix(p.cfg.Category)).Scan(&pending)
-		}
-		if err != nil {
-			return 0, fmt.Errorf("eventlog: projection %q: %w", p.cfg.Name, err)
-		}
-		if pending {
+		if held {
 			return 0, errTailHeld
 		}
 		return 0, nil
 	}
-	if err := p.call(ctx, tx, events); err != nil {
-		return 0, fmt.Errorf("eventlog: projection %q: batch after %s: %w", p.cfg.Name, cursor, err)
-	}
-	if _, err := tx.Exec(ctx, p.log.sql.saveCheckpoint, p.cfg.Name, next.TxID, next.Position); err != nil {
-		return 0, fmt.Errorf("eventlog: projection %q: save checkpoint: %w", p.cfg.Name, err)
-	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("eventlog: projection %q: commit: %w", p.cfg.Name, err)
 	}
+	if held {
+		return len(events), errTailHeld
+	}
 	return len(events), nil
+}
+
+// pending reports whether committed events of the projection wait after
+// cursor, beyond the horizon, as tx sees them (the events its function
+// appended in tx included).
+func (p *Projection) pending(ctx context.Context, tx pgx.Tx, cursor Cursor) (bool, error) {
+	var pending bool
+	var err error
+	if p.cfg.Category == "" {
+		err = tx.QueryRow(ctx, p.log.sql.pending[0], cursor.TxID, cursor.Position).Scan(&pending)
+	} else {
+		err = tx.QueryRow(ctx, p.log.sql.pending[1], cursor.TxID, cursor.Position, likePrefix(p.cfg.Category)).Scan(&pending)
+	}
+	if err != nil {
+		return false, fmt.Errorf("eventlog: projection %q: %w", p.cfg.Name, err)
+	}
+	return pending, nil
 }
 
 // call runs the projection's function, turning a panic into an error with

@@ -601,3 +601,41 @@ func TestProjectionSeesItsOwnAppends(t *testing.T) {
 	require.False(t, tracer.armed.Load(), "the append was injected")
 	require.ElementsMatch(t, []string{"order-1/1", "order-2/1", "audit-order-1/1", "audit-order-2/1"}, seen)
 }
+
+// A running projection whose batch applies the events below the horizon,
+// while a committed event waits beyond it (held back by an older
+// transaction that appends nothing), looks again soon, as it does after an
+// empty batch: the wake-ups for the waiting event came before that batch,
+// and none comes when the holder ends. Before, it slept a whole
+// PollInterval (an hour here) with the event known to be there.
+func TestProjectionLooksAgainSoonAfterABatchThatReachedAHeldTail(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// PollOnly: no LISTEN connection, whose wake-up when it connects
+	// would end the wait by chance.
+	l, pool := newProjectionDB(t, eventlog.Config{PollOnly: true})
+	p, err := l.NewProjection(eventlog.ProjectionConfig{Name: "totals", Handler: applyEvents, PollInterval: time.Hour})
+	require.NoError(t, err)
+
+	early := begin(t, pool) // its id is below the holder's
+	_, err = early.Exec(ctx, `SELECT pg_current_xact_id()`)
+	require.NoError(t, err)
+	holder := begin(t, pool)
+	_, err = holder.Exec(ctx, `SELECT pg_current_xact_id()`)
+	require.NoError(t, err)
+	_, err = l.AppendTx(ctx, early, "below", eventlog.NoStream, ev("e", 1))
+	require.NoError(t, err)
+	require.NoError(t, early.Commit(ctx))
+	_, err = l.Append(ctx, "beyond", eventlog.NoStream, ev("e", 2)) // before Run: no wake-up reaches it
+	require.NoError(t, err)
+
+	run(t, p)
+	dbtest.Eventually(t, 30*time.Second, "the event below the horizon applied", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 1
+	})
+	require.NoError(t, holder.Rollback(ctx))
+	dbtest.Eventually(t, 10*time.Second, "the held event applied once its holder ended, without a wake-up", func() bool {
+		return dbtest.Count(t, pool, `SELECT count(*) FROM applied`) == 2
+	})
+	appliedExactlyOnce(t, pool, 2)
+}

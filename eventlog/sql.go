@@ -254,11 +254,12 @@ const ensureCheckpointSQL = `
 INSERT INTO {schema}.event_checkpoints (name) VALUES ($1)
 ON CONFLICT (name) DO NOTHING`
 
-// pendingSQL tells an empty batch whether committed events wait after its
-// cursor beyond the horizon: the tail is held back by an older
-// transaction, and the projection retries soon rather than sleeping until
-// the next wake-up (the NOTIFY for those events may already have come and
-// gone). {filter} is empty, or the category condition on $3.
+// pendingSQL tells a batch that reached the horizon (it read fewer events
+// than it could) whether committed events wait after its new cursor beyond
+// the horizon: the tail is held back by an older transaction, and the
+// projection retries soon rather than sleeping until the next wake-up
+// (the NOTIFY for those events may already have come and gone, before
+// this batch). {filter} is empty, or the category condition on $3.
 const pendingSQL = `
 SELECT EXISTS (
     SELECT 1 FROM {schema}.event_log

@@ -54,8 +54,9 @@ type Config struct {
 	// PollOnly disables LISTEN for projections run from this Log, for a
 	// PgBouncer in transaction mode, where a LISTEN connection cannot be
 	// kept: projections then find new events within their PollInterval.
-	// Projections in the same process as an Append are still woken at
-	// once. Defaults to false.
+	// Projections of this Log are still woken at once by its own Appends
+	// (not by another Log's, even in the same process). Projection.Rebuild still needs a direct connection (see its
+	// documentation). Defaults to false.
 	PollOnly bool
 
 	// Logger receives warnings (a failed notify, a failing projection

@@ -423,7 +423,12 @@ func (ownedTx) Rollback(context.Context) error { return ErrTxOwned }
 // commit first), and each live batch needs that lock shared. Rebuild
 // returns when the replay reaches the horizon, having replayed at least
 // the events that were below it when Rebuild began; the live projection
-// then continues from there.
+// then continues from there. That lock is a session's, held across
+// transactions, so Rebuild needs connections that are sessions of their
+// own: not a pool behind PgBouncer in transaction mode (which runs each
+// transaction on whichever server connection is free, and can leave the
+// lock on one that other clients then use). Run a rebuild through a
+// direct connection to Postgres.
 //
 // If ctx ends, Rebuild stops after the batch in flight and returns ctx's
 // error; the tables and the checkpoint are consistent, and the live

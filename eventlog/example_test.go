@@ -119,7 +119,7 @@ ON CONFLICT (event_type) DO UPDATE SET n = order_counts.n + 1`, ev.Type); err !=
 
 	// A service would run counts.Run(ctx) in the background; CatchUp
 	// applies what is there now. (The tail can wait a moment for older
-	// write transactions elsewhere in the cluster, hence the loop.)
+	// write transactions of this database, hence the loop.)
 	for applied := 0; applied < 3; {
 		n, err := counts.CatchUp(ctx)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -42,7 +43,8 @@ type Webhook struct {
 	// a stale signature is refused.
 	Time time.Time
 	// Header holds further request headers; they override those the
-	// Signer sets, so a test can also send a broken signature.
+	// Signer sets, so a test can also send a broken signature. An HMAC
+	// Signer signs them where its verifier's signed content covers them.
 	Header http.Header
 }
 
@@ -52,8 +54,10 @@ type Signer struct {
 	// identity puts the webhook's id and type where the provider does:
 	// into h, or into the default body it returns.
 	identity func(w Webhook, h http.Header) (body any)
-	sign     func(w Webhook, body []byte) http.Header
-	form     bool // bodies that are not JSON are form-encoded (Slack)
+	// sign returns the signature's headers; sent holds the request's
+	// other headers, for the schemes that sign some of them.
+	sign func(w Webhook, sent http.Header, body []byte) http.Header
+	form bool // bodies that are not JSON are form-encoded (Slack)
 }
 
 // StandardWebhooks signs like a Standard Webhooks sender (Svix and the
@@ -65,7 +69,7 @@ func StandardWebhooks(secret string) Signer {
 		identity: func(w Webhook, _ http.Header) any {
 			return map[string]any{"type": w.Type, "data": map[string]any{}}
 		},
-		sign: func(w Webhook, body []byte) http.Header {
+		sign: func(w Webhook, _ http.Header, body []byte) http.Header {
 			return wharf.SignStandardWebhooks(secret, w.ID, w.Time, body)
 		},
 	}
@@ -79,7 +83,7 @@ func Stripe(secret string) Signer {
 		identity: func(w Webhook, _ http.Header) any {
 			return map[string]any{"id": w.ID, "object": "event", "type": w.Type, "data": map[string]any{"object": map[string]any{}}}
 		},
-		sign: func(w Webhook, body []byte) http.Header {
+		sign: func(w Webhook, _ http.Header, body []byte) http.Header {
 			return wharf.SignStripe(secret, w.Time, body)
 		},
 	}
@@ -95,7 +99,7 @@ func GitHub(secret string) Signer {
 			h.Set("X-GitHub-Event", w.Type)
 			return map[string]any{}
 		},
-		sign: func(_ Webhook, body []byte) http.Header {
+		sign: func(_ Webhook, _ http.Header, body []byte) http.Header {
 			return wharf.SignGitHub(secret, body)
 		},
 	}
@@ -114,7 +118,7 @@ func Shopify(secret string) Signer {
 			h.Set("X-Shopify-Webhook-Id", "whk_"+w.ID)
 			return map[string]any{}
 		},
-		sign: func(_ Webhook, body []byte) http.Header {
+		sign: func(_ Webhook, _ http.Header, body []byte) http.Header {
 			return wharf.SignShopify(secret, body)
 		},
 	}
@@ -131,7 +135,7 @@ func Slack(secret string) Signer {
 		identity: func(w Webhook, _ http.Header) any {
 			return map[string]any{"type": "event_callback", "event_id": w.ID, "event": map[string]any{"type": w.Type}}
 		},
-		sign: func(w Webhook, body []byte) http.Header {
+		sign: func(w Webhook, _ http.Header, body []byte) http.Header {
 			return wharf.SignSlack(secret, w.Time, body)
 		},
 		form: true,
@@ -139,20 +143,48 @@ func Slack(secret string) Signer {
 }
 
 // HMAC signs for a generic wharf.HMACVerifier (its header, prefix, hash,
-// encoding and timestamp header) with secret; v's own secrets are not
-// used. Such a source reads its id and type where its SourceFields say:
-// the default body is {"id": ID, "type": Type}, for FromJSON("id") and
-// FromJSON("type"); set Body or Header otherwise.
+// encoding, timestamp header and signed content) with secret; v's own
+// secrets are not used. Such a source reads its id and type where its
+// SourceFields say: the default body is {"id": ID, "type": Type}, for
+// FromJSON("id") and FromJSON("type"); set Body or Header otherwise.
+//
+// What is signed is what the request carries: v.SignedContent sees the
+// Webhook's Header (an id header it covers, say), and a timestamp header
+// set there is the signed text instead of Time in Unix seconds, for a v
+// whose ParseTimestamp reads another format.
 func HMAC(v *wharf.HMACVerifier, secret string) Signer {
 	return Signer{
 		verifier: v,
 		identity: func(w Webhook, _ http.Header) any {
 			return map[string]any{"id": w.ID, "type": w.Type}
 		},
-		sign: func(w Webhook, body []byte) http.Header {
-			return wharf.SignHMAC(v, secret, w.Time, body)
+		sign: func(w Webhook, sent http.Header, body []byte) http.Header {
+			return wharf.SignHMAC(signingAs(v, sent), secret, w.Time, body)
 		},
 	}
+}
+
+// signingAs returns a copy of v whose signed content is computed, as v's
+// Verify computes it, from the headers the request will carry: sent, and
+// the timestamp header that wharf.SignHMAC sets unless sent has one.
+// SignHMAC alone shows SignedContent its own headers only.
+func signingAs(v *wharf.HMACVerifier, sent http.Header) *wharf.HMACVerifier {
+	signer := *v
+	signer.SignedContent = func(ts string, own http.Header, body []byte) []byte {
+		all := own.Clone()
+		maps.Copy(all, sent)
+		if v.TimestampHeader != "" {
+			ts = all.Get(v.TimestampHeader)
+		}
+		switch {
+		case v.SignedContent != nil:
+			return v.SignedContent(ts, all, body)
+		case v.TimestampHeader == "":
+			return body
+		}
+		return append([]byte(ts+"."), body...)
+	}
+	return &signer
 }
 
 // Delivery is one signed request, ready to send. Send it twice to play a
@@ -191,21 +223,25 @@ func (s Signer) Sign(t testing.TB, w Webhook) Delivery {
 			t.Fatalf("wharftest: %v", err)
 		}
 	}
-	signed, err := s.signed(w, body)
-	if err != nil {
-		t.Fatalf("wharftest: sign: %v", err)
-	}
-	for k, v := range signed {
-		h[k] = v
-	}
 	switch {
 	case json.Valid(body):
 		h.Set("Content-Type", "application/json")
 	case s.form:
 		h.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
+	own := http.Header{}
 	for k, v := range w.Header {
-		h[http.CanonicalHeaderKey(k)] = append([]string(nil), v...)
+		own[http.CanonicalHeaderKey(k)] = append([]string(nil), v...)
+	}
+	maps.Copy(h, own)
+	signed, err := s.signed(w, h, body)
+	if err != nil {
+		t.Fatalf("wharftest: sign: %v", err)
+	}
+	for k, v := range signed {
+		if _, overridden := own[k]; !overridden {
+			h[k] = v
+		}
 	}
 	d := Delivery{Header: h, Body: body, EventID: w.ID}
 	if ident, ok := s.verifier.(wharf.Identifier); ok {
@@ -218,13 +254,13 @@ func (s Signer) Sign(t testing.TB, w Webhook) Delivery {
 
 // signed calls sign, turning the panic of wharf's Sign functions on a
 // secret its verifier would refuse into an error.
-func (s Signer) signed(w Webhook, body []byte) (h http.Header, err error) {
+func (s Signer) signed(w Webhook, sent http.Header, body []byte) (h http.Header, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%v", r)
 		}
 	}()
-	return s.sign(w, body), nil
+	return s.sign(w, sent, body), nil
 }
 
 // Send signs w and POSTs it to url.

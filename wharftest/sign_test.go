@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
@@ -178,4 +179,57 @@ func TestSignFailsTheTestOnUnusableInput(t *testing.T) {
 		wharftest.Signer{}.Sign(tb, wharftest.Webhook{Type: "x"})
 	})
 	require.Contains(t, msg, "zero Signer")
+}
+
+// TestSignersPassSourcesWithNonDefaultFields: a request signed by
+// wharftest is accepted by a source configured away from the defaults:
+// an HMAC scheme whose signed content covers an id header, and one whose
+// timestamps are in milliseconds.
+func TestSignersPassSourcesWithNonDefaultFields(t *testing.T) {
+	t.Parallel()
+	pool, p := setup(t, wharf.Config{})
+
+	// "<id>.<ts>.<body>", the id from a header: a scheme that signs its
+	// id so that a captured body cannot be sent again under a new one.
+	signsID := wharf.HMAC("X-Signature", "hmac-secret")
+	signsID.TimestampHeader = "X-Timestamp"
+	signsID.SignedContent = func(ts string, h http.Header, body []byte) []byte {
+		return append([]byte(h.Get("X-Event-Id")+"."+ts+"."), body...)
+	}
+	require.NoError(t, p.Source("signs-id", signsID, wharf.SourceFields{ID: wharf.FromHeader("X-Event-Id"), Type: wharf.FromJSON("type")}))
+
+	millis := wharf.HMAC("X-Signature", "hmac-secret")
+	millis.TimestampHeader = "X-Timestamp"
+	millis.ParseTimestamp = func(s string) (time.Time, error) {
+		ms, err := strconv.ParseInt(s, 10, 64)
+		return time.UnixMilli(ms), err
+	}
+	require.NoError(t, p.Source("millis", millis, wharf.SourceFields{ID: wharf.FromJSON("id"), Type: wharf.FromJSON("type")}))
+
+	for _, tc := range []struct {
+		source string
+		signer wharftest.Signer
+		w      wharftest.Webhook
+	}{
+		{"signs-id", wharftest.HMAC(signsID, "hmac-secret"), wharftest.Webhook{
+			ID: "evt_signed_id", Type: "order.paid", Header: http.Header{"X-Event-Id": {"evt_signed_id"}},
+		}},
+		{"millis", wharftest.HMAC(millis, "hmac-secret"), wharftest.Webhook{
+			ID: "evt_millis", Type: "order.paid",
+			Header: http.Header{"X-Timestamp": {strconv.FormatInt(time.Now().UnixMilli(), 10)}},
+		}},
+	} {
+		t.Run(tc.source, func(t *testing.T) {
+			h := wharftest.New(t, pool, p) // one per subtest: it reports to t
+			res := h.Send(tc.source, tc.signer, tc.w)
+			require.Equal(t, http.StatusAccepted, res.StatusCode, res.Body)
+			require.True(t, h.Status(tc.source, tc.w.ID).Queued)
+		})
+	}
+	// The signature still covers what it covers: the id header changed
+	// after signing is refused.
+	h := wharftest.New(t, pool, p)
+	d := wharftest.HMAC(signsID, "hmac-secret").Sign(t, wharftest.Webhook{ID: "evt_a", Type: "order.paid", Header: http.Header{"X-Event-Id": {"evt_a"}}})
+	d.Header.Set("X-Event-Id", "evt_b")
+	require.Equal(t, http.StatusUnauthorized, d.Send(t, h.URL("signs-id")).StatusCode)
 }

@@ -57,7 +57,7 @@ type Signer struct {
 	// sign returns the signature's headers; sent holds the request's
 	// other headers, for the schemes that sign some of them.
 	sign func(w Webhook, sent http.Header, body []byte) http.Header
-	form bool // bodies that are not JSON are form-encoded (Slack)
+	form bool // bodies that are not JSON are form-encoded (Slack, GitHub)
 }
 
 // StandardWebhooks signs like a Standard Webhooks sender (Svix and the
@@ -90,7 +90,10 @@ func Stripe(secret string) Signer {
 }
 
 // GitHub signs like GitHub (X-Hub-Signature-256) and sets X-GitHub-Delivery
-// and X-GitHub-Event, as read by wharf.GitHub.
+// and X-GitHub-Event, as read by wharf.GitHub. A Body that is not JSON is
+// sent form-encoded, as GitHub sends a webhook whose content type is
+// application/x-www-form-urlencoded (the JSON in its form field
+// "payload", where wharf.FromJSON then reads).
 func GitHub(secret string) Signer {
 	return Signer{
 		verifier: wharf.GitHub(secret),
@@ -102,6 +105,7 @@ func GitHub(secret string) Signer {
 		sign: func(_ Webhook, _ http.Header, body []byte) http.Header {
 			return wharf.SignGitHub(secret, body)
 		},
+		form: true,
 	}
 }
 

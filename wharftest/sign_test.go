@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"testing"
 	"time"
@@ -183,8 +184,9 @@ func TestSignFailsTheTestOnUnusableInput(t *testing.T) {
 
 // TestSignersPassSourcesWithNonDefaultFields: a request signed by
 // wharftest is accepted by a source configured away from the defaults:
-// an HMAC scheme whose signed content covers an id header, and one whose
-// timestamps are in milliseconds.
+// an HMAC scheme whose signed content covers an id header, one whose
+// timestamps are in milliseconds, and a GitHub source reading the JSON of
+// a form-encoded webhook.
 func TestSignersPassSourcesWithNonDefaultFields(t *testing.T) {
 	t.Parallel()
 	pool, p := setup(t, wharf.Config{})
@@ -206,6 +208,9 @@ func TestSignersPassSourcesWithNonDefaultFields(t *testing.T) {
 	}
 	require.NoError(t, p.Source("millis", millis, wharf.SourceFields{ID: wharf.FromJSON("id"), Type: wharf.FromJSON("type")}))
 
+	require.NoError(t, p.Source("github-form", wharf.GitHub("github-secret"),
+		wharf.SourceFields{OrderingKey: wharf.FromJSON("repository.full_name")}))
+
 	for _, tc := range []struct {
 		source string
 		signer wharftest.Signer
@@ -218,6 +223,10 @@ func TestSignersPassSourcesWithNonDefaultFields(t *testing.T) {
 			ID: "evt_millis", Type: "order.paid",
 			Header: http.Header{"X-Timestamp": {strconv.FormatInt(time.Now().UnixMilli(), 10)}},
 		}},
+		{"github-form", wharftest.GitHub("github-secret"), wharftest.Webhook{
+			ID: "evt_github_form", Type: "pull_request",
+			Body: []byte(url.Values{"payload": {`{"action":"opened","repository":{"full_name":"acme/api"}}`}}.Encode()),
+		}},
 	} {
 		t.Run(tc.source, func(t *testing.T) {
 			h := wharftest.New(t, pool, p) // one per subtest: it reports to t
@@ -226,6 +235,10 @@ func TestSignersPassSourcesWithNonDefaultFields(t *testing.T) {
 			require.True(t, h.Status(tc.source, tc.w.ID).Queued)
 		})
 	}
+	var key string
+	require.NoError(t, pool.QueryRow(t.Context(), `SELECT ordering_key FROM wharf.queue WHERE event_id = 'evt_github_form'`).Scan(&key))
+	require.Equal(t, "acme/api", key, "read from the form's payload")
+
 	// The signature still covers what it covers: the id header changed
 	// after signing is refused.
 	h := wharftest.New(t, pool, p)

@@ -30,7 +30,10 @@ type Observer interface {
 	// before anything else is done with it. The request is served in the
 	// context it returns (so a span started here is the parent of the
 	// signature check and the store), and end is called once, after the
-	// answer is written.
+	// answer is written. source is empty, in the IngestResult too, for a
+	// request to a name no source is registered under (answered 404): a
+	// Handler built per request from the URL (r.PathValue) would otherwise
+	// hand the observer names of the sender's choosing, one series each.
 	StartIngest(ctx context.Context, source string) (_ context.Context, end func(IngestResult))
 
 	// StartAttempt is called when a worker starts processing an event, in
@@ -190,12 +193,18 @@ func (g guardedObserver) protect(what string, fn func()) {
 // reported as a 500 before the panic goes on to net/http.
 func (p *Pipeline) observeIngest(w http.ResponseWriter, r *http.Request, source string) {
 	start := time.Now()
-	ctx, end := p.cfg.Observer.StartIngest(r.Context(), source)
+	observed := source
+	p.mu.RLock()
+	if p.sources[source] == nil {
+		observed = ""
+	}
+	p.mu.RUnlock()
+	ctx, end := p.cfg.Observer.StartIngest(r.Context(), observed)
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 	var id Identity
 	ended := func(status int) {
 		end(IngestResult{
-			Source: source, EventID: id.ID, EventType: id.Type,
+			Source: observed, EventID: id.ID, EventType: id.Type,
 			Status: status, Outcome: ingestOutcome(status, id), Duration: time.Since(start),
 		})
 	}

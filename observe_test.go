@@ -97,6 +97,36 @@ func TestObserverIngest(t *testing.T) {
 	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue`), "observing changes nothing stored")
 }
 
+// A request to a name no source is registered under reaches the observer
+// without that name: a Handler built per request from the URL would
+// otherwise give the observer (and its metrics) names of the sender's
+// choosing.
+func TestObserverIngestOfAnUnknownSourceCarriesNoName(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	h := newHarness(t, wharf.Config{Observer: rec})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.p.Handler(r.URL.Query().Get("source")).ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+
+	body := []byte(`{"type":"order.paid"}`)
+	header := wharf.SignStandardWebhooks(testSecret, "evt_obs_unknown", time.Now(), body)
+	require.Equal(t, http.StatusNotFound, postTo(t, srv.URL+"?source=random-7f3a", body, header).StatusCode)
+	require.Equal(t, http.StatusAccepted, postTo(t, srv.URL+"?source=acme", body, header).StatusCode)
+
+	h.eventually("a result per request", func() bool { return len(rec.ingested()) == 2 })
+	bySource := map[string]wharf.IngestResult{}
+	for _, res := range rec.ingested() {
+		res.Duration = 0
+		bySource[res.Source] = res
+	}
+	require.Equal(t, map[string]wharf.IngestResult{
+		"":     {Status: http.StatusNotFound, Outcome: wharf.IngestRejected},
+		"acme": {Source: "acme", EventID: "evt_obs_unknown", EventType: "order.paid", Status: http.StatusAccepted, Outcome: wharf.IngestStored},
+	}, bySource)
+}
+
 func TestObserverAttempts(t *testing.T) {
 	t.Parallel()
 	rec := &recorder{}

@@ -101,13 +101,25 @@ func (p *Pipeline) exhausted(ctx context.Context, tx pgx.Tx, evs []*queue.Event)
 // records the replay in their audit trails (when audit is on), in one
 // transaction. See dlq.DLQ.Replay.
 func (p *Pipeline) Replay(ctx context.Context, ids ...int64) (dlq.ReplayResult, error) {
-	return p.dead.Replay(ctx, p.queue, ids...)
+	res, err := p.dead.Replay(ctx, p.queue, ids...)
+	p.announceReplays(res)
+	return res, err
 }
 
 // ReplayMatching replays every dead-letter entry matching f. See
 // dlq.DLQ.ReplayMatching.
 func (p *Pipeline) ReplayMatching(ctx context.Context, f dlq.Filter, opts dlq.ReplayOptions) (dlq.ReplayResult, error) {
-	return p.dead.ReplayMatching(ctx, p.queue, f, opts)
+	res, err := p.dead.ReplayMatching(ctx, p.queue, f, opts)
+	p.announceReplays(res)
+	return res, err
+}
+
+// announceReplays wakes the audit log's projections after replays whose
+// records have committed.
+func (p *Pipeline) announceReplays(res dlq.ReplayResult) {
+	if p.audit != nil && res.Replayed > 0 {
+		p.audit.Notify()
+	}
 }
 
 // onReplay records replays in the delivery streams.

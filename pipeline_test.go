@@ -271,6 +271,73 @@ func TestPipelinePoisonDeadLettersReplaysOnce(t *testing.T) {
 	require.IsType(t, eventlog.Event{}, events[0])
 }
 
+// Audit records reach the projections of the audit log when their
+// transactions commit, not at the projections' next poll: the Pipeline
+// announces them, as eventlog's AppendTx asks of its callers, after a
+// worker's commit (processed, dead-lettered) and after a replay.
+func TestAuditRecordsWakeTheAuditLogsProjections(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newHarness(t, wharf.Config{Audit: true})
+	require.NoError(t, h.p.Handle("acme", "*", func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if ev.Type == "order.bad" {
+			return wharf.Permanent(errors.New("cannot parse"))
+		}
+		return nil
+	}))
+	seen := make(chan string, 100)
+	proj, err := h.p.AuditLog().NewProjection(eventlog.ProjectionConfig{
+		Name:         "audit-watch",
+		PollInterval: time.Hour, // only an announcement wakes it in time
+		Handler: func(_ context.Context, _ pgx.Tx, evs []eventlog.Event) error {
+			for _, e := range evs {
+				seen <- e.Metadata.SourceEventID + " " + e.Type
+			}
+			return nil
+		},
+	})
+	require.NoError(t, err)
+	runCtx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- proj.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		require.NoError(t, <-ran)
+	})
+	awaitRecord := func(want string) {
+		t.Helper()
+		timeout := time.After(20 * time.Second)
+		for {
+			select {
+			case got := <-seen:
+				if got == want {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("the projection did not see %q within 20 s", want)
+			}
+		}
+	}
+	// An append of the Log's own wakes it; after this it sleeps, idle.
+	_, err = h.p.AuditLog().Append(ctx, "sentinel", eventlog.AnyVersion, eventlog.NewEvent{Type: "ready", Data: []byte(`{}`), Metadata: eventlog.Metadata{SourceEventID: "sentinel"}})
+	require.NoError(t, err)
+	awaitRecord("sentinel ready")
+
+	h.run()
+	require.Equal(t, http.StatusAccepted, h.send("evt_good", "order.paid"))
+	awaitRecord("evt_good " + wharf.AuditProcessed)
+	require.Equal(t, http.StatusAccepted, h.send("evt_bad", "order.bad"))
+	awaitRecord("evt_bad " + wharf.AuditDeadLettered)
+
+	entries, _, err := h.p.DLQ().List(ctx, dlq.Filter{}, dlq.Page{})
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	res, err := h.p.Replay(ctx, entries[0].ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, res.Replayed)
+	awaitRecord("evt_bad " + wharf.AuditReplayed)
+}
+
 // flakyDownstream is an HTTP downstream that answers 503 while down (it
 // starts down) and 200 otherwise, counting the calls it gets.
 type flakyDownstream struct {

@@ -70,6 +70,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		ShutdownTimeout: p.cfg.ShutdownTimeout,
 		Logger:          p.cfg.Logger,
 	}
+	if p.audit != nil {
+		// Audit records commit with the worker transactions; projections
+		// of the audit log hear of them at once, not at their next poll.
+		cfg.Committed = p.audit.Notify
+	}
 	p.mu.RLock()
 	if p.batching {
 		cfg.BatchKey, cfg.BatchHandler = p.batchKey, p.workBatch

@@ -156,6 +156,13 @@ type ConsumerConfig struct {
 	// database. Defaults to none: every event runs through Handler.
 	BatchHandler func(ctx context.Context, tx pgx.Tx, evs []*Event) error
 
+	// Committed, when set, is called after the consumer commits a
+	// transaction that ran handlers, recorded failures or rescued events
+	// (and so may have run Config.OnExhausted): writes that others wait to
+	// hear of, such as event log appends, are announced then, once
+	// visible. It runs on the goroutine that committed and must not block.
+	Committed func()
+
 	// Name identifies this consumer as the lease holder in the queue table
 	// and in error histories. Defaults to "hostname:pid:random".
 	Name string
@@ -699,6 +706,7 @@ func (c *Consumer) rescue(ctx context.Context) {
 		}
 		if n > 0 {
 			c.log.Info("queue: rescued events whose lease expired", "events", n)
+			c.committed()
 		}
 		if n < limit {
 			return
@@ -897,6 +905,7 @@ func (c *Consumer) runTx(handlerCtx, runCtx context.Context, evs []*Event) (rest
 			c.observe(time.Since(start), len(ran))
 		}
 		c.untrack(ran)
+		c.committed()
 	}
 	for _, at := range out.dueTimes(time.Now()) {
 		c.wakeAt(at)
@@ -1160,7 +1169,17 @@ func (c *Consumer) recordFailures(ctx context.Context, out *outcomes) {
 	if unrecorded > 0 {
 		c.log.Warn("queue: cannot record failed attempts; those events run again when their leases expire", "events", unrecorded)
 	}
+	if unrecorded < len(out.failed)+len(out.deferred) {
+		c.committed()
+	}
 	c.untrack(out.ran())
+}
+
+// committed calls ConsumerConfig.Committed, if set.
+func (c *Consumer) committed() {
+	if c.cfg.Committed != nil {
+		c.cfg.Committed()
+	}
 }
 
 // handBack gives back events a worker will not run: unstarted ones are

@@ -60,8 +60,8 @@ type Config struct {
 	DLQ *dlq.DLQ
 	// Queue gives the overview its depth figures, pauses and unhandled
 	// types, is what pause and resume act on, and is where replays send
-	// entries back to (required with DLQ when AllowActions is set).
-	// Defaults to nil.
+	// entries back to (required with DLQ when AllowActions is set, and then
+	// in the DLQ's schema). Defaults to nil.
 	Queue *queue.Queue
 	// Breakers gives the overview the breakers' states. Defaults to nil.
 	Breakers *breaker.Registry
@@ -131,6 +131,8 @@ func (cfg Config) validate() error {
 		return &ConfigError{"Pipeline", "nothing to show: set Pipeline, or at least one of DLQ, Queue, Breakers, AuditLog, Idempotency"}
 	case cfg.AllowActions && cfg.Pipeline == nil && cfg.DLQ != nil && cfg.Queue == nil:
 		return &ConfigError{"Queue", "AllowActions needs the Queue that replays go back to"}
+	case cfg.AllowActions && cfg.DLQ != nil && cfg.Queue != nil && cfg.DLQ.Schema() != cfg.Queue.Schema():
+		return &ConfigError{"Queue", fmt.Sprintf("the queue's schema %q is not the DLQ's %q: a replay sends entries back to the queue in the DLQ's schema", cfg.Queue.Schema(), cfg.DLQ.Schema())}
 	case cfg.CSRFKey != nil && len(cfg.CSRFKey) < MinCSRFKeyBytes:
 		return &ConfigError{"CSRFKey", fmt.Sprintf("%d bytes is shorter than %d", len(cfg.CSRFKey), MinCSRFKeyBytes)}
 	case cfg.TokenTTL < time.Minute:

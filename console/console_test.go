@@ -26,6 +26,9 @@ func TestNewRejectsConfigsThatCannotWork(t *testing.T) {
 	require.NoError(t, err)
 	reg, err := breaker.New(breaker.Config{})
 	require.NoError(t, err)
+	elsewhere, err := queue.New(pool, queue.Config{Schema: "elsewhere"})
+	require.NoError(t, err)
+	t.Cleanup(elsewhere.Close)
 
 	for _, tc := range []struct {
 		name  string
@@ -35,6 +38,7 @@ func TestNewRejectsConfigsThatCannotWork(t *testing.T) {
 		{"nothing to show", console.Config{}, "Pipeline"},
 		{"pipeline and pieces", console.Config{Pipeline: p, DLQ: d}, "Pipeline"},
 		{"actions without a queue to replay into", console.Config{DLQ: d, AllowActions: true}, "Queue"},
+		{"actions with a queue in another schema than the DLQ's", console.Config{DLQ: d, Queue: elsewhere, AllowActions: true}, "Queue"},
 		{"short key", console.Config{Pipeline: p, CSRFKey: []byte("short")}, "CSRFKey"},
 		{"short token ttl", console.Config{Pipeline: p, TokenTTL: 1}, "TokenTTL"},
 		{"too many minutes", console.Config{Pipeline: p, ThroughputMinutes: 100000}, "ThroughputMinutes"},
@@ -49,6 +53,9 @@ func TestNewRejectsConfigsThatCannotWork(t *testing.T) {
 		require.Equal(t, tc.field, ce.Field, tc.name)
 		require.Nil(t, c, tc.name)
 	}
+
+	_, err = console.New(console.Config{DLQ: d, Queue: elsewhere, AllowActions: true})
+	require.ErrorContains(t, err, `the queue's schema "elsewhere" is not the DLQ's "wharf"`, "it names both schemas")
 
 	// Pieces alone are enough, read-only or (with the queue) with actions.
 	_, err = console.New(console.Config{Breakers: reg})

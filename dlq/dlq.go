@@ -32,6 +32,10 @@ func New(pool *pgxpool.Pool, cfg Config) (*DLQ, error) {
 	return &DLQ{pool: pool, cfg: c, sql: render(c.Schema)}, nil
 }
 
+// Schema is the schema the dead_letters table lives in, which is also the
+// schema of any queue the DLQ replays into (Replay refuses another).
+func (d *DLQ) Schema() string { return d.cfg.Schema }
+
 // Move records events that used their last attempt, in tx: the transaction
 // in which the queue removes them, so each event lands in exactly one
 // place. It is a queue.ExhaustFunc:

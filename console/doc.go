@@ -49,16 +49,16 @@
 // time and valid for Config.TokenTTL. No session or cookie is needed, so
 // any authentication middleware in front works.
 //
-// The entry page never renders a secret: the values of Authorization,
-// Proxy-Authorization, Cookie, Set-Cookie, Stripe-Signature,
-// Webhook-Signature, X-Hub-Signature, X-Hub-Signature-256,
-// X-Slack-Signature, X-Shopify-Hmac-Sha256, X-Twilio-Signature and
-// X-Api-Key, of every header whose name contains signature, secret, token,
-// hmac, auth, password, api-key, apikey, cookie, session, -sig, -key,
-// credential, verification or hash (in any case, an underscore counting
-// as a hyphen), and of Config.MaskHeaders are masked before they reach the
-// template. Every
-// answer forbids framing, caching and scripts (Content-Security-Policy).
+// The entry page never renders a secret: the values of the headers
+// dlq.SecretHeader names, which wharf dlq show masks too (X-Trello-Webhook,
+// X-Amzn-Oidc-Data and every header whose name contains key, auth,
+// password, secret, token, signature, hmac, cookie, session, credential,
+// verification, -sig, hash, jwt or assertion, in any case, an underscore
+// counting as a hyphen: Authorization, Cookie, Stripe-Signature,
+// X-Hub-Signature-256, X-Shopify-Hmac-Sha256, X-Api-Key,
+// Cf-Access-Jwt-Assertion, ...), and of Config.MaskHeaders are masked
+// before they reach the template. Every answer forbids framing, caching
+// and scripts (Content-Security-Policy).
 // A malformed entry id, or one that names no entry, is 404; a filter the
 // console cannot read is 400 with a message saying which field and why,
 // and so is a pause or resume whose target or reason the queue refuses

@@ -4,47 +4,28 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+
+	"github.com/wharfhq/wharf/dlq"
 )
-
-// maskedHeaders are always masked: the providers' signature headers
-// (a signature with its body lets anyone replay the request elsewhere,
-// and some schemes leak more), credentials and cookies.
-var maskedHeaders = []string{
-	"Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie",
-	"Stripe-Signature", "Webhook-Signature", "X-Hub-Signature", "X-Hub-Signature-256",
-	"X-Slack-Signature", "X-Shopify-Hmac-Sha256", "X-Twilio-Signature", "X-Api-Key",
-}
-
-// maskedWords mask every header whose name contains one of them, for
-// the headers of providers and proxies not listed above.
-// Names are matched in lower case with underscores read as hyphens
-// (X_Api_Key); "-sig" and "-key" catch PayPal's Transmission-Sig and the
-// cloud gateways' subscription and access keys, "hash" Flutterwave's
-// Verif-Hash, which carries the webhook secret itself.
-var maskedWords = []string{"signature", "secret", "token", "hmac", "auth", "password", "api-key", "apikey", "cookie", "session",
-	"-sig", "-key", "credential", "verification", "hash"}
 
 // maskedValue replaces a masked header's value.
 const maskedValue = "•••• masked"
 
-// headerMask decides which header values the entry page hides.
+// headerMask decides which header values the entry page hides: those of
+// dlq.SecretHeader, the rule wharf dlq show masks by too, and those of
+// Config.MaskHeaders, the keys of the map.
 type headerMask map[string]bool
 
 func newHeaderMask(extra []string) headerMask {
 	m := headerMask{}
-	for _, h := range slices.Concat(maskedHeaders, extra) {
+	for _, h := range extra {
 		m[http.CanonicalHeaderKey(h)] = true
 	}
 	return m
 }
 
 func (m headerMask) masked(name string) bool {
-	name = strings.ReplaceAll(name, "_", "-")
-	if m[http.CanonicalHeaderKey(name)] {
-		return true
-	}
-	lower := strings.ToLower(name)
-	return slices.ContainsFunc(maskedWords, func(w string) bool { return strings.Contains(lower, w) })
+	return m[http.CanonicalHeaderKey(strings.ReplaceAll(name, "_", "-"))] || dlq.SecretHeader(name)
 }
 
 // headerRow is one header as the entry page shows it.

@@ -15,10 +15,12 @@ func TestHeaderMask(t *testing.T) {
 	for _, h := range []string{"Authorization", "Stripe-Signature", "webhook-signature", "X-Hub-Signature-256", "X-Slack-Signature",
 		"X-Shopify-Hmac-Sha256", "Cookie", "Set-Cookie", "X-Tenant-Key", "X-Gitlab-Token", "X-Webhook-Secret", "X-Signature", "X-Api-Key",
 		"X_Api_Key", "x_api_key", "Paypal-Transmission-Sig", "X-Access-Key", "Ocp-Apim-Subscription-Key", "X-Functions-Key",
-		"X-Amz-Credential", "Plaid-Verification", "Verif-Hash", "X-Webhook-Hash"} {
+		"X-Amz-Credential", "Plaid-Verification", "Verif-Hash", "X-Webhook-Hash", "X-Trello-Webhook", "x-trello-webhook",
+		"Cf-Access-Jwt-Assertion", "X-Goog-Iap-Jwt-Assertion", "X-Amzn-Oidc-Data", "X-Amzn-Oidc-Accesstoken"} {
 		require.True(t, m.masked(h), h)
 	}
-	for _, h := range []string{"Content-Type", "User-Agent", "X-Request-Id", "X-GitHub-Event", "Webhook-Id", "X-Shopify-Topic"} {
+	for _, h := range []string{"Content-Type", "User-Agent", "X-Request-Id", "X-GitHub-Event", "Webhook-Id", "X-Shopify-Topic",
+		"Webhook-Timestamp", "X-Slack-Request-Timestamp", "X-GitHub-Hook-ID", "X-Amzn-Oidc-Identity", "Cf-Access-Client-Id", "Cf-Ray"} {
 		require.False(t, m.masked(h), h)
 	}
 	rows := m.rows(http.Header{"Stripe-Signature": {"t=1,v1=abc"}, "B": {"1", "2"}, "A": {"x"}})

@@ -230,30 +230,14 @@ func printEntries(w io.Writer, entries []dlq.Entry) error {
 	})
 }
 
-// secretWords mark the header names whose values dlq show masks: every
-// name that contains one, in lower case with underscores read as hyphens.
-// They are at least the web console's: "-sig" catches PayPal's
-// Transmission-Sig, "hash" Flutterwave's Verif-Hash, which carries the
-// webhook secret itself.
-var secretWords = []string{"key", "auth", "password", "secret", "token", "signature", "hmac",
-	"cookie", "session", "credential", "verification", "-sig", "hash"}
-
-// secretHeader reports whether a header's value is a credential or a
-// signature, which dlq show masks: a signature leaks nothing of the
-// secret, but together with the body it is a request anyone could replay
-// to the endpoint within the provider's tolerance.
-func secretHeader(name string) bool {
-	n := strings.ReplaceAll(strings.ToLower(name), "_", "-")
-	return slices.ContainsFunc(secretWords, func(w string) bool { return strings.Contains(n, w) })
-}
-
 const masked = "[masked]"
 
-// maskHeaders returns h with the values of secretHeader names masked.
+// maskHeaders returns h with the values of credentials and signatures
+// masked (dlq.SecretHeader, the rule of the web console's entry page too).
 func maskHeaders(h http.Header) http.Header {
 	out := make(http.Header, len(h))
 	for name, values := range h {
-		if secretHeader(name) {
+		if dlq.SecretHeader(name) {
 			values = slices.Repeat([]string{masked}, len(values))
 		}
 		out[name] = values
@@ -318,10 +302,12 @@ headers as received and the raw body (indented when it is JSON). Control
 characters are shown escaped, as in Go strings (\x1b, and \n outside the
 body), here and in every table; --json leaves them to JSON's own escaping.
 
-Credentials and signatures are masked: every header whose name contains key,
+Credentials and signatures are masked, as on the web console's entry page:
+X-Trello-Webhook, X-Amzn-Oidc-Data and every header whose name contains key,
 auth, password, secret, token, signature, hmac, cookie, session, credential,
-verification, -sig or hash (Authorization, X-Api-Key, Cookie, Stripe-Signature,
-X-Hub-Signature-256, X-Shopify-Hmac-Sha256, X-Gitlab-Token, Verif-Hash, ...).
+verification, -sig, hash, jwt or assertion (Authorization, X-Api-Key, Cookie,
+Stripe-Signature, X-Hub-Signature-256, X-Shopify-Hmac-Sha256, X-Gitlab-Token,
+Verif-Hash, Cf-Access-Jwt-Assertion, ...).
 
 Examples:
   wharf dlq show 42

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -338,11 +339,15 @@ func TestDLQShowMasksSecrets(t *testing.T) {
 		"X-Api-Key": {"sk_live_apikey"}, "Authorization": {"Bearer sk_live_bearer"}, "X-Auth-User": {"sk_live_user"},
 		"X-Db-Password": {"sk_live_password"}, "Stripe-Signature": {"t=1,v1=sk_live_sig"}, "X-Gitlab-Token": {"sk_live_token"},
 		"Set-Cookie": {"session=sk_live_cookie"}, "X_Client_Secret": {"sk_live_secret"}, "Paypal-Transmission-Sig": {"sk_live_paypal"},
-		"Verif-Hash": {"sk_live_flutterwave"},
+		"Verif-Hash": {"sk_live_flutterwave"}, "X-Trello-Webhook": {"sk_live_trello"}, "Cf-Access-Jwt-Assertion": {"sk_live_jwt"},
+	}
+	public := http.Header{
+		"Content-Type": {"application/json"}, "X-Request-Id": {"req_1"}, "Webhook-Timestamp": {"1700000000"},
+		"X-Github-Event": {"push"}, "Cf-Access-Client-Id": {"client_1"},
 	}
 	ev := deadEvent("stripe", "evt_1", "invoice.paid")
 	ev.Headers = secrets.Clone()
-	ev.Headers.Set("Content-Type", "application/json")
+	maps.Copy(ev.Headers, public)
 	require.NoError(t, f.moveToDLQ(ctx, ev))
 	id := strconv.FormatInt(listDLQ(t, f.url).Entries[0].ID, 10)
 
@@ -351,10 +356,19 @@ func TestDLQShowMasksSecrets(t *testing.T) {
 	for name := range secrets {
 		require.Contains(t, out, name+": [masked]")
 	}
-	require.Contains(t, out, "Content-Type: application/json", "not a secret")
+	for name, values := range public {
+		require.Contains(t, out, name+": "+values[0], "not a secret")
+	}
 	asJSON := mustRun(t, f.url, "", "dlq", "show", "--json", id)
 	require.NotContains(t, asJSON, "sk_live")
-	require.Contains(t, asJSON, "application/json")
+	var shown struct{ Headers http.Header }
+	require.NoError(t, json.Unmarshal([]byte(asJSON), &shown))
+	for name := range secrets {
+		require.Equal(t, []string{masked}, shown.Headers[name], name)
+	}
+	for name, values := range public {
+		require.Equal(t, values, shown.Headers[name], name)
+	}
 }
 
 // An id given twice is one entry: replayed or discarded once, not once and

@@ -28,7 +28,10 @@
 //	POST /dlq/{id}/replay      replay one
 //	POST /dlq/{id}/discard     discard one
 //	POST /pauses               pause a source or a handler (kind, name, reason):
-//	                           every replica's workers leave its events queued
+//	                           every replica's workers leave its events queued;
+//	                           like wharf pause, it warns when no queued event,
+//	                           dead letter or processed event has the name
+//	                           (likely misspelled), and pauses all the same
 //	POST /pauses/resume        resume one (kind, name)
 //	GET  /events?source=&id=   the audit trail of one delivery (wharf.DeliveryStream)
 //	GET  /static/console.css   the one stylesheet

@@ -107,9 +107,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		}
 		page.Refresh = n
 	}
-	if n, ok := pauseNotices[r.URL.Query().Get("done")]; ok {
-		page.Notice = &n
-	}
+	page.Notice = pauseNotice(r.URL.Query())
 	if q := c.parts.queue; q != nil {
 		page.Queue = c.queueSection(ctx, q)
 	}

@@ -67,6 +67,7 @@ func TestOverviewShowsPausesAndUnhandledTypes(t *testing.T) {
 func TestPauseAndResumeFromTheOverview(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, actions)
+	e.send("evt_inv_1", "invoice.paid", nil) // the names paused below are in use: no warning
 	ov := get(t, e.srv, "/")
 	require.Contains(t, ov.Body, `action="/wharf/pauses" id="pause-form"`)
 	require.Contains(t, ov.Body, `id="no-pauses"`)
@@ -102,6 +103,36 @@ func TestPauseAndResumeFromTheOverview(t *testing.T) {
 	require.Contains(t, get(t, e.srv, "/?done=skipped").Body, `<p class="notice warn" id="notice">Nothing done: it was not paused`)
 	require.NotContains(t, get(t, e.srv, "/?done=whatever").Body, `id="notice"`, "an unknown notice is ignored")
 	require.Len(t, e.pauses(), 1)
+}
+
+// The pause form's name is trimmed like its reason, and a name that no
+// queued event, dead letter or processed event has is paused with the
+// warning wharf pause gives: it is likely misspelled.
+func TestPauseTrimsTheNameAndWarnsAboutAnUnusedOne(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, actions)
+	e.send("evt_ok_1", "charge.ok", nil)
+	e.h.Drain() // processed: stripe, stripe/charge.ok
+	tok := token(t, get(t, e.srv, "/"))
+
+	for _, tc := range []struct{ kind, name string }{{"source", " stripe "}, {"handler", "stripe/charge.ok\t"}} {
+		res := post(t, e.srv, "/pauses", form("csrf", tok, "kind", tc.kind, "name", tc.name))
+		require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
+		require.Equal(t, "/wharf/?done=paused#pauses", res.Location, "%q is in use once trimmed: no warning", tc.name)
+	}
+	require.Equal(t, map[queue.PauseTarget]string{{Source: "stripe"}: "", {Handler: "stripe/charge.ok"}: ""}, e.pauses(), "trimmed")
+
+	for _, tc := range []struct{ kind, name, location, target string }{
+		{"source", "Stripe ", "/wharf/?done=unused&kind=source&name=Stripe#pauses", `source &#34;Stripe&#34;`},
+		{"handler", "charge.ok", "/wharf/?done=unused&kind=handler&name=charge.ok#pauses", `handler &#34;charge.ok&#34;`},
+	} {
+		res := post(t, e.srv, "/pauses", form("csrf", tok, "kind", tc.kind, "name", tc.name))
+		require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
+		require.Equal(t, tc.location, res.Location)
+		pg := get(t, e.srv, strings.TrimPrefix(res.Location, "/wharf"))
+		require.Contains(t, pg.Body, `<p class="notice warn" id="notice">Paused (listed below), with a warning: no queued event, dead letter or processed event has `+tc.target+`: is it misspelled?`)
+	}
+	require.Len(t, e.pauses(), 4, "paused with a warning all the same")
 }
 
 // A target or reason the queue refuses is 400 with its message; nothing

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/wharfhq/wharf/idempotency"
 )
 
 // ErrInvalidPause is wrapped by the errors of Pause and Resume about a
@@ -78,6 +81,32 @@ func (q *Queue) Resume(ctx context.Context, target PauseTarget) (bool, error) {
 		return false, fmt.Errorf("queue: resume %s: %w", target, err)
 	}
 	return tag.RowsAffected() > 0, nil
+}
+
+// InUse reports whether any queued event, dead letter or processed event
+// in the queue's schema has target's source or handler. Pause takes a name
+// none has, since pausing before any traffic is legitimate, but such a name
+// is likely misspelled (pausing "Stripe" holds back nothing of "stripe"):
+// wharf pause and the web console warn about it. The schema must hold the
+// dead letter and idempotency tables too, as wharf.Migrate makes it.
+func (q *Queue) InUse(ctx context.Context, target PauseTarget) (bool, error) {
+	if err := target.validate(); err != nil {
+		return false, err
+	}
+	var used bool
+	var err error
+	if target.Source != "" {
+		// The keys idempotency.Key makes for target.Source start with prefix.
+		prefix := strings.TrimSuffix(idempotency.Key(target.Source, "-"), "-")
+		past := prefix[:len(prefix)-1] + ";"
+		err = q.pool.QueryRow(ctx, q.sql.sourceInUse, target.Source, prefix, past).Scan(&used)
+	} else {
+		err = q.pool.QueryRow(ctx, q.sql.handlerInUse, target.Handler).Scan(&used)
+	}
+	if err != nil {
+		return false, fmt.Errorf("queue: look for %s in the queue, dead letters and processed events: %w", target, err)
+	}
+	return used, nil
 }
 
 // Pauses lists what is paused, oldest first.

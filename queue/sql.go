@@ -481,6 +481,32 @@ const pausedHandlersSQL = `SELECT handler FROM {schema}.queue_pauses WHERE sourc
 const pausesSQL = `
 SELECT source, handler, reason, paused_at FROM {schema}.queue_pauses ORDER BY paused_at, source, handler`
 
+// sourceInUseSQL says whether any queued event, dead letter or processed
+// event has the source $1 (InUse). A processed event's source is in its
+// idempotency key, "<length>:<source>:<event id>" (idempotency.Key): the
+// keys with the prefix $2 are those from $2 up to $3, the prefix with its
+// final ':' raised to ';'. That range is looked up in the primary key
+// (consumer, key) for each consumer in turn, found by a loose index scan,
+// instead of scanning the whole table.
+const sourceInUseSQL = `
+WITH RECURSIVE consumers (consumer) AS (
+    (SELECT consumer FROM {schema}.processed_events ORDER BY consumer LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.consumer FROM {schema}.processed_events p WHERE p.consumer > c.consumer ORDER BY p.consumer LIMIT 1)
+    FROM consumers c WHERE c.consumer IS NOT NULL
+)
+SELECT EXISTS (SELECT 1 FROM {schema}.queue WHERE source = $1)
+    OR EXISTS (SELECT 1 FROM {schema}.dead_letters WHERE source = $1)
+    OR EXISTS (SELECT 1 FROM consumers c JOIN {schema}.processed_events p ON p.consumer = c.consumer
+               WHERE p.key >= $2 COLLATE "C" AND p.key < $3 COLLATE "C")`
+
+// handlerInUseSQL says whether any queued event, dead letter or processed
+// event (whose consumer is the handler's name) has the handler $1 (InUse).
+const handlerInUseSQL = `
+SELECT EXISTS (SELECT 1 FROM {schema}.queue WHERE handler = $1)
+    OR EXISTS (SELECT 1 FROM {schema}.dead_letters WHERE handler = $1)
+    OR EXISTS (SELECT 1 FROM {schema}.processed_events WHERE consumer = $1)`
+
 // kindFilterSQL is a fetch's Only (match) or Exclude (not match) filter,
 // with kinds as two array parameters, sources then types, numbered from
 // first.
@@ -570,7 +596,8 @@ type statements struct {
 	payloads       string
 	heldPayloads   string
 	insert, recheck, complete, retry, deferEvents, exhaustKeep, exhaustRemove,
-	heartbeat, expired, stats, pause, resume, pauses, pausedHandlers string
+	heartbeat, expired, stats, pause, resume, pauses, pausedHandlers,
+	sourceInUse, handlerInUse string
 }
 
 func render(schema, duplicateIf string) statements {
@@ -627,5 +654,7 @@ func render(schema, duplicateIf string) statements {
 		resume:         r(resumeSQL),
 		pauses:         r(pausesSQL),
 		pausedHandlers: r(pausedHandlersSQL),
+		sourceInUse:    r(sourceInUseSQL),
+		handlerInUse:   r(handlerInUseSQL),
 	}
 }

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/wharfhq/wharf/idempotency"
-	"github.com/wharfhq/wharf/internal/sqlschema"
 	"github.com/wharfhq/wharf/queue"
 )
 
@@ -57,16 +54,16 @@ Examples:
 			if err != nil {
 				return err
 			}
-			return db.withQueue(ctx, func(pool *pgxpool.Pool, q *queue.Queue) error {
+			return db.withQueue(ctx, func(_ *pgxpool.Pool, q *queue.Queue) error {
 				if err := q.Pause(ctx, t, *reason); err != nil {
 					return err
 				}
 				fmt.Fprintf(e.stdout, "paused %s: workers leave its events in the queue from their next fetch\n", t)
-				seen, err := pauseTargetSeen(ctx, pool, db.schema, t)
+				used, err := q.InUse(ctx, t)
 				if err != nil {
 					return err
 				}
-				if !seen {
+				if !used {
 					fmt.Fprintf(e.stderr, "wharf pause: warning: no queued event, dead letter or processed event has %s: is it misspelled? (wharf queue stats and wharf dlq ls show the names in use; paused anyway, as a pause before any traffic is legitimate)\n", t)
 				}
 				return nil
@@ -107,24 +104,4 @@ Examples:
 			})
 		}
 	},
-}
-
-// pauseTargetSeen reports whether any queued event, dead letter or
-// processed event has t's source or handler: a name none has is likely
-// misspelled (pausing "Stripe" holds back nothing of "stripe").
-func pauseTargetSeen(ctx context.Context, pool *pgxpool.Pool, schema string, t queue.PauseTarget) (bool, error) {
-	var seen bool
-	var err error
-	if t.Source != "" {
-		// The keys idempotency.Key makes for t.Source start with prefix.
-		prefix := strings.TrimSuffix(idempotency.Key(t.Source, "-"), "-")
-		past := prefix[:len(prefix)-1] + ";"
-		err = pool.QueryRow(ctx, sqlschema.Render(sourceSeenSQL, schema), t.Source, prefix, past).Scan(&seen)
-	} else {
-		err = pool.QueryRow(ctx, sqlschema.Render(handlerSeenSQL, schema), t.Handler).Scan(&seen)
-	}
-	if err != nil {
-		return false, fmt.Errorf("look for %s in the queue, dead letters and processed events: %w", t, err)
-	}
-	return seen, nil
 }

@@ -40,31 +40,3 @@ const missingEntriesSQL = `
 SELECT u.id FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, n)
 WHERE NOT EXISTS (SELECT 1 FROM {schema}.dead_letters d WHERE d.id = u.id)
 ORDER BY u.n`
-
-// sourceSeenSQL says whether any queued event, dead letter or processed
-// event has the source $1, so that wharf pause can warn about a misspelled
-// one. A processed event's source is in its idempotency key,
-// "<length>:<source>:<event id>" (idempotency.Key): the keys with the prefix
-// $2 are those from $2 up to $3, the prefix with its final ':' raised to
-// ';'. That range is looked up in the primary key (consumer, key) for each
-// consumer in turn, found by a loose index scan, instead of scanning the
-// whole table.
-const sourceSeenSQL = `
-WITH RECURSIVE consumers (consumer) AS (
-    (SELECT consumer FROM {schema}.processed_events ORDER BY consumer LIMIT 1)
-    UNION ALL
-    SELECT (SELECT p.consumer FROM {schema}.processed_events p WHERE p.consumer > c.consumer ORDER BY p.consumer LIMIT 1)
-    FROM consumers c WHERE c.consumer IS NOT NULL
-)
-SELECT EXISTS (SELECT 1 FROM {schema}.queue WHERE source = $1)
-    OR EXISTS (SELECT 1 FROM {schema}.dead_letters WHERE source = $1)
-    OR EXISTS (SELECT 1 FROM consumers c JOIN {schema}.processed_events p ON p.consumer = c.consumer
-               WHERE p.key >= $2 COLLATE "C" AND p.key < $3 COLLATE "C")`
-
-// handlerSeenSQL says whether any queued event, dead letter or processed
-// event (whose consumer is the handler's name) has the handler $1, so that
-// wharf pause can warn about a misspelled one.
-const handlerSeenSQL = `
-SELECT EXISTS (SELECT 1 FROM {schema}.queue WHERE handler = $1)
-    OR EXISTS (SELECT 1 FROM {schema}.dead_letters WHERE handler = $1)
-    OR EXISTS (SELECT 1 FROM {schema}.processed_events WHERE consumer = $1)`

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"time"
 
 	"github.com/wharfhq/wharf/dlq"
 )
@@ -72,51 +71,49 @@ func (c *Console) redirectToEntry(w http.ResponseWriter, r *http.Request, id int
 
 // bulkPage is the bulk replay confirmation's data.
 type bulkPage struct {
-	Form   filterForm // with Until pinned: the set the count was taken of
+	Form   filterForm  // with UpTo pinned: the set the count was taken of
+	Newest *dlq.Cursor // the newest entry of that set; nil when it is empty
 	Count  int64
 	List   string  // the list of the entries counted
 	Notice *notice // why the page is shown again; nil the first time
 }
 
-// bulkFilter reads the filter of a bulk replay, dead entries only, and
-// pins its end: entries that die after the operator saw the count are not
-// replayed with the ones counted.
-func bulkFilter(q url.Values, now time.Time) (filterForm, dlq.Filter, error) {
+// bulkFilter reads the filter of a bulk replay: dead entries only.
+func bulkFilter(q url.Values) (filterForm, dlq.Filter, error) {
 	form := readFilter(q)
 	form.Status = ""
 	f, err := form.filter()
-	if err != nil {
-		return form, f, err
-	}
-	if f.Until.IsZero() || f.Until.After(now) {
-		f.Until = now.UTC().Truncate(time.Microsecond)
-		form.Until = f.Until.Format(time.RFC3339Nano)
-	}
-	if !f.Since.IsZero() && !f.Since.Before(f.Until) {
-		return form, f, &badRequest{"since is in the future: no dead letter matches"}
-	}
-	return form, f, nil
+	return form, f, err
 }
 
 // confirmBulkReplay serves GET /dlq/replay: how many dead entries the
-// filter matches, and the form that replays them. It changes nothing.
+// filter matches, and the form that replays them. It changes nothing. It
+// pins the set to the newest entry the filter matches (dlq.DLQ.Pin), as
+// wharf dlq replay does: entries that die after the operator saw the
+// count are not replayed with the ones counted. The bound is the entry's
+// own time of death as the database recorded it, not this process's
+// clock, which may be behind (the count would leave out entries the list
+// shows) or ahead (entries dying within the skew would join the set).
 func (c *Console) confirmBulkReplay(w http.ResponseWriter, r *http.Request) {
 	if !c.cfg.AllowActions {
 		c.fail(w, r, http.StatusForbidden, "this console is read-only: the service has not enabled actions (Config.AllowActions)")
 		return
 	}
-	form, f, err := bulkFilter(r.URL.Query(), time.Now())
+	form, f, err := bulkFilter(r.URL.Query())
 	if err != nil {
 		c.failErr(w, r, "the bulk replay", err)
 		return
 	}
-	n, err := c.parts.dlq.Count(r.Context(), f)
+	f, n, err := c.parts.dlq.Pin(r.Context(), f)
 	if err != nil {
 		c.failErr(w, r, "the dead letter count", err)
 		return
 	}
+	if f.UpTo != nil {
+		form.UpTo = f.UpTo.String()
+	}
 	c.render(w, r, http.StatusOK, "bulk_replay", "Replay dead letters", bulkPage{
-		Form: form, Count: n, List: basePath(r) + "/dlq?" + form.values().Encode(),
+		Form: form, Newest: f.UpTo, Count: n, List: basePath(r) + "/dlq?" + form.values().Encode(),
 	})
 }
 
@@ -127,7 +124,7 @@ func (c *Console) confirmBulkReplay(w http.ResponseWriter, r *http.Request) {
 // began before the page was loaded, and committed after), it replays
 // nothing and shows the confirmation again, with the new count.
 func (c *Console) bulkReplay(w http.ResponseWriter, r *http.Request) {
-	form, f, err := bulkFilter(r.PostForm, time.Now())
+	form, f, err := bulkFilter(r.PostForm)
 	if err != nil {
 		c.failErr(w, r, "the bulk replay", err)
 		return
@@ -137,6 +134,10 @@ func (c *Console) bulkReplay(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusBadRequest, "the form carries no count: replay from the confirmation page")
 		return
 	}
+	if f.UpTo == nil {
+		c.fail(w, r, http.StatusBadRequest, "the form does not pin the set it counted: replay from the confirmation page")
+		return
+	}
 	n, err := c.parts.dlq.Count(r.Context(), f)
 	if err != nil {
 		c.failErr(w, r, "the dead letter count", err)
@@ -144,7 +145,7 @@ func (c *Console) bulkReplay(w http.ResponseWriter, r *http.Request) {
 	}
 	if n != seen {
 		c.render(w, r, http.StatusConflict, "bulk_replay", "Replay dead letters", bulkPage{
-			Form: form, Count: n, List: basePath(r) + "/dlq?" + form.values().Encode(),
+			Form: form, Newest: f.UpTo, Count: n, List: basePath(r) + "/dlq?" + form.values().Encode(),
 			Notice: &notice{Text: fmt.Sprintf("Nothing replayed: %d dead letters match now, not the %d this page showed. Confirm again.", n, seen), Warn: true},
 		})
 		return

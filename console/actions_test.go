@@ -2,9 +2,11 @@ package console_test
 
 import (
 	"context"
+	"html"
 	"net/http"
 	"net/url"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -175,7 +177,9 @@ func TestBulkReplayOfAFilteredSet(t *testing.T) {
 	require.Equal(t, http.StatusOK, confirm.Status, confirm.Body)
 	require.Equal(t, "2", countRE.FindStringSubmatch(confirm.Body)[1], "two dead invoices (the third is discarded)")
 	require.Contains(t, confirm.Body, `<input type="hidden" name="type" value="invoice.paid">`)
-	require.Contains(t, confirm.Body, `<input type="hidden" name="until" value="`, "the set is pinned to what was counted")
+	newest := e.newestDead("invoice.paid")
+	require.Contains(t, confirm.Body, `<input type="hidden" name="upto" value="`+newest+`">`,
+		"the set is pinned to the newest entry counted, by its time of death in the database")
 	for _, id := range invoices[:2] {
 		require.Equal(t, "dead", e.status(id), "the confirmation changes nothing")
 	}
@@ -183,7 +187,7 @@ func TestBulkReplayOfAFilteredSet(t *testing.T) {
 	// Submit the confirmation form as it is.
 	res := post(t, e.srv, "/dlq/replay", hiddenFields(confirm.Body))
 	require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
-	require.Regexp(t, `^/wharf/dlq\?replayed=2&skipped=0&status=replayed&type=invoice.paid&until=`, res.Location)
+	require.Equal(t, "/wharf/dlq?replayed=2&skipped=0&status=replayed&type=invoice.paid&upto="+newest, res.Location)
 	done := get(t, e.srv, res.Location[len("/wharf"):])
 	require.Equal(t, "Replayed 2 entries.", noticeRE.FindStringSubmatch(done.Body)[1])
 	ids, _ := listed(t, done)
@@ -207,6 +211,30 @@ func TestBulkReplayOfAFilteredSet(t *testing.T) {
 	require.Equal(t, http.StatusBadRequest, get(t, e.srv, "/dlq/replay?since=soon").Status)
 }
 
+// newestDead returns the bound a bulk replay of the dead entries of type
+// typ pins (dlq.Cursor's String of the newest), read from the table.
+func (e *env) newestDead(typ string) string {
+	e.t.Helper()
+	var c dlq.Cursor
+	require.NoError(e.t, e.pool.QueryRow(context.Background(), `SELECT dead_at, id FROM wharf.dead_letters
+		WHERE status = 'dead' AND event_type = $1 ORDER BY dead_at DESC, id DESC LIMIT 1`, typ).Scan(&c.DeadAt, &c.ID))
+	return c.String()
+}
+
+// confirmTwoOfThreeInvoices dead-letters the events of seedDead, discards
+// the third invoice, and loads the bulk replay confirmation of the dead
+// invoices, requiring it to count two; it returns the invoices' entry ids
+// and the confirmation form's fields.
+func confirmTwoOfThreeInvoices(e *env) (invoices []int64, fields url.Values) {
+	e.t.Helper()
+	invoices, _ = seedDead(e)
+	_, err := e.p.DLQ().Discard(context.Background(), invoices[2])
+	require.NoError(e.t, err)
+	confirm := get(e.t, e.srv, "/dlq/replay?type=invoice.paid")
+	require.Equal(e.t, "2", countRE.FindStringSubmatch(confirm.Body)[1])
+	return invoices, hiddenFields(confirm.Body)
+}
+
 // A bulk replay replays nothing when the pinned set no longer holds the
 // count its confirmation showed (here an entry back to dead; in life, a
 // dead-lettering that began before the page was loaded and committed
@@ -215,17 +243,14 @@ func TestBulkReplayOfAFilteredSet(t *testing.T) {
 func TestBulkReplayRefusesAChangedCount(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, actions)
-	invoices, _ := seedDead(e)
+	invoices, fields := confirmTwoOfThreeInvoices(e)
 	ctx := context.Background()
-	_, err := e.p.DLQ().Discard(ctx, invoices[2])
-	require.NoError(t, err)
-
-	confirm := get(t, e.srv, "/dlq/replay?type=invoice.paid")
-	require.Equal(t, "2", countRE.FindStringSubmatch(confirm.Body)[1])
-	fields := hiddenFields(confirm.Body)
 	require.Equal(t, "2", fields.Get("count"), "the form carries the count shown")
 
-	_, err = e.pool.Exec(ctx, `UPDATE wharf.dead_letters SET status = 'dead', discarded_at = NULL WHERE id = $1`, invoices[2])
+	// Dead again, dated before the newest entry counted, as a
+	// dead-lettering that began before the page was loaded is.
+	_, err := e.pool.Exec(ctx, `UPDATE wharf.dead_letters SET status = 'dead', discarded_at = NULL, dead_at = dead_at - interval '1 hour'
+		WHERE id = $1`, invoices[2])
 	require.NoError(t, err)
 	again := post(t, e.srv, "/dlq/replay", fields)
 	require.Equal(t, http.StatusConflict, again.Status, again.Body)
@@ -241,6 +266,77 @@ func TestBulkReplayRefusesAChangedCount(t *testing.T) {
 
 	delete(fields, "count")
 	require.Equal(t, http.StatusBadRequest, post(t, e.srv, "/dlq/replay", fields).Status, "a form without the count")
+}
+
+// The set a bulk replay counts is pinned by the database's clock, not the
+// web server's: an entry dated ahead of the web server (its clock behind)
+// is counted and replayed like the list shows it, and the list the
+// confirmation links to shows the pinned set.
+func TestBulkReplayCountsWhatTheListShows(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, actions)
+	invoices, _ := seedDead(e)
+	_, err := e.pool.Exec(context.Background(), `UPDATE wharf.dead_letters SET dead_at = now() + interval '1 hour' WHERE id = $1`, invoices[0])
+	require.NoError(t, err)
+
+	_, total := listed(t, get(t, e.srv, "/dlq?type=invoice.paid"))
+	require.Equal(t, 3, total)
+	confirm := get(t, e.srv, "/dlq/replay?type=invoice.paid")
+	require.Equal(t, http.StatusOK, confirm.Status, confirm.Body)
+	require.Equal(t, "3", countRE.FindStringSubmatch(confirm.Body)[1], "the count is the list's")
+	require.Contains(t, confirm.Body, `<dd id="newest">entry `+itoa(invoices[0])+`, died `)
+	cancel := regexp.MustCompile(`<a href="([^"]+)">Cancel</a>`).FindStringSubmatch(confirm.Body)
+	require.NotNil(t, cancel, confirm.Body)
+	pinned := get(t, e.srv, strings.TrimPrefix(html.UnescapeString(cancel[1]), "/wharf"))
+	ids, total := listed(t, pinned)
+	require.Equal(t, 3, total)
+	require.ElementsMatch(t, invoices, ids)
+	require.Contains(t, pinned.Body, `<p id="upto">Up to entry `+itoa(invoices[0])+`, which died `)
+	require.Contains(t, pinned.Body, `<a href="/wharf/dlq?type=invoice.paid">Without this bound</a>`)
+
+	res := post(t, e.srv, "/dlq/replay", hiddenFields(confirm.Body))
+	require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
+	require.Contains(t, res.Location, "replayed=3&skipped=0")
+	for _, id := range invoices {
+		require.Equal(t, "replayed", e.status(id))
+	}
+}
+
+// An entry that dies after the newest one counted is not in the set,
+// even when another entry of the set left it meanwhile (the count alone
+// would not see the swap) and even when the web server's clock runs ahead
+// of its time of death: the replay is refused with the new count, and
+// replaying from there leaves the newcomer dead.
+func TestBulkReplayLeavesOutEntriesThatDieAfterTheCount(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, actions)
+	invoices, fields := confirmTwoOfThreeInvoices(e)
+	ctx := context.Background()
+
+	// invoices[2] dies again a microsecond after the newest entry counted,
+	// before the web server's clock at the count; invoices[0] is
+	// discarded: two dead invoices still, one of them not counted.
+	_, err := e.pool.Exec(ctx, `UPDATE wharf.dead_letters SET status = 'dead', discarded_at = NULL,
+		dead_at = (SELECT max(dead_at) FROM wharf.dead_letters WHERE id = ANY($2)) + interval '1 microsecond'
+		WHERE id = $1`, invoices[2], invoices[:2])
+	require.NoError(t, err)
+	_, err = e.p.DLQ().Discard(ctx, invoices[0])
+	require.NoError(t, err)
+
+	again := post(t, e.srv, "/dlq/replay", fields)
+	require.Equal(t, http.StatusConflict, again.Status, again.Body)
+	require.Contains(t, noticeRE.FindStringSubmatch(again.Body)[1], "Nothing replayed: 1 dead letters match now, not the 2 this page showed.")
+	require.Equal(t, "dead", e.status(invoices[2]), "nothing replayed")
+
+	res := post(t, e.srv, "/dlq/replay", hiddenFields(again.Body))
+	require.Equal(t, http.StatusSeeOther, res.Status, res.Body)
+	require.Contains(t, res.Location, "replayed=1&skipped=0")
+	require.Equal(t, "replayed", e.status(invoices[1]))
+	require.Equal(t, "dead", e.status(invoices[2]), "died after the newest counted: not replayed")
+
+	delete(fields, "upto")
+	require.Equal(t, http.StatusBadRequest, post(t, e.srv, "/dlq/replay", fields).Status, "a form that pins nothing")
+	require.Equal(t, http.StatusBadRequest, get(t, e.srv, "/dlq?upto=soon").Status, "an unreadable bound")
 }
 
 func TestAuditLookupByEventID(t *testing.T) {

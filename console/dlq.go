@@ -19,6 +19,7 @@ type listPage struct {
 	Next     string // the next page's URL; "" on the last page
 	First    string // the first page's URL; "" on the first page
 	BulkLink string // the bulk replay confirmation's URL; "" unless dead entries match
+	Unpinned string // the list without the bound of a bulk replay (Filter.UpTo)
 	Statuses []dlq.Status
 	// Replayed and Skipped report a bulk replay just done (Done is set).
 	Done              bool
@@ -67,6 +68,11 @@ func (c *Console) dlqList(w http.ResponseWriter, r *http.Request) {
 		nv := maps.Clone(links)
 		nv.Set("after", next.String())
 		page.Next = base + "?" + nv.Encode()
+	}
+	if f.UpTo != nil {
+		unpinned := form
+		unpinned.UpTo = ""
+		page.Unpinned = base + "?" + unpinned.values().Encode()
 	}
 	if c.cfg.AllowActions && total > 0 && (f.Status == "" || f.Status == dlq.StatusDead) {
 		page.BulkLink = base + "/replay?" + form.values().Encode()

@@ -19,12 +19,15 @@
 //	                           status, breaker states, events processed per minute
 //	GET  /dlq                  dead letters, newest first, filtered by source, type,
 //	                           handler, error text, status and time of death
-//	                           (since/until, UTC), one keyset page at a time
+//	                           (since/until, UTC; upto, the set a bulk replay
+//	                           pinned), one keyset page at a time
 //	GET  /dlq/{id}             one dead letter: its errors, headers (secrets masked),
 //	                           raw body (JSON indented) and audit trail
-//	GET  /dlq/replay           how many dead letters a filter matches, and the form
-//	                           that replays them
-//	POST /dlq/replay           replay them
+//	GET  /dlq/replay           how many dead letters a filter matches, pinned to the
+//	                           newest of them (dlq.DLQ.Pin, as wharf dlq replay),
+//	                           and the form that replays them
+//	POST /dlq/replay           replay them, unless the pinned set holds another
+//	                           number by now
 //	POST /dlq/{id}/replay      replay one
 //	POST /dlq/{id}/discard     discard one
 //	POST /pauses               pause a source or a handler (kind, name, reason):

@@ -12,9 +12,11 @@ import (
 
 // filterForm is a dead-letter filter as the operator typed it: the list
 // page's form fields and query parameters. Times without a zone are UTC,
-// like every time the console shows.
+// like every time the console shows. UpTo ("upto", a dlq.Cursor) is no
+// field of the form: it is the bound a bulk replay's confirmation pinned
+// (dlq.Filter.UpTo), kept in its form and in the links to the set.
 type filterForm struct {
-	Source, Type, Handler, Error, Status, Since, Until string
+	Source, Type, Handler, Error, Status, Since, Until, UpTo string
 }
 
 // timeLayouts are the forms a since/until value may take: what
@@ -26,7 +28,7 @@ func readFilter(q url.Values) filterForm {
 	get := func(k string) string { return strings.TrimSpace(q.Get(k)) }
 	return filterForm{
 		Source: get("source"), Type: get("type"), Handler: get("handler"), Error: get("error"),
-		Status: get("status"), Since: get("since"), Until: get("until"),
+		Status: get("status"), Since: get("since"), Until: get("until"), UpTo: get("upto"),
 	}
 }
 
@@ -50,6 +52,11 @@ func (ff filterForm) filter() (dlq.Filter, error) {
 	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
 		return f, &badRequest{fmt.Sprintf("since (%s) must be before until (%s)", ff.Since, ff.Until)}
 	}
+	if ff.UpTo != "" {
+		if f.UpTo, err = dlq.ParseCursor(ff.UpTo); err != nil {
+			return f, &badRequest{fmt.Sprintf("upto %q is not an entry bound; follow the links of a bulk replay instead", ff.UpTo)}
+		}
+	}
 	return f, nil
 }
 
@@ -70,7 +77,7 @@ func (ff filterForm) values() url.Values {
 	v := url.Values{}
 	for k, s := range map[string]string{
 		"source": ff.Source, "type": ff.Type, "handler": ff.Handler, "error": ff.Error,
-		"status": ff.Status, "since": ff.Since, "until": ff.Until,
+		"status": ff.Status, "since": ff.Since, "until": ff.Until, "upto": ff.UpTo,
 	} {
 		if s != "" {
 			v.Set(k, s)

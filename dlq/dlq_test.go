@@ -472,6 +472,39 @@ func TestReplayMatchingUpTo(t *testing.T) {
 	require.EqualValues(t, 2, n, "the entries that died after the bound are still dead")
 }
 
+// Pin bounds a filter by its newest entry as the database dated it, not
+// by the caller's clock: an entry dated ahead of the caller (clock skew)
+// is in the set, and one that dies after the newest is not.
+func TestPin(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	for i := range 3 {
+		f.deadEvent(t, "stripe", fmt.Sprintf("old%d", i), "x", "timeout", time.Duration(3-i)*time.Minute)
+	}
+	ahead := f.deadEvent(t, "stripe", "ahead", "x", "timeout", -time.Hour)
+	f.deadEvent(t, "github", "other", "x", "timeout", 0)
+
+	pinned, n, err := f.dead.Pin(ctx, dlq.Filter{Source: "stripe"})
+	require.NoError(t, err)
+	require.EqualValues(t, 4, n)
+	require.NotNil(t, pinned.UpTo)
+	require.Equal(t, ahead, pinned.UpTo.ID, "the newest entry, though dated an hour ahead of this process")
+	require.Equal(t, "stripe", pinned.Source)
+
+	later := f.deadEvent(t, "stripe", "later", "x", "timeout", 0)
+	_, err = f.pool.Exec(ctx, `UPDATE wharf.dead_letters SET dead_at = $1::timestamptz + interval '1 microsecond' WHERE id = $2`, pinned.UpTo.DeadAt, later)
+	require.NoError(t, err)
+	n, err = f.dead.Count(ctx, pinned)
+	require.NoError(t, err)
+	require.EqualValues(t, 4, n, "an entry that died after the newest counted stays out")
+
+	none, n, err := f.dead.Pin(ctx, dlq.Filter{Source: "slack"})
+	require.NoError(t, err)
+	require.Zero(t, n)
+	require.Equal(t, dlq.Filter{Source: "slack"}, none, "nothing to pin")
+}
+
 func TestDiscardAndPurge(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

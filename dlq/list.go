@@ -25,8 +25,9 @@ type Filter struct {
 	Since, Until time.Time
 	// UpTo keeps the entries listed at or after the entry it names (newest
 	// first): (dead_at, id) <= (UpTo.DeadAt, UpTo.ID). Fixed to the newest
-	// matching entry before a bulk replay is confirmed, it keeps entries
-	// that die meanwhile out of the replay. Defaults to nil: no bound.
+	// matching entry before a bulk replay is confirmed (DLQ.Pin), it keeps
+	// entries that die meanwhile out of the replay. Defaults to nil: no
+	// bound.
 	UpTo *Cursor
 }
 
@@ -141,6 +142,22 @@ func (d *DLQ) Count(ctx context.Context, f Filter) (int64, error) {
 		return 0, fmt.Errorf("dlq: count: %w", err)
 	}
 	return n, nil
+}
+
+// Pin bounds f by the newest entry it matches now (Filter.UpTo) and
+// counts the entries of that set: what an operator confirms before a bulk
+// replay (wharf dlq replay, the web console). Entries that die afterwards
+// stay out of the set, whatever the clock of the process asking, since the
+// bound is an entry's own (dead_at, id) as the database recorded it. When
+// nothing matches, f is returned unbounded, with 0.
+func (d *DLQ) Pin(ctx context.Context, f Filter) (Filter, int64, error) {
+	newest, _, err := d.List(ctx, f, Page{Limit: 1, OmitBody: true})
+	if err != nil || len(newest) == 0 {
+		return f, 0, err
+	}
+	f.UpTo = &Cursor{DeadAt: newest[0].DeadAt, ID: newest[0].ID}
+	n, err := d.Count(ctx, f)
+	return f, n, err
 }
 
 // Get returns one entry, or an error wrapping ErrNotFound.

@@ -121,16 +121,9 @@ func replayIDs(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, ids []in
 // replayed unconfirmed.
 func replayMatching(ctx context.Context, e *env, d *dlq.DLQ, q *queue.Queue, f dlq.Filter, opts dlq.ReplayOptions, ask confirmation) error {
 	f.Status = dlq.StatusDead
-	newest, _, err := d.List(ctx, f, dlq.Page{Limit: 1, OmitBody: true})
+	f, n, err := d.Pin(ctx, f)
 	if err != nil {
 		return err
-	}
-	var n int64
-	if len(newest) > 0 {
-		f.UpTo = &dlq.Cursor{DeadAt: newest[0].DeadAt, ID: newest[0].ID}
-		if n, err = d.Count(ctx, f); err != nil {
-			return err
-		}
 	}
 	if n == 0 {
 		fmt.Fprintln(e.stdout, "no dead entries match")

@@ -285,10 +285,16 @@ func (inst *instance) trip() {
 // adopt moves the breaker to state to, published by another process, by
 // replacing its gobreaker with a fresh one in that state; openFor is how
 // long an adopted open has left. It reports the change as Shared.
+//
+// A breaker already open (it tripped on the same outage before it saw the
+// published open) is still given the published open's time, unreported
+// since its state stays the same: otherwise it would probe on its own
+// schedule, and its reopen after a failed probe would be refused while
+// the published open is in force.
 func (b *Breaker) adopt(to State, openFor time.Duration) {
 	old := b.cur.Load()
 	from := fromGobreaker(old.cb.State())
-	if from == to {
+	if from == to && to != StateOpen {
 		return
 	}
 	next := b.newInstance(b.settings.OpenTimeout)
@@ -299,7 +305,9 @@ func (b *Breaker) adopt(to State, openFor time.Duration) {
 		until = *next.until.Load()
 	}
 	b.cur.Store(next)
-	b.enqueue(StateChange{Breaker: b.name, From: from, To: to, At: time.Now(), Until: until, Shared: true})
+	if from != to {
+		b.enqueue(StateChange{Breaker: b.name, From: from, To: to, At: time.Now(), Until: until, Shared: true})
+	}
 }
 
 // enqueue queues a state change for delivery by flush.

@@ -56,6 +56,25 @@ func sharedRow(t *testing.T, pool *pgxpool.Pool, name string) (gen int64, state,
 	return gen, state, changedBy, time.Duration(us) * time.Microsecond
 }
 
+// requireSharedRow asserts the breakers row of name and returns how long
+// its open has left.
+func requireSharedRow(t *testing.T, pool *pgxpool.Pool, name string, wantGen int64, wantState, wantBy, why string) time.Duration {
+	t.Helper()
+	gen, state, by, openFor := sharedRow(t, pool, name)
+	require.Equal(t, wantGen, gen, why)
+	require.Equal(t, wantState, state, why)
+	require.Equal(t, wantBy, by, why)
+	return openFor
+}
+
+// requireOpenFor asserts that breaker name of r is open for about openFor,
+// the time a shared open has left.
+func requireOpenFor(t *testing.T, r *breaker.Registry, name string, openFor time.Duration) {
+	t.Helper()
+	st := requireState(t, r, name, breaker.StateOpen)
+	require.WithinRange(t, st.Until, time.Now().Add(openFor-time.Second), time.Now().Add(openFor+time.Second))
+}
+
 func TestSharedOpenStopsTheOtherProcessWithoutCallingTheDownstream(t *testing.T) {
 	t.Parallel()
 	pool := dbtest.Pool(t)
@@ -347,4 +366,27 @@ func TestSharedSchemaIsConfigurable(t *testing.T) {
 	err = missing.Sync(ctx)
 	require.Error(t, err)
 	require.Contains(t, err.Error(), `breaker: sync shared state (owner "worker-d")`)
+}
+
+func TestSharedOpenAdoptedByAProcessAlreadyOpenOnItsOwn(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	settings := breaker.Settings{
+		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
+		OpenTimeout: 2 * time.Second, HalfOpenProbes: 1,
+	}
+	b := process(t, pool, "worker-b", settings, nil)
+
+	// B trips on the outage before it has seen the first open another
+	// process published (an hour, generation 1).
+	require.ErrorIs(t, b.Execute(ctx, "billing", func(context.Context) error { return errRefused }), breaker.ErrDownstream)
+	_, err := pool.Exec(ctx, `INSERT INTO wharf.breakers (name, generation, state, open_until, changed_by)
+		VALUES ('billing', 1, 'open', now() + interval '1 hour', 'worker-z')`)
+	require.NoError(t, err)
+	syncAll(t, b)
+
+	openFor := requireSharedRow(t, pool, "billing", 1, "open", "worker-z", "B's open did not overwrite the one in force")
+	// B adopted it: it probes when the fleet does, not 2s after its own trip.
+	requireOpenFor(t, b, "billing", openFor)
+	requireOpenError(t, b.Execute(ctx, "billing", func(context.Context) error { return nil }), "billing")
 }

@@ -100,6 +100,10 @@
 //     like any breaker. A published close closes it.
 //   - A breaker whose probes succeed publishes the close, but only over the
 //     open it ended (same generation); a failed probe publishes a new open.
+//     Generations come from one sequence and never repeat, so a row deleted
+//     by hand or by a cleanup is written again by the next transition, and
+//     every process adopts that one (deleting a row closes no breaker: the
+//     processes that adopted its open keep it for the time it had left).
 //   - Processes also publish their window's counts every refresh (only
 //     when they changed), and TripOnFailureRate adds up the counts of every
 //     live process: ten replicas that each see two failed calls of two

@@ -390,3 +390,36 @@ func TestSharedOpenAdoptedByAProcessAlreadyOpenOnItsOwn(t *testing.T) {
 	requireOpenFor(t, b, "billing", openFor)
 	requireOpenError(t, b.Execute(ctx, "billing", func(context.Context) error { return nil }), "billing")
 }
+
+func TestSharedOpenAfterTheRowWasDeletedIsAdopted(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	settings := breaker.Settings{Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1, OpenTimeout: time.Hour}
+	b := process(t, pool, "worker-b", settings, nil)
+
+	// Z opened it first (generation 1); B has seen that open after it ran
+	// out with nobody reporting a probe, so B stays closed.
+	z := process(t, pool, "worker-z", settings, nil)
+	require.ErrorIs(t, z.Execute(ctx, "billing", func(context.Context) error { return errRefused }), breaker.ErrDownstream)
+	syncAll(t, z)
+	requireSharedRow(t, pool, "billing", 1, "open", "worker-z", "the first open")
+	_, err := pool.Exec(ctx, `UPDATE wharf.breakers SET open_until = now() - interval '1 second' WHERE name = 'billing'`)
+	require.NoError(t, err)
+	syncAll(t, b)
+	requireState(t, b, "billing", breaker.StateClosed)
+
+	// An operator deletes the row; then A trips.
+	_, err = pool.Exec(ctx, `DELETE FROM wharf.breakers WHERE name = 'billing'`)
+	require.NoError(t, err)
+	a := process(t, pool, "worker-a", settings, nil)
+	require.ErrorIs(t, a.Execute(ctx, "billing", func(context.Context) error { return errRefused }), breaker.ErrDownstream)
+	syncAll(t, a)
+
+	// The new open is not the generation B knows, so B adopts it.
+	gen, state, by, openFor := sharedRow(t, pool, "billing")
+	require.Equal(t, "open", state)
+	require.Equal(t, "worker-a", by)
+	require.NotEqual(t, int64(1), gen, "a new open, not the generation B has seen")
+	syncAll(t, b)
+	requireOpenFor(t, b, "billing", openFor)
+}

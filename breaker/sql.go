@@ -13,17 +13,32 @@ import "github.com/wharfhq/wharf/internal/sqlschema"
 // row or an open one that has run out, never over an open still in force:
 // a second process tripping on the same outage neither extends nor
 // restamps the first one's open; it adopts it at the read that follows.
+//
+// The new generation comes from the breaker_generations sequence, so a
+// row deleted and written again never repeats one a process remembers.
+// Update and insert are apart, and the insert runs only when there is no
+// row, so that a refused publication takes no number; the insert's ON
+// CONFLICT leaves a row another process created meanwhile to that one.
 const publishOpenSQL = `
-INSERT INTO {schema}.breakers AS b (name, generation, state, open_until, changed_by)
-VALUES ($1, 1, 'open', now() + $2::bigint * interval '1 microsecond', $3)
-ON CONFLICT (name) DO UPDATE
-SET generation = b.generation + 1,
-    state      = 'open',
-    open_until = excluded.open_until,
-    changed_at = now(),
-    changed_by = excluded.changed_by
-WHERE b.state = 'closed' OR b.open_until <= now()
-RETURNING generation`
+WITH reopened AS (
+    UPDATE {schema}.breakers AS b
+    SET generation = greatest(b.generation + 1, nextval('{schema}.breaker_generations')),
+        state      = 'open',
+        open_until = now() + $2::bigint * interval '1 microsecond',
+        changed_at = now(),
+        changed_by = $3
+    WHERE b.name = $1 AND (b.state = 'closed' OR b.open_until <= now())
+    RETURNING b.generation
+), created AS (
+    INSERT INTO {schema}.breakers (name, generation, state, open_until, changed_by)
+    SELECT $1, nextval('{schema}.breaker_generations'), 'open', now() + $2::bigint * interval '1 microsecond', $3
+    WHERE NOT EXISTS (SELECT FROM {schema}.breakers WHERE name = $1)
+    ON CONFLICT (name) DO NOTHING
+    RETURNING generation
+)
+SELECT generation FROM reopened
+UNION ALL
+SELECT generation FROM created`
 
 // publishCloseSQL writes that this process's breaker $1 closed after
 // successful probes, over the open of generation $2 that it ended. If
@@ -32,7 +47,8 @@ RETURNING generation`
 // newer open.
 const publishCloseSQL = `
 UPDATE {schema}.breakers
-SET generation = generation + 1, state = 'closed', open_until = NULL, changed_at = now(), changed_by = $3
+SET generation = greatest(generation + 1, nextval('{schema}.breaker_generations')),
+    state = 'closed', open_until = NULL, changed_at = now(), changed_by = $3
 WHERE name = $1 AND generation = $2 AND state = 'open'
 RETURNING generation`
 

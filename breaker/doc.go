@@ -90,9 +90,10 @@
 //   - Each process keeps its own gobreaker breaker and calls through it.
 //   - When one of its breakers opens, it publishes the open (name,
 //     generation, open_until by the database clock) in the breakers table
-//     at once, from a background goroutine. An open in force is never
-//     overwritten: a second replica tripping on the same outage adopts the
-//     first one's open.
+//     at once, from a background goroutine. An open in force is
+//     overwritten only by a failed probe that ended it: a second replica
+//     tripping on the same outage adopts the first one's open, and its
+//     time.
 //   - Every RefreshInterval (1s) each process reads the table in one round
 //     trip and adopts the transitions it has not seen: a published open
 //     trips its breaker for the time the open has left (its calls get

@@ -205,7 +205,7 @@ func (s *sharedState) syncLocked(ctx context.Context) error {
 				b.pub.CompareAndSwap(p, nil) // over before it could be published
 				continue
 			}
-			batch.Queue(s.sql.publishOpen, b.name, until.Sub(now).Microseconds(), s.cfg.Owner).QueryRow(scan)
+			batch.Queue(s.sql.publishOpen, b.name, until.Sub(now).Microseconds(), s.cfg.Owner, b.knownGen.Load()).QueryRow(scan)
 		default:
 			batch.Queue(s.sql.publishClose, b.name, b.knownGen.Load(), s.cfg.Owner).QueryRow(scan)
 		}

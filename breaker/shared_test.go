@@ -56,6 +56,13 @@ func sharedRow(t *testing.T, pool *pgxpool.Pool, name string) (gen int64, state,
 	return gen, state, changedBy, time.Duration(us) * time.Microsecond
 }
 
+// tripAtOnce opens at the first failure for 2s, then lets one probe
+// through: the tests that wait for an open to run out wait 2s.
+var tripAtOnce = breaker.Settings{
+	Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
+	OpenTimeout: 2 * time.Second, HalfOpenProbes: 1,
+}
+
 // requireSharedRow asserts the breakers row of name and returns how long
 // its open has left.
 func requireSharedRow(t *testing.T, pool *pgxpool.Pool, name string, wantGen int64, wantState, wantBy, why string) time.Duration {
@@ -123,10 +130,7 @@ func TestSharedOpenStopsTheOtherProcessWithoutCallingTheDownstream(t *testing.T)
 func TestSharedCloseAfterProbesReopensTheOtherProcess(t *testing.T) {
 	t.Parallel()
 	pool := dbtest.Pool(t)
-	settings := breaker.Settings{
-		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
-		OpenTimeout: 2 * time.Second, HalfOpenProbes: 1,
-	}
+	settings := tripAtOnce
 	recB := &recorder{}
 	a := process(t, pool, "worker-a", settings, nil)
 	b := process(t, pool, "worker-b", settings, recB)
@@ -200,10 +204,7 @@ func TestSharedCountsTripTheFleetTogether(t *testing.T) {
 func TestSharedSecondTripAdoptsTheFirstOpen(t *testing.T) {
 	t.Parallel()
 	pool := dbtest.Pool(t)
-	settings := breaker.Settings{
-		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
-		OpenTimeout: 2 * time.Second, HalfOpenProbes: 1,
-	}
+	settings := tripAtOnce
 	a := process(t, pool, "worker-a", settings, nil)
 	b := process(t, pool, "worker-b", settings, nil)
 
@@ -235,10 +236,7 @@ func TestSharedSecondTripAdoptsTheFirstOpen(t *testing.T) {
 func TestSharedStaleCloseDoesNotEndANewerOpen(t *testing.T) {
 	t.Parallel()
 	pool := dbtest.Pool(t)
-	settings := breaker.Settings{
-		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
-		OpenTimeout: 2 * time.Second, HalfOpenProbes: 1,
-	}
+	settings := tripAtOnce
 	a := process(t, pool, "worker-a", settings, nil)
 	require.Error(t, a.Execute(ctx, "billing", func(context.Context) error { return errRefused }))
 	syncAll(t, a)
@@ -371,10 +369,7 @@ func TestSharedSchemaIsConfigurable(t *testing.T) {
 func TestSharedOpenAdoptedByAProcessAlreadyOpenOnItsOwn(t *testing.T) {
 	t.Parallel()
 	pool := dbtest.Pool(t)
-	settings := breaker.Settings{
-		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1,
-		OpenTimeout: 2 * time.Second, HalfOpenProbes: 1,
-	}
+	settings := tripAtOnce
 	b := process(t, pool, "worker-b", settings, nil)
 
 	// B trips on the outage before it has seen the first open another
@@ -422,4 +417,37 @@ func TestSharedOpenAfterTheRowWasDeletedIsAdopted(t *testing.T) {
 	require.NotEqual(t, int64(1), gen, "a new open, not the generation B has seen")
 	syncAll(t, b)
 	requireOpenFor(t, b, "billing", openFor)
+}
+
+func TestSharedFailedProbeReopensForAllWhileThePublishedOpenLasts(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	settings := tripAtOnce
+	a := process(t, pool, "worker-a", settings, nil)
+	c := process(t, pool, "worker-c", settings, nil)
+	require.ErrorIs(t, a.Execute(ctx, "billing", func(context.Context) error { return errRefused }), breaker.ErrDownstream)
+	syncAll(t, a, c)
+	requireState(t, c, "billing", breaker.StateOpen)
+	// The database stamped A's open later than A's own clock ends it: the
+	// publication waited (for a pool connection, the network), and a
+	// now() read later gives the same time left a later end.
+	_, err := pool.Exec(ctx, `UPDATE wharf.breakers SET open_until = open_until + interval '1 minute' WHERE name = 'billing'`)
+	require.NoError(t, err)
+
+	dbtest.Eventually(t, 10*time.Second, "A to go half-open", func() bool {
+		st, err := a.State("billing")
+		require.NoError(t, err)
+		return st.State == breaker.StateHalfOpen
+	})
+	require.ErrorIs(t, a.Execute(ctx, "billing", func(context.Context) error { return errRefused }), breaker.ErrDownstream)
+	syncAll(t, a, c)
+
+	// A's failed probe ended the open A published: its reopen replaces it
+	// for everyone, instead of being refused while that open lasts.
+	gen, state, by, openFor := sharedRow(t, pool, "billing")
+	require.Equal(t, "open", state)
+	require.Equal(t, "worker-a", by)
+	require.Greater(t, gen, int64(1))
+	require.LessOrEqual(t, openFor, settings.OpenTimeout)
+	requireOpenFor(t, c, "billing", openFor)
 }

@@ -10,9 +10,13 @@ import "github.com/wharfhq/wharf/internal/sqlschema"
 // publishOpenSQL writes that this process's breaker $1 opened, for $2
 // microseconds from now by the database clock (the time left of the local
 // open, so every process's clock is out of it). It writes over a closed
-// row or an open one that has run out, never over an open still in force:
-// a second process tripping on the same outage neither extends nor
-// restamps the first one's open; it adopts it at the read that follows.
+// row or an open one that has run out, never over an open still in force
+// unless it is the open of generation $4, the one this process knew: a
+// second process tripping on the same outage neither extends nor restamps
+// the first one's open (it adopts it at the read that follows), but a
+// failed probe reopens for everyone even if the open it ended has a
+// moment left by the database clock (its end was stamped there after the
+// publisher's own, by the time the publication took to arrive).
 //
 // The new generation comes from the breaker_generations sequence, so a
 // row deleted and written again never repeats one a process remembers.
@@ -27,7 +31,7 @@ WITH reopened AS (
         open_until = now() + $2::bigint * interval '1 microsecond',
         changed_at = now(),
         changed_by = $3
-    WHERE b.name = $1 AND (b.state = 'closed' OR b.open_until <= now())
+    WHERE b.name = $1 AND (b.state = 'closed' OR b.open_until <= now() OR b.generation = $4)
     RETURNING b.generation
 ), created AS (
     INSERT INTO {schema}.breakers (name, generation, state, open_until, changed_by)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -310,8 +311,8 @@ func (c *Config) resolve() (*resolved, error) {
 		if sc.Owner == "" {
 			sc.Owner = defaultOwner()
 		}
-		if !utf8.ValidString(sc.Owner) || len(sc.Owner) > MaxNameBytes {
-			return nil, fmt.Errorf("%w: Shared: Owner %q is not valid UTF-8 of at most %d bytes", ErrInvalidConfig, sc.Owner, MaxNameBytes)
+		if !utf8.ValidString(sc.Owner) || len(sc.Owner) > MaxNameBytes || strings.ContainsRune(sc.Owner, 0) {
+			return nil, fmt.Errorf("%w: Shared: Owner %q is not valid UTF-8 of at most %d bytes without NUL", ErrInvalidConfig, sc.Owner, MaxNameBytes)
 		}
 		out.shared = &sc
 	}
@@ -327,7 +328,9 @@ func (r *resolved) settingsFor(name string) Settings {
 }
 
 // validateName checks a breaker name: 1 to MaxNameBytes bytes of valid
-// UTF-8. The error wraps ErrInvalidName.
+// UTF-8 without NUL, which PostgreSQL text cannot hold (in shared mode one
+// such name would fail every refresh, every breaker's). The error wraps
+// ErrInvalidName.
 func validateName(name string) error {
 	switch {
 	case name == "":
@@ -336,6 +339,8 @@ func validateName(name string) error {
 		return fmt.Errorf("%w %q: longer than %d bytes", ErrInvalidName, name, MaxNameBytes)
 	case !utf8.ValidString(name):
 		return fmt.Errorf("%w %q: not valid UTF-8", ErrInvalidName, name)
+	case strings.ContainsRune(name, 0):
+		return fmt.Errorf("%w %q: contains NUL", ErrInvalidName, name)
 	}
 	return nil
 }

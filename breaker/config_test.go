@@ -86,6 +86,7 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 		"shared without pool":  {breaker.Config{Shared: &breaker.SharedConfig{}}, "Pool is nil"},
 		"shared, bad schema":   {breaker.Config{Shared: &breaker.SharedConfig{Pool: pool, Schema: "Bad-Name"}}, "Bad-Name"},
 		"shared, bad interval": {breaker.Config{Shared: &breaker.SharedConfig{Pool: pool, RefreshInterval: -time.Second}}, "RefreshInterval -1s"},
+		"shared, NUL in owner": {breaker.Config{Shared: &breaker.SharedConfig{Pool: pool, Owner: "a\x00b"}}, "without NUL"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -106,7 +107,7 @@ func TestInvalidBreakerNamesAreRefused(t *testing.T) {
 	r := newRegistry(t, breaker.Settings{}, nil)
 	called := false
 	fn := func(context.Context) error { called = true; return nil }
-	for _, name := range []string{"", strings.Repeat("x", breaker.MaxNameBytes+1), "bad\xffutf8"} {
+	for _, name := range []string{"", strings.Repeat("x", breaker.MaxNameBytes+1), "bad\xffutf8", "bad\x00nul"} {
 		err := r.Execute(ctx, name, fn)
 		require.ErrorIs(t, err, breaker.ErrInvalidName)
 		require.True(t, strings.HasPrefix(err.Error(), "breaker: invalid breaker name "), err.Error())

@@ -220,8 +220,9 @@ type Config struct {
 	// OnStateChange, if set, is called after every state change of every
 	// breaker, in order per breaker, from the goroutine whose call caused
 	// it (or the shared-state refresher), never while a breaker's lock is
-	// held: it may call the Registry. It should return quickly. Defaults to
-	// nil.
+	// held: it may call the Registry. It should return quickly. A panic in
+	// it reaches the call that caused the change; one on a change the
+	// refresher adopted is logged. Defaults to nil.
 	OnStateChange func(StateChange)
 
 	// Shared, if set, shares breaker state with every Registry that uses

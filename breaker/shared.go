@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -106,7 +107,7 @@ func (s *sharedState) run(ctx context.Context) {
 	defer ticker.Stop()
 	failing := false // log when refreshes start and stop failing, not each one
 	for {
-		err := s.sync(ctx)
+		err := s.refresh(ctx)
 		switch {
 		case ctx.Err() != nil || errors.Is(err, ErrClosed):
 		case err != nil && !failing:
@@ -124,6 +125,19 @@ func (s *sharedState) run(ctx context.Context) {
 		case <-s.wakeC:
 		}
 	}
+}
+
+// refresh is sync for the refresher goroutine. The adoptions sync reports
+// call OnStateChange there, and a panic in it is logged instead of ending
+// the process; on a call, such a panic reaches the caller.
+func (s *sharedState) refresh(ctx context.Context) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.r.cfg.logger.Error("breaker: OnStateChange panicked on a change the shared-state refresher adopted",
+				"owner", s.cfg.Owner, "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	return s.sync(ctx)
 }
 
 func (s *sharedState) close() {

@@ -2,6 +2,8 @@ package breaker_test
 
 import (
 	"context"
+	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/wharfhq/wharf/breaker"
 	"github.com/wharfhq/wharf/internal/dbtest"
 	"github.com/wharfhq/wharf/internal/migrate"
+	"github.com/wharfhq/wharf/internal/testio"
 )
 
 // These tests need PostgreSQL and real time, so they run outside synctest
@@ -316,6 +319,51 @@ func TestSharedRefresherPropagatesWithoutSync(t *testing.T) {
 	called := false
 	requireOpenError(t, b.Execute(ctx, "billing", func(context.Context) error { called = true; return nil }), "billing")
 	require.False(t, called)
+}
+
+// A panic in OnStateChange on a change the background refresher adopted
+// is logged, and the refresher goes on: it used to end the process.
+func TestSharedRefresherSurvivesAPanickingOnStateChange(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	settings := breaker.Settings{Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1, OpenTimeout: time.Minute}
+	var logs testio.Buffer
+	var panicked atomic.Bool
+	adopted := make(chan string, 10)
+	b, err := breaker.New(breaker.Config{
+		Default: settings,
+		Shared:  &breaker.SharedConfig{Pool: pool, Owner: "worker-b", RefreshInterval: 20 * time.Millisecond},
+		Logger:  slog.New(slog.NewTextHandler(&logs, nil)),
+		OnStateChange: func(c breaker.StateChange) {
+			if panicked.CompareAndSwap(false, true) {
+				panic("a bug in the callback")
+			}
+			adopted <- c.Breaker
+		},
+	})
+	require.NoError(t, err)
+	t.Cleanup(b.Close)
+	a := process(t, pool, "worker-a", settings, nil)
+
+	for _, name := range []string{"billing", "ledger"} {
+		require.Error(t, a.Execute(ctx, name, func(context.Context) error { return errRefused }))
+		syncAll(t, a)
+		dbtest.Eventually(t, 10*time.Second, "B to adopt A's open of "+name, func() bool {
+			for _, st := range b.Open() {
+				if st.Name == name {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	select {
+	case name := <-adopted:
+		require.Equal(t, "ledger", name, "the change after the panic is delivered")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change delivered after the callback panicked")
+	}
+	require.Contains(t, logs.String(), "a bug in the callback")
 }
 
 func TestSharedCloseRemovesOwnCounts(t *testing.T) {

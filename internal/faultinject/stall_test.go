@@ -49,13 +49,14 @@ func TestStalledWorker(t *testing.T) {
 	// the thaw.
 	frozen := w.mustStart("worker", append(flags, "-workers", "1", "-rescue-interval", "1h")...)
 	frozenPID := frozen.cmd.Process.Pid
+	frozenLeases := fmt.Sprintf("%%:%d:%%", frozenPID) // leased_by is hostname:pid:random
 	eventually(t, 30*time.Second, "the worker to stop itself", func() (bool, string) {
 		st := processState(frozenPID)
 		return st == "T", "state " + st
 	})
 	stalledAt := time.Now()
 	rows, err := w.pool.Query(t.Context(), `SELECT event_id, attempt FROM wharf.queue WHERE state = 'running' AND leased_by LIKE $1`,
-		fmt.Sprintf("%%:%d:%%", frozenPID))
+		frozenLeases)
 	require.NoError(t, err)
 	held, err := pgx.CollectRows(rows, pgx.RowToStructByPos[struct {
 		ID      string
@@ -82,6 +83,14 @@ func TestStalledWorker(t *testing.T) {
 				state, lease_expires_at < now(), leased_by, attempt)
 			FROM wharf.queue WHERE event_id = $1`, staller.ID).Scan(&errs, &row)
 		return strings.Contains(errs, "lease expired"), "errors " + errs + "; " + row
+	})
+	// Its other leases too: a chunk it fetched ahead after its last
+	// heartbeat holds a lease that lapses later than the staller's, and a
+	// thaw before that would let it heartbeat the lease and run the chunk
+	// legitimately, on the attempt it held.
+	eventually(t, time.Minute, "every lease of the frozen worker to be rescued", func() (bool, string) {
+		n := w.count(`SELECT count(*) FROM wharf.queue WHERE state = 'running' AND leased_by LIKE $1`, frozenLeases)
+		return n == 0, fmt.Sprintf("%d still leased", n)
 	})
 	stall := time.Since(stalledAt)
 	require.NoError(t, frozen.cmd.Process.Signal(syscall.SIGCONT))

@@ -91,8 +91,8 @@
 //
 // processed_events (created by wharf.Migrate): consumer, key, mode,
 // processed_at; and for the external mode state, token, locked_until,
-// attempts and result. Primary key (consumer, key), plus a BRIN index on
-// processed_at for pruning, which costs a claim almost nothing. Rows are
+// attempts and result. Primary key (consumer, key), plus a B-tree on
+// processed_at for pruning and the per-minute counts. Rows are
 // written once in the tx mode and never updated, so the table is
 // insert-and-prune only; see the migration for why it has no fillfactor or
 // autovacuum settings.

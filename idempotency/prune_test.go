@@ -2,6 +2,7 @@ package idempotency_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,4 +115,68 @@ func TestPruneStopsWhenContextEnds(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	require.Zero(t, deleted)
 	require.Equal(t, []string{"a"}, remaining(t, pool))
+}
+
+// A prune finds the rows past the retention without reading the table,
+// also after the table has reused the space of earlier prunes: new claims
+// land in the pages that old rows left, so the table is in processed_at
+// order only at first. (With the BRIN index of migration 8, each reused
+// block range soon spanned the whole retention, and a batch read every
+// range from the first page on: a run cost the table's size again for
+// each batch.) The table here lives through two retentions of a claim
+// every ten seconds, pruned and vacuumed day by day, and then holds an
+// hour's claims past the retention, as an hourly prune finds it.
+func TestPruneFindsOldRowsWithoutReadingTheTable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, pool := newStore(t, idempotency.Config{Retention: 7 * 24 * time.Hour})
+	const days, perDay = 15, 8000
+	for day := days; day >= 1; day-- {
+		exec(t, pool, `
+INSERT INTO wharf.processed_events (consumer, key, mode, processed_at)
+SELECT 'c', md5(random()::text), 'tx', now() - $1 * interval '1 day' + i * interval '1 day' / $2
+FROM generate_series(0, $2 - 1) AS i`, day, perDay)
+		exec(t, pool, `DELETE FROM wharf.processed_events WHERE processed_at < now() - ($1 + 7) * interval '1 day' - interval '1 hour'`, day-1)
+		exec(t, pool, `VACUUM ANALYZE wharf.processed_events`)
+	}
+	var pages, old int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT relpages FROM pg_class WHERE oid = 'wharf.processed_events'::regclass`).Scan(&pages))
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM wharf.processed_events WHERE processed_at < now() - interval '7 days'`).Scan(&old))
+	require.InDelta(t, perDay/24, old, 2, "an hour's claims past the retention")
+
+	tx := beginTx(t, pool)
+	defer tx.Rollback(ctx) //nolint:errcheck // only explained
+	var plans []struct{ Plan planNode }
+	require.NoError(t, tx.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+idempotency.PruneSQL(store),
+		store.Config().Retention.Milliseconds(), store.Config().PruneBatch).Scan(&plans))
+	var left int
+	require.NoError(t, tx.QueryRow(ctx, `SELECT count(*) FROM wharf.processed_events WHERE processed_at < now() - interval '7 days'`).Scan(&left))
+	require.Zero(t, left, "the batch deleted every old row")
+	find := plans[0].Plan.finder()
+	require.NotNil(t, find, "the plan has a scan that finds the batch")
+	require.Less(t, find.Hit+find.Read, pages/4,
+		"the %s finding %d old rows read %d buffers of a table of %d pages", find.Type, old, find.Hit+find.Read, pages)
+}
+
+// planNode is a node of EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON).
+type planNode struct {
+	Type  string     `json:"Node Type"`
+	Hit   int        `json:"Shared Hit Blocks"`
+	Read  int        `json:"Shared Read Blocks"`
+	Plans []planNode `json:"Plans"`
+}
+
+// finder returns the scan that picks the prune's batch: the first scan
+// below the node, but for the TID scan by which the DELETE reaches the
+// rows found. Its buffers include its children's (a bitmap's index scan).
+func (n *planNode) finder() *planNode {
+	if strings.HasSuffix(n.Type, "Scan") && n.Type != "Tid Scan" {
+		return n
+	}
+	for i := range n.Plans {
+		if f := n.Plans[i].finder(); f != nil {
+			return f
+		}
+	}
+	return nil
 }

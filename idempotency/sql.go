@@ -121,9 +121,9 @@ const prunableSQL = `processed_at < now() - $1 * interval '1 millisecond'
       AND (state IS DISTINCT FROM 'in_progress' OR locked_until <= now())`
 
 // pruneSQL deletes one batch of at most $2 prunable rows, found through
-// the processed_at BRIN index (block ranges old enough: the oldest rows
-// sit in the first blocks, so a batch is found without sorting every
-// prunable row), and returns how many it deleted. The batch is
+// the processed_at B-tree (a BRIN index cannot find them once new claims
+// reuse the pages old ones left; see migration 14), and returns how many
+// it deleted. The batch is
 // picked and locked first (SKIP LOCKED: a row a live transaction holds,
 // such as a takeover, waits for the next run), then deleted by ctid, which
 // the row lock keeps stable. The condition is checked again in the DELETE
@@ -140,8 +140,8 @@ WHERE ctid = ANY (ARRAY(
 
 // perMinuteSQL counts the keys processed in each of the last $1 minutes,
 // by how many whole minutes before now() they were processed (0: the last
-// 60 seconds). The range condition on processed_at alone uses its BRIN
-// index (the one pruning reads), so only the window's block ranges are read.
+// 60 seconds). The range condition on processed_at alone uses its index
+// (the one pruning reads), so only the window's rows are read.
 const perMinuteSQL = `
 SELECT floor(extract(epoch FROM now() - processed_at) / 60)::int AS ago, count(*)
 FROM {schema}.processed_events

@@ -290,12 +290,16 @@ func sampleBacklog(ctx context.Context, s *scratch, table string, interval time.
 	}
 }
 
-// check fails the run unless every accepted event was processed exactly
-// once.
+// check fails the run unless every request was accepted and every
+// accepted event was processed exactly once.
 func (r e2eResult) check() error {
 	return eachSide(r.Wharf, r.Baseline, func(name string, side e2eSide) error {
 		if side.Processed != side.Accepted {
 			return fmt.Errorf("e2e check: %s accepted %d events and processed %d", name, side.Accepted, side.Processed)
+		}
+		if len(side.Errors) > 0 || side.Accepted != side.Requests {
+			return fmt.Errorf("e2e check: %s accepted %d of %d requests answered; errors by status: %s",
+				name, side.Accepted, side.Requests, formatErrors(side.Errors))
 		}
 		return nil
 	})

@@ -210,12 +210,18 @@ func ingestFigures(t *tally) ingestSide {
 	return side
 }
 
-// check fails the run when an acknowledged event is not stored: the one
-// thing a webhook endpoint must never do.
+// check fails the run when an acknowledged event is not stored, the one
+// thing a webhook endpoint must never do, or when a request was not
+// accepted: requests/s counts every answer, so a side that answered some
+// requests with an error (a quick 503, say) would be credited for them.
 func (r ingestResult) check() error {
 	return eachSide(r.Wharf, r.Baseline, func(name string, side ingestSide) error {
 		if side.Stored != side.Accepted {
 			return fmt.Errorf("ingest check: %s accepted %d requests but stored %d events", name, side.Accepted, side.Stored)
+		}
+		if len(side.Errors) > 0 || side.Accepted != side.Requests {
+			return fmt.Errorf("ingest check: %s accepted %d of %d requests answered; errors by status: %s",
+				name, side.Accepted, side.Requests, formatErrors(side.Errors))
 		}
 		return nil
 	})

@@ -119,6 +119,9 @@ func benchmarkIngest(b *testing.B, callers int) {
 // the same number of connections. kinds=1: one event type, and a consumer
 // of every kind (no Only); kinds=10: ten types, and a consumer that names
 // them in Only, as the Pipeline's do, so that each fetch reads ten kinds.
+// Both drain 400 events first, untimed (connections opened, statements
+// prepared), then two rounds of half the events each, the first with the
+// baseline first, the second with the consumer first.
 func BenchmarkDrain(b *testing.B) {
 	for _, kinds := range []int{1, 10} {
 		b.Run(fmt.Sprintf("kinds=%d", kinds), func(b *testing.B) { benchmarkDrain(b, kinds) })
@@ -128,6 +131,8 @@ func BenchmarkDrain(b *testing.B) {
 func benchmarkDrain(b *testing.B, kinds int) {
 	const events = 100_000
 	const workers = 4
+	const rounds = 2
+	const warmup = 400
 	ctx := context.Background()
 	var only []queue.Kind
 	if kinds > 1 {
@@ -139,60 +144,76 @@ func benchmarkDrain(b *testing.B, kinds int) {
 		pool := dbtest.PoolWith(b, dbtest.Options{MaxConns: workers + 4})
 		_, err := pool.Exec(ctx, baselineTable)
 		require.NoError(b, err)
-		preload(b, pool, events, kinds)
-
-		start := time.Now()
-		parallelFor(b, workers, workers, func(int) error {
-			for {
-				rows, err := pool.Query(ctx, `
-DELETE FROM bench_baseline WHERE id IN (
-    SELECT id FROM bench_baseline ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
-RETURNING id, source, event_id, event_type, body`)
-				if err != nil {
-					return err
-				}
-				n := 0
-				for rows.Next() {
-					n++
-				}
-				if err := rows.Err(); err != nil {
-					return err
-				}
-				if n == 0 {
-					return nil
-				}
-			}
-		})
-		baseline := time.Since(start)
-
 		q, err := queue.New(pool, queue.Config{})
 		require.NoError(b, err)
 		var handled atomic.Int64
-		finished := make(chan struct{})
 		c, err := queue.NewConsumer(q, queue.ConsumerConfig{
 			Workers: workers,
 			Only:    only,
 			Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
-				if handled.Add(1) == events {
-					close(finished)
-				}
+				handled.Add(1)
 				return nil
 			},
 		})
 		require.NoError(b, err)
-		runCtx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		start = time.Now()
-		go func() { done <- c.Run(runCtx) }()
-		<-finished
-		// The last transaction commits after its handler returns.
-		for dbtest.Count(b, pool, `SELECT count(*) FROM wharf.queue`) > 0 {
-			time.Sleep(time.Millisecond)
+
+		drainBaseline := func() time.Duration {
+			return parallelFor(b, workers, workers, func(int) error {
+				for {
+					rows, err := pool.Query(ctx, `
+DELETE FROM bench_baseline WHERE id IN (
+    SELECT id FROM bench_baseline ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
+RETURNING id, source, event_id, event_type, body`)
+					if err != nil {
+						return err
+					}
+					n := 0
+					for rows.Next() {
+						n++
+					}
+					if err := rows.Err(); err != nil {
+						return err
+					}
+					if n == 0 {
+						return nil
+					}
+				}
+			})
 		}
-		wharf := time.Since(start)
-		stop()
-		require.NoError(b, <-done)
+		// drainQueue runs the consumer until it has handled n more events
+		// and the queue is empty (the last transaction commits after its
+		// handler returns).
+		drainQueue := func(n int) time.Duration {
+			runCtx, stop := context.WithCancel(ctx)
+			defer stop()
+			done := make(chan error, 1)
+			start := time.Now()
+			go func() { done <- c.Run(runCtx) }()
+			require.NoError(b, benchkit.WaitDrained(ctx, pool, handled.Load, handled.Load()+int64(n), done))
+			elapsed := time.Since(start)
+			stop()
+			require.NoError(b, <-done)
+			return elapsed
+		}
+
+		preload(b, pool, 0, warmup, kinds)
+		drainBaseline()
+		drainQueue(warmup)
+		var baseline, wharf time.Duration
+		per := events / rounds
+		for r := range rounds {
+			preload(b, pool, warmup+r*per, per, kinds)
+			if r%2 == 0 {
+				baseline += drainBaseline()
+				wharf += drainQueue(per)
+			} else {
+				wharf += drainQueue(per)
+				baseline += drainBaseline()
+			}
+		}
 		q.Close()
+		require.EqualValues(b, warmup+events, handled.Load(), "every event handled once")
+		require.Zero(b, dbtest.Count(b, pool, `SELECT count(*) FROM bench_baseline`))
 
 		b.ReportMetric(events/baseline.Seconds(), "baseline-events/s")
 		b.ReportMetric(events/wharf.Seconds(), "events/s")
@@ -202,21 +223,21 @@ RETURNING id, source, event_id, event_type, body`)
 }
 
 // preload fills both the queue and the baseline table with n 1 KB events,
-// of one type ("bench.event") or, with kinds > 1, of that many types taken
-// in turn ("bench.event0", ...).
-func preload(b *testing.B, pool *pgxpool.Pool, n, kinds int) {
+// ids first+1 to first+n, of one type ("bench.event") or, with kinds > 1,
+// of that many types taken in turn ("bench.event0", ...).
+func preload(b *testing.B, pool *pgxpool.Pool, first, n, kinds int) {
 	ctx := context.Background()
 	const eventType = `CASE WHEN $3 = 1 THEN 'bench.event' ELSE 'bench.event' || g % $3 END`
 	for _, sql := range []string{
 		`INSERT INTO bench_baseline (source, event_id, event_type, body)
-		 SELECT 'bench', g::text, ` + eventType + `, $1 FROM generate_series(1, $2) g`,
+		 SELECT 'bench', g::text, ` + eventType + `, $1 FROM generate_series($4::int + 1, $4::int + $2) g`,
 		`WITH ins AS (
 		     INSERT INTO wharf.queue (source, event_id, event_type, max_attempts)
-		     SELECT 'bench', g::text, ` + eventType + `, 8 FROM generate_series(1, $2) g
+		     SELECT 'bench', g::text, ` + eventType + `, 8 FROM generate_series($4::int + 1, $4::int + $2) g
 		     RETURNING id, source, event_id)
 		 INSERT INTO wharf.queue_payloads (queue_id, source, event_id, body) SELECT id, source, event_id, $1 FROM ins`,
 	} {
-		_, err := pool.Exec(ctx, sql, body1K, n, kinds)
+		_, err := pool.Exec(ctx, sql, body1K, n, kinds, first)
 		require.NoError(b, err)
 	}
 	_, err := pool.Exec(ctx, `VACUUM ANALYZE bench_baseline, wharf.queue, wharf.queue_payloads`)

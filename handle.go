@@ -258,6 +258,9 @@ func (p *Pipeline) register(h *handler, opts []HandleOption) error {
 		// would then be refused as bad input.
 		return fmt.Errorf("%w: handler %s/%s: its name %q %s; set a shorter one with HandlerName", ErrInvalidConfig, sourceName, eventType, h.name, reason)
 	}
+	if h.name == UnhandledConsumer {
+		return fmt.Errorf("%w: handler %s/%s: the name %q is reserved for events no handler takes (Config.Unhandled)", ErrInvalidConfig, sourceName, eventType, h.name)
+	}
 	if h.maxAttempts == 0 {
 		h.maxAttempts = p.cfg.MaxAttempts
 	}

@@ -83,7 +83,9 @@ const (
 	// handles them; Stats shows them. The default.
 	LeaveUnhandled Unhandled = iota
 	// CompleteUnhandled completes them (recording them in the audit log
-	// when audit is on). Only events stored without a handler name (no
+	// when audit is on), their ids claimed under the idempotency consumer
+	// UnhandledConsumer, so that a redelivery is a duplicate, as one of a
+	// processed event is. Only events stored without a handler name (no
 	// handler took the type where they arrived) are: one stored for a
 	// handler this process lacks, by another version during a rolling
 	// deploy, waits in the queue for a process that has it. (If that
@@ -94,6 +96,11 @@ const (
 	// same exception as CompleteUnhandled.
 	DeadLetterUnhandled
 )
+
+// UnhandledConsumer is the idempotency consumer under which events
+// completed by CompleteUnhandled are recorded as processed. No handler may
+// take the name.
+const UnhandledConsumer = "wharf:unhandled"
 
 // Defaults for Config.
 const (
@@ -419,15 +426,16 @@ func (p *Pipeline) deadLetterHandler(ev *queue.Event) string {
 
 // duplicateIfSQL makes a delivery a duplicate, inside the group-commit
 // INSERT, when the event is dead-lettered (replay is the way back) or its
-// handler already processed it (within the idempotency retention). The key
+// handler already processed it (within the idempotency retention); one
+// that no handler takes, when CompleteUnhandled completed it. The key
 // expression is idempotency.Key in SQL.
 const duplicateIfSQL = `EXISTS (
         SELECT 1 FROM {schema}.dead_letters d
         WHERE d.source = t.source AND d.event_id = t.event_id AND d.status = 'dead')
-    OR (t.handler <> '' AND EXISTS (
+    OR EXISTS (
         SELECT 1 FROM {schema}.processed_events p
-        WHERE p.consumer = t.handler
-          AND p.key = octet_length(t.source)::text || ':' || t.source || ':' || t.event_id))`
+        WHERE p.consumer = coalesce(nullif(t.handler, ''), '` + UnhandledConsumer + `')
+          AND p.key = octet_length(t.source)::text || ':' || t.source || ':' || t.event_id)`
 
 // Close stops the background work of the queue, the breakers and the audit
 // log. Call it after Run has returned and the HTTP server has stopped.

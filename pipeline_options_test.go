@@ -100,6 +100,12 @@ func TestPipelineUnhandledPolicies(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, events, 2)
 		require.Equal(t, wharf.AuditUnhandled, events[1].Type, "and recorded")
+
+		// Its id is recorded as processed, so that a redelivery is a
+		// duplicate (invariant 3: an acknowledged id is in one place).
+		require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.processed_events WHERE consumer = $1`, wharf.UnhandledConsumer))
+		require.Equal(t, http.StatusOK, h.send("x1", "order.refunded"), "a redelivery of a completed event is a duplicate")
+		require.Zero(t, h.count(`SELECT count(*) FROM wharf.queue`), "and makes no queue row")
 	})
 	t.Run("dead-letter", func(t *testing.T) {
 		t.Parallel()
@@ -507,6 +513,16 @@ func TestHandlerWhoseDefaultNameIsTooLongIsRefused(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, h.send("long1", typ))
 	h.run()
 	h.eventually("processed", func() bool { return h.count(`SELECT count(*) FROM effects WHERE event_id = 'long1'`) == 1 })
+}
+
+// The idempotency consumer of the events CompleteUnhandled completes is no
+// handler's to take: its processed ids would be taken for the handler's.
+func TestHandlerNamedAsTheUnhandledConsumerIsRefused(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{})
+	err := h.p.Handle("acme", "order.paid", writeEffect, wharf.HandlerName(wharf.UnhandledConsumer))
+	require.ErrorIs(t, err, wharf.ErrInvalidConfig)
+	require.ErrorContains(t, err, "reserved")
 }
 
 // Every Config mistake New can see is refused there, matching

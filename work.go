@@ -52,6 +52,13 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 		case DeadLetterUnhandled:
 			return queue.Permanent(errUnhandled)
 		case CompleteUnhandled:
+			first, err := p.claim(ctx, tx, UnhandledConsumer, qev)
+			if err != nil {
+				return err
+			}
+			if !first {
+				return p.record(ctx, tx, qev, AuditDuplicate, nil)
+			}
 			return p.record(ctx, tx, qev, AuditUnhandled, nil)
 		default:
 			// LeaveUnhandled events are not fetched; one fetched anyway
@@ -59,7 +66,7 @@ func (p *Pipeline) work(ctx context.Context, tx pgx.Tx, qev *queue.Event) error 
 			return queue.Defer(time.Now().Add(time.Minute), errUnhandled)
 		}
 	}
-	first, err := p.claim(ctx, tx, h, qev)
+	first, err := p.claim(ctx, tx, h.name, qev)
 	if err != nil {
 		return err
 	}
@@ -168,14 +175,15 @@ func stepsOf(qevs ...*queue.Event) backoffSteps {
 	return s
 }
 
-// claim is the event's idempotency claim for handler h: the one claimAll
-// made for its transaction, or, for an event that came without (a
-// consumer without Prepare), one of its own.
-func (p *Pipeline) claim(ctx context.Context, tx pgx.Tx, h *handler, qev *queue.Event) (first bool, err error) {
-	if c, ok := qev.Prepared.(*preparedClaim); ok && c.pair.Consumer == h.name {
+// claim is the event's idempotency claim for consumer (a handler's name,
+// or UnhandledConsumer): the one claimAll made for its transaction, or,
+// for an event that came without (a consumer without Prepare), one of its
+// own.
+func (p *Pipeline) claim(ctx context.Context, tx pgx.Tx, consumer string, qev *queue.Event) (first bool, err error) {
+	if c, ok := qev.Prepared.(*preparedClaim); ok && c.pair.Consumer == consumer {
 		return c.First, c.Err
 	}
-	return p.claims.Claim(ctx, tx, h.name, idempotency.Key(qev.Source, qev.ID))
+	return p.claims.Claim(ctx, tx, consumer, idempotency.Key(qev.Source, qev.ID))
 }
 
 // preparedClaim is an event's claim, made by claimAll.
@@ -185,7 +193,8 @@ type preparedClaim struct {
 }
 
 // claimAll claims, in one statement at the start of a worker transaction,
-// every event of it that has a handler, so that events cost no claim
+// every event of it that has a handler or that CompleteUnhandled is to
+// complete (under UnhandledConsumer), so that events cost no claim
 // statement of their own; unclaim then takes back the claims of those the
 // transaction does not complete (their savepoints do not cover the
 // claims). A rescued event, which comes alone, waits for its claim at
@@ -205,6 +214,9 @@ func (p *Pipeline) claimAll(ctx context.Context, tx pgx.Tx, evs []*queue.Event) 
 		ev.Prepared = nil
 		h := handlers[i]
 		switch {
+		case h == nil && ev.Handler == "" && p.cfg.Unhandled == CompleteUnhandled:
+			pairs = append(pairs, idempotency.Pair{Consumer: UnhandledConsumer, Key: idempotency.Key(ev.Source, ev.ID)})
+			claimed = append(claimed, ev)
 		case h == nil:
 		case ev.Handler != h.name && paused[h.name]:
 			ev.Prepared = pausedHandler(h.name)

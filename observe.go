@@ -103,7 +103,9 @@ type Attempt struct {
 	// QueueWait is how long the event waited in the queue for this attempt:
 	// since it was received, or since its previous attempt failed, whichever
 	// is later. It includes the retry backoff and any deferral, since the
-	// queue does not tell a worker when the event became due.
+	// queue does not tell a worker when the event became due. The database
+	// stamps those times and this process's clock ends the wait, so a
+	// database clock ahead of this one shortens it; it is never negative.
 	QueueWait time.Duration
 }
 
@@ -306,7 +308,7 @@ func (p *Pipeline) startAttempts(ctx context.Context, h *handler, qevs []*queue.
 func attemptOf(qev *queue.Event, h *handler, start time.Time) Attempt {
 	a := Attempt{
 		Source: qev.Source, EventID: qev.ID, EventType: qev.Type,
-		Number: qev.Attempt, MaxAttempts: qev.MaxAttempts, QueueWait: start.Sub(waitingSince(qev)),
+		Number: qev.Attempt, MaxAttempts: qev.MaxAttempts, QueueWait: max(0, start.Sub(waitingSince(qev))),
 	}
 	if h != nil {
 		a.Handler = h.name

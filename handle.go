@@ -108,8 +108,10 @@ func HandlerName(name string) HandleOption {
 
 // Downstream names the circuit breaker the handler's calls go through: the
 // handler runs inside the breaker (its errors counted as the breaker's
-// classifier says), its events stay in the queue, unfetched, while the
-// breaker is open, and a failure the breaker counts puts the event back
+// classifier says), its events stay in the queue while the breaker is
+// open (unfetched, but for a catch-all handler's whose source has other
+// handlers outside the breaker: those are fetched and put back), and a
+// failure the breaker counts puts the event back
 // without spending an attempt. A failure that leaves the breaker closed
 // (the downstream rejects that event alone) also adds one to the event's
 // Deferrals and one step to its wait (Config.Backoff, from its attempt

@@ -514,6 +514,33 @@ func TestPipelineOpenBreakerBacklogSwitchesWorkersToFetchByKind(t *testing.T) {
 		"the backlog waits, spending no attempt")
 }
 
+// A catch-all handler ("*") behind a downstream whose breaker is open
+// holds back its own events only: a type of the same source with a
+// handler of its own keeps running. Before, the workers left the whole
+// source unfetched (an excluded kind of type "*" matches every type), so
+// one downstream's outage stalled the source's unrelated handlers.
+func TestPipelineCatchAllHandlersOpenBreakerHoldsBackOnlyItsEvents(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{Breakers: breaker.Config{Default: breaker.Settings{
+		Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1, OpenTimeout: time.Hour,
+	}}})
+	require.NoError(t, h.p.Handle("acme", queue.AnyType, func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		return &breaker.StatusError{Code: http.StatusServiceUnavailable} // the ledger is down
+	}, wharf.Downstream("ledger"), wharf.MaxAttempts(1)))
+	require.NoError(t, h.p.Handle("acme", "order.shipped", writeEffect))
+	require.Equal(t, http.StatusAccepted, h.send("paid-1", "order.paid"))
+	h.run()
+	h.eventually("the ledger's breaker to open", func() bool {
+		st, err := h.p.Breakers().State("ledger")
+		return err == nil && st.State == breaker.StateOpen
+	})
+
+	require.Equal(t, http.StatusAccepted, h.send("shipped-1", "order.shipped"))
+	h.eventually("the other handler's event to run", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'paid-1'`), "the catch-all's event waits")
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`), "the outage spends no attempt")
+}
+
 // A handler that runs under Downstream("ledger") and sends through the
 // same breaker's Transport (what the README warns against, but easy to
 // do): each call is counted once, and the half-open probe's own request

@@ -23,7 +23,9 @@ import (
 // and returns an error wrapping queue.ErrPoolClosed.
 // Workers fetch only the (source, type) pairs with a handler, and leave
 // out those whose downstream breaker turns calls away (open, or half-open
-// with its probes in flight). Run may run in a process of its own, apart
+// with its probes in flight); a catch-all handler's events ("*") are left
+// out only while its source's other handlers are blocked too, and are
+// otherwise fetched and deferred by the breaker. Run may run in a process of its own, apart
 // from the ones serving Handler.
 func (p *Pipeline) Run(ctx context.Context) error {
 	if !p.running.CompareAndSwap(false, true) {
@@ -39,7 +41,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	if err := p.Ready(ctx); errors.Is(err, errMigrationsMissing) {
 		return err
 	}
-	only, downstreams := p.kinds()
+	only, downstreams, typed := p.kinds()
 	if len(only) == 0 {
 		if p.cfg.Unhandled != LeaveUnhandled {
 			return fmt.Errorf("%w: no sources registered (Source): nothing to run", ErrInvalidConfig)
@@ -63,7 +65,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		TxBatch:         p.cfg.TxBatch,
 		MaxTxDuration:   p.cfg.MaxTxDuration,
 		Only:            only,
-		Exclude:         func() []queue.Kind { return p.blockedKinds(downstreams) },
+		Exclude:         func() []queue.Kind { return p.blockedKinds(downstreams, typed) },
 		PollOnly:        p.cfg.PollOnly,
 		PollInterval:    p.cfg.PollInterval,
 		RescueInterval:  p.cfg.RescueInterval,
@@ -114,17 +116,21 @@ func (p *Pipeline) pruneProcessed(ctx context.Context) {
 	}
 }
 
-// kinds returns what the workers fetch, and the kinds behind each
-// downstream breaker.
-func (p *Pipeline) kinds() (only []queue.Kind, downstreams map[string][]queue.Kind) {
+// kinds returns what the workers fetch, the kinds behind each downstream
+// breaker, and each source's kinds with a handler of their own type (not
+// AnyType).
+func (p *Pipeline) kinds() (only []queue.Kind, downstreams, typed map[string][]queue.Kind) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	downstreams = map[string][]queue.Kind{}
+	downstreams, typed = map[string][]queue.Kind{}, map[string][]queue.Kind{}
 	for r, h := range p.routes {
 		k := queue.Kind{Source: r.source, Type: r.typ}
 		only = append(only, k)
 		if h.downstream != "" {
 			downstreams[h.downstream] = append(downstreams[h.downstream], k)
+		}
+		if r.typ != queue.AnyType {
+			typed[r.source] = append(typed[r.source], k)
 		}
 	}
 	if p.cfg.Unhandled != LeaveUnhandled {
@@ -135,17 +141,28 @@ func (p *Pipeline) kinds() (only []queue.Kind, downstreams map[string][]queue.Ki
 			only = append(only, queue.Kind{Source: name, Type: queue.AnyType})
 		}
 	}
-	return only, downstreams
+	return only, downstreams, typed
 }
 
 // blockedKinds returns the kinds whose downstream breaker turns every call
 // away now: open, or half-open with all its probes in flight. Fetching
 // them would only defer them again, rewriting the whole backlog while a
-// slow probe runs.
-func (p *Pipeline) blockedKinds(downstreams map[string][]queue.Kind) []queue.Kind {
-	var exclude []queue.Kind
+// slow probe runs. A catch-all handler's kind (AnyType) is among them
+// only while every kind of its source in typed (those with a handler of
+// their own) is blocked too: an excluded AnyType leaves out every type of
+// its source, and would stall handlers that do not call the downstream.
+// Until then the catch-all's events are fetched, and the breaker defers
+// them, attempts untouched.
+func (p *Pipeline) blockedKinds(downstreams, typed map[string][]queue.Kind) []queue.Kind {
+	var blocked []queue.Kind
 	for _, st := range p.breakers.Blocking() {
-		exclude = append(exclude, downstreams[st.Name]...)
+		blocked = append(blocked, downstreams[st.Name]...)
+	}
+	exclude := make([]queue.Kind, 0, len(blocked))
+	for _, k := range blocked {
+		if k.Type != queue.AnyType || !slices.ContainsFunc(typed[k.Source], func(own queue.Kind) bool { return !slices.Contains(blocked, own) }) {
+			exclude = append(exclude, k)
+		}
 	}
 	return exclude
 }

@@ -3,6 +3,7 @@ package wharf
 import (
 	"context"
 	"fmt"
+	"math"
 	"reflect"
 	"time"
 	"unicode/utf8"
@@ -144,6 +145,10 @@ func MaxAttempts(n int) HandleOption {
 	}
 }
 
+// MaxTimeout is the longest Timeout: statement_timeout's largest value,
+// 2^31-1 milliseconds (about 24.9 days).
+const MaxTimeout = math.MaxInt32 * time.Millisecond
+
 // Timeout bounds one run of the handler: its context's deadline, and a
 // statement_timeout on its database statements, which Postgres enforces
 // without closing the connection (cancelling a running pgx query would
@@ -152,11 +157,16 @@ func MaxAttempts(n int) HandleOption {
 // context.DeadlineExceeded, so a statement that starts just before the
 // deadline can take the run to twice the Timeout at most. A run that
 // times out is a failed attempt. At least a millisecond, statement_timeout's
-// unit. Defaults to none.
+// unit, and at most MaxTimeout, its largest value. Defaults to none.
 func Timeout(d time.Duration) HandleOption {
 	return func(h *handler) error {
 		if d < time.Millisecond {
 			return fmt.Errorf("timeout %s is under a millisecond", d)
+		}
+		if d.Milliseconds() > MaxTimeout.Milliseconds() {
+			// Postgres would refuse it as the statement_timeout of every
+			// run, and every event would fail until dead-lettered.
+			return fmt.Errorf("timeout %s is over %s, the largest statement_timeout", d, MaxTimeout)
 		}
 		h.timeout = d
 		return nil

@@ -384,6 +384,23 @@ func TestPipelineTimeoutBoundsARunOfShortStatements(t *testing.T) {
 	require.Equal(t, 1, h.count(`SELECT count(*) FROM wharf.dead_letters WHERE last_error LIKE '%deadline exceeded%'`))
 }
 
+// A Timeout is also the statement_timeout of the handler's runs, so the
+// largest one Postgres takes is the largest a handler may have: it
+// processes events, and one a millisecond longer is refused when the
+// handler is registered. Before, it was accepted, and every run failed
+// on setting it, until every event was dead-lettered.
+func TestPipelineTimeoutIsBoundedByStatementTimeout(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{})
+	require.NoError(t, h.p.Handle("acme", "order.paid", writeEffect, wharf.Timeout(wharf.MaxTimeout), wharf.MaxAttempts(1)))
+	require.ErrorIs(t, h.p.Handle("acme", "order.shipped", writeEffect, wharf.Timeout(wharf.MaxTimeout+time.Millisecond)),
+		wharf.ErrInvalidConfig, "a Timeout over the largest statement_timeout")
+	require.Equal(t, http.StatusAccepted, h.send("long", "order.paid"))
+	h.run()
+	h.eventually("the event processed", func() bool { return h.count(`SELECT count(*) FROM effects`) == 1 })
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+}
+
 // During a rolling deploy, an old worker that applies CompleteUnhandled
 // (and so fetches every type of its sources) must not complete an event
 // that the new version stored for a handler only it has: the event waits

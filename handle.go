@@ -155,9 +155,16 @@ const MaxTimeout = math.MaxInt32 * time.Millisecond
 // close it, and with it the transaction other events share). A statement
 // given the handler's ctx after the deadline fails at once with
 // context.DeadlineExceeded, so a statement that starts just before the
-// deadline can take the run to twice the Timeout at most. A run that
-// times out is a failed attempt. At least a millisecond, statement_timeout's
-// unit, and at most MaxTimeout, its largest value. Defaults to none.
+// deadline can take the run to twice the Timeout. Postgres applies
+// statement_timeout to each statement: a pgx.Batch (SendBatch), or a
+// query string of several statements, sent just before the deadline can
+// take the run the Timeout once more for each of its statements. A run
+// that times out is a failed attempt; with Downstream, unless the
+// breaker counts the deadline as the downstream's failure (its
+// DefaultClassifier counts timeouts): the event is then deferred, as for
+// any failure the breaker counts. At least a millisecond,
+// statement_timeout's unit, and at most MaxTimeout, its largest value.
+// Defaults to none.
 func Timeout(d time.Duration) HandleOption {
 	return func(h *handler) error {
 		if d < time.Millisecond {

@@ -25,8 +25,8 @@ import (
 // out those whose downstream breaker turns calls away (open, or half-open
 // with its probes in flight); a catch-all handler's events ("*") are left
 // out only while its source's other handlers are blocked too, and are
-// otherwise fetched and deferred by the breaker. Run may run in a process of its own, apart
-// from the ones serving Handler.
+// otherwise fetched and deferred by the breaker. Run may run in a process
+// of its own, apart from the ones serving Handler.
 func (p *Pipeline) Run(ctx context.Context) error {
 	if !p.running.CompareAndSwap(false, true) {
 		return fmt.Errorf("wharf: Run called twice: %w", ErrRunning)

@@ -162,7 +162,10 @@ const MaxTimeout = math.MaxInt32 * time.Millisecond
 // that times out is a failed attempt; with Downstream, unless the
 // breaker counts the deadline as the downstream's failure (its
 // DefaultClassifier counts timeouts): the event is then deferred, as for
-// any failure the breaker counts. At least a millisecond,
+// any failure the breaker counts. Statements sent through tx.Conn() or
+// tx.LargeObjects() bypass this: pgx cancels them at the deadline by
+// closing the connection, which fails every event of the transaction, so
+// a timed handler should use tx itself. At least a millisecond,
 // statement_timeout's unit, and at most MaxTimeout, its largest value.
 // Defaults to none.
 func Timeout(d time.Duration) HandleOption {

@@ -68,7 +68,7 @@ func (v *GitHubVerifier) Verify(ctx context.Context, header http.Header, body []
 	if len(values) == 0 && header.Get(githubLegacySignature) != "" {
 		return invalidSignature(p, "header %s is missing (the SHA-1 %s is not accepted)", githubSignature, githubLegacySignature)
 	}
-	sigs, err := parseSignatures(p, githubSignature, values, ",", "sha256=", hexSignature, sha256.Size)
+	sigs, err := parseSignatures(p, githubSignature, values, splitOn(","), "sha256=", hexSignature, sha256.Size)
 	if err != nil {
 		return err
 	}

@@ -120,7 +120,7 @@ func (v *HMACVerifier) Verify(ctx context.Context, header http.Header, body []by
 			return err
 		}
 	}
-	sigs, err := parseSignatures(p, v.Header, header.Values(v.Header), v.Separator, v.Prefix, v.decoder(), newHash().Size())
+	sigs, err := parseSignatures(p, v.Header, header.Values(v.Header), splitOn(v.Separator), v.Prefix, v.decoder(), newHash().Size())
 	if err != nil {
 		return err
 	}

@@ -73,7 +73,7 @@ func (v *ShopifyVerifier) Verify(ctx context.Context, header http.Header, body [
 	if err := v.validate(); err != nil {
 		return err
 	}
-	sigs, err := parseSignatures(p, shopifyHMAC, header.Values(shopifyHMAC), ",", "", base64Signature, sha256.Size)
+	sigs, err := parseSignatures(p, shopifyHMAC, header.Values(shopifyHMAC), splitOn(","), "", base64Signature, sha256.Size)
 	if err != nil {
 		return err
 	}

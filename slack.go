@@ -92,7 +92,7 @@ func (v *SlackVerifier) Verify(ctx context.Context, header http.Header, body []b
 	if err := checkUnixTimestamp(p, slackTimestamp, ts, clockNow(v.now), toleranceOrDefault(v.Tolerance)); err != nil {
 		return err
 	}
-	sigs, err := parseSignatures(p, slackSignature, header.Values(slackSignature), ",", "v0=", hexSignature, sha256.Size)
+	sigs, err := parseSignatures(p, slackSignature, header.Values(slackSignature), splitOn(","), "v0=", hexSignature, sha256.Size)
 	if err != nil {
 		return err
 	}

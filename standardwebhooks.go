@@ -100,7 +100,7 @@ func (v *StandardWebhooksVerifier) Verify(ctx context.Context, header http.Heade
 	if err := checkUnixTimestamp(p, names.timestamp, ts, clockNow(v.now), toleranceOrDefault(v.Tolerance)); err != nil {
 		return err
 	}
-	sigs, err := parseSignatures(p, names.signature, splitFields(header.Values(names.signature)), "", "v1,", base64Signature, sha256.Size)
+	sigs, err := parseSignatures(p, names.signature, header.Values(names.signature), strings.FieldsSeq, "v1,", base64Signature, sha256.Size)
 	if err != nil {
 		return err
 	}
@@ -126,16 +126,6 @@ func (v *StandardWebhooksVerifier) Verify(ctx context.Context, header http.Heade
 		}
 	}
 	return invalidSignature(p, "no v1 signature matches (%d given, %d secrets tried)", len(sigs), len(secrets))
-}
-
-// splitFields splits each header value on spaces, the separator of
-// webhook-signature.
-func splitFields(values []string) []string {
-	var out []string
-	for _, v := range values {
-		out = append(out, strings.Fields(v)...)
-	}
-	return out
 }
 
 // standardWebhooksKey decodes a "whsec_<base64>" (or bare base64) secret.

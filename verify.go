@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"iter"
 	"net/http"
 	"strconv"
 	"strings"
@@ -22,7 +23,9 @@ const DefaultTolerance = 5 * time.Minute
 
 // maxSignatures bounds how many candidate signatures one request may carry
 // (every provider sends one, or a few during a secret rotation), so a huge
-// header costs a bounded amount of work.
+// header costs a bounded number of decodings and allocations; the rest of
+// the work is a scan linear in the header's size, which the server bounds
+// (http.Server.MaxHeaderBytes).
 const maxSignatures = 32
 
 var (
@@ -278,22 +281,33 @@ func decodeBase64(s string) ([]byte, bool) {
 	return b, err == nil
 }
 
+// splitSignatures yields the candidate signatures of one header value.
+type splitSignatures func(value string) iter.Seq[string]
+
+// splitOn returns a splitSignatures that cuts a value at each sep, or
+// yields it whole when sep is empty. The parts are produced one at a time,
+// so a value of a megabyte of separators allocates nothing.
+func splitOn(sep string) splitSignatures {
+	if sep == "" {
+		return func(v string) iter.Seq[string] {
+			return func(yield func(string) bool) { yield(v) }
+		}
+	}
+	return func(v string) iter.Seq[string] { return strings.SplitSeq(v, sep) }
+}
+
 // parseSignatures collects the signatures a request carries. Each element of
-// values is split on sep (when non-zero), trimmed, and must start with
-// prefix; what follows is decoded and must be size bytes long. It returns
-// the decoded signatures and how many entries were present but malformed.
-func parseSignatures(provider, headerName string, values []string, sep string, prefix string, enc signatureEncoding, size int) ([][]byte, error) {
+// values is split by split, each part trimmed (empty parts are skipped), and
+// must start with prefix; what follows is decoded and must be size bytes
+// long. More than maxSignatures non-empty parts refuse the request.
+func parseSignatures(provider, headerName string, values []string, split splitSignatures, prefix string, enc signatureEncoding, size int) ([][]byte, error) {
 	var (
 		out       [][]byte
 		entries   int
 		malformed string
 	)
 	for _, v := range values {
-		parts := []string{v}
-		if sep != "" {
-			parts = strings.Split(v, sep)
-		}
-		for _, p := range parts {
+		for p := range split(v) {
 			p = strings.TrimSpace(p)
 			if p == "" {
 				continue

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -453,6 +454,63 @@ func TestVerifierTolerance(t *testing.T) {
 	v.Tolerance = -time.Second
 	require.ErrorIs(t, v.Verify(ctx, h, body), wharf.ErrInvalidSource)
 	require.ErrorIs(t, wharf.Validate(v), wharf.ErrInvalidSource)
+}
+
+// TestVerifierHugeSignatureHeaderAllocatesLittle: a signature header of
+// 1 MiB, which net/http lets through to the handler unauthenticated, costs
+// each verifier a bounded allocation whatever it holds. The header used to
+// be split into one string per separator before the candidates were
+// counted, so a megabyte of commas, or of one-letter candidates, allocated
+// 8 to 26 MiB per request. A genuine signature after empty entries is
+// still found; a flood of candidates is refused. Not parallel: the allocations are counted
+// across every goroutine.
+func TestVerifierHugeSignatureHeaderAllocatesLittle(t *testing.T) {
+	ctx := context.Background()
+	body := []byte(`{"id":"evt_1","type":"x"}`)
+	const size = 1 << 20
+	pad := func(unit string) string { return strings.Repeat(unit, size/len(unit)) }
+	byName := map[string]provider{}
+	for _, p := range providers() {
+		byName[p.name] = p
+	}
+	for _, c := range []struct {
+		provider, header string
+		value            func(genuine string) string
+		accepted         bool
+	}{
+		{"standard webhooks", "Webhook-Signature", func(g string) string { return pad(" ") + g }, true},
+		{"standard webhooks", "Webhook-Signature", func(g string) string { return g + pad(" x") }, false},
+		{"stripe", "Stripe-Signature", func(g string) string { return pad(",") + g }, true},
+		{"stripe", "Stripe-Signature", func(g string) string { return g + pad(",v1=") }, false},
+		{"github", "X-Hub-Signature-256", func(g string) string { return pad(",") + g }, true},
+		{"github", "X-Hub-Signature-256", func(g string) string { return g + pad(",x") }, false},
+		{"shopify", "X-Shopify-Hmac-Sha256", func(g string) string { return pad(",") + g }, true},
+		{"shopify", "X-Shopify-Hmac-Sha256", func(g string) string { return g + pad(",x") }, false},
+		{"slack", "X-Slack-Signature", func(g string) string { return pad(",") + g }, true},
+		{"slack", "X-Slack-Signature", func(g string) string { return g + pad(",x") }, false},
+		{"hmac", "X-Signature", func(g string) string { return pad(" ") + g }, true},
+		{"hmac", "X-Signature", func(g string) string { return g + pad(" x") }, false},
+	} {
+		p := byName[c.provider]
+		v := p.verifier(p.secrets[0])
+		h := p.sign(p.secrets[0], fixedNow, body)
+		h.Set(c.header, c.value(h.Get(c.header)))
+
+		const runs = 4
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range runs {
+			err := v.Verify(ctx, h, body)
+			if c.accepted {
+				require.NoError(t, err, c.provider)
+			} else {
+				require.ErrorIs(t, err, wharf.ErrInvalidSignature, c.provider)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		perCall := (after.TotalAlloc - before.TotalAlloc) / runs
+		require.Less(t, perCall, uint64(64<<10), "%s: %s of %d bytes allocated %d bytes per Verify", c.provider, c.header, size, perCall)
+	}
 }
 
 // FuzzVerify feeds arbitrary header values and bodies to every verifier:

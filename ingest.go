@@ -30,13 +30,15 @@ var droppedHeaders = []string{"Authorization", "Cookie", "Proxy-Authorization"}
 //
 //	202 stored; 200 a duplicate (already queued, processed or dead-lettered:
 //	the sender must stop retrying); 401 a bad or missing signature (the body
-//	says only "invalid signature"); 400 an id or type missing or invalid;
-//	405 not POST; 408 a body not received within Config.BodyReadTimeout;
-//	413 too large; 503 with Retry-After when the event could not be
-//	stored within Config.AckDeadline.
+//	says only "invalid signature"); 400 an id or type missing or invalid, or
+//	a body cut short; 405 not POST; 408 a body not received within
+//	Config.BodyReadTimeout; 413 too large; 500 a source whose verifier or
+//	secret lookup reports ErrInvalidSource; 503 with Retry-After when the
+//	store failed, or the event could not be stored within Config.AckDeadline.
 //
 // Handshakes (Slack's url_verification) are answered and store nothing.
-// The source must be registered with Source before requests arrive.
+// The source must be registered with Source before requests arrive: until
+// it is, they get 404.
 func (p *Pipeline) Handler(source string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p.cfg.Observer != nil {

@@ -465,3 +465,7 @@ func (p *Pipeline) Breakers() *breaker.Registry { return p.breakers }
 // AuditLog returns the event log the audit trail is written to, or nil
 // unless Config.Audit is on.
 func (p *Pipeline) AuditLog() *eventlog.Log { return p.audit }
+
+// UnhandledPolicy returns Config.Unhandled: what Run does with the events
+// no handler takes, for tools that wait for the queue to empty.
+func (p *Pipeline) UnhandledPolicy() Unhandled { return p.cfg.Unhandled }

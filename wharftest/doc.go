@@ -40,7 +40,8 @@
 // needed and waits, polling with a deadline (Harness.Timeout), until no
 // event that has a handler is left in the queue: each was processed or
 // dead-lettered. Events of types no handler takes stay queued (the
-// Pipeline's default) and are not waited for. The workers stop, gracefully,
+// Pipeline's default) and are not waited for, unless Config.Unhandled
+// completes or dead-letters them. The workers stop, gracefully,
 // when the test ends, or at Stop.
 //
 // Retries wait for the Pipeline's Backoff (1s doubling by default), then

@@ -143,8 +143,9 @@ func (h *Harness) Stop() {
 // queue holds no event that a handler takes: every one was processed or
 // dead-lettered. Retries wait for the Pipeline's Backoff, and events of a
 // downstream whose breaker is open wait for it to close; Drain waits for
-// them too. Events stored while no handler took their type are not waited
-// for.
+// them too. Events stored while no handler took their type are waited for
+// only when the Pipeline's Config.Unhandled completes or dead-letters them;
+// by default they stay queued for a later deploy, and Drain leaves them.
 //
 // It fails the test, listing what is still queued, when that takes longer
 // than Timeout, and at once if the workers stop with an error.
@@ -180,17 +181,18 @@ func (h *Harness) Drain() {
 // maxListed caps the events a Drain failure lists.
 const maxListed = 10
 
-// pending describes the queued events that have a handler, at most
+// pending describes the queued events the workers will take (those with
+// a handler, and those without when Config.Unhandled takes them), at most
 // maxListed of them and a line saying how many more.
 func (h *Harness) pending() ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), queryTimeout)
 	defer cancel()
 	rows, err := h.pool.Query(ctx, `
-SELECT source, event_id, event_type, handler, state, attempt, run_at, errors, count(*) OVER ()
+SELECT source, event_id, event_type, coalesce(handler, ''), state, attempt, run_at, errors, count(*) OVER ()
 FROM `+h.tables.queue+`
-WHERE handler IS NOT NULL AND state <> 'exhausted'
+WHERE (handler IS NOT NULL OR $2) AND state <> 'exhausted'
 ORDER BY id
-LIMIT $1`, maxListed)
+LIMIT $1`, maxListed, h.p.UnhandledPolicy() != wharf.LeaveUnhandled)
 	if err != nil {
 		return nil, err
 	}

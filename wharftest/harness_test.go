@@ -141,6 +141,21 @@ func TestDrainDoesNotWaitForUnhandledTypes(t *testing.T) {
 	require.Contains(t, msg, "queued (available, 0 attempts spent, no handler)")
 }
 
+// With Config.Unhandled taking the events no handler takes, Drain waits
+// for them too: it used to return before the workers had dead-lettered
+// them.
+func TestDrainWaitsForUnhandledTypesTheWorkersTake(t *testing.T) {
+	t.Parallel()
+	pool, p := setup(t, wharf.Config{Unhandled: wharf.DeadLetterUnhandled})
+	require.NoError(t, p.Handle("acme", "order.paid", writeEffect))
+	h := wharftest.New(t, pool, p)
+	unhandled := h.Send("acme", acme, wharftest.Webhook{Type: "order.refunded"})
+	require.Equal(t, http.StatusAccepted, unhandled.StatusCode)
+
+	h.Drain()
+	h.RequireDeadLettered("acme", unhandled.EventID)
+}
+
 func TestDrainFailsListingWhatIsLeft(t *testing.T) {
 	t.Parallel()
 	// Retries an hour apart: the event cannot drain within the timeout.

@@ -698,15 +698,17 @@ func (c *Consumer) rescue(ctx context.Context) {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		n, err := c.q.Rescue(rctx, limit)
 		cancel()
+		if n > 0 {
+			// Also when err is set: Rescue falls back to one transaction
+			// per event, and returns those it committed before failing.
+			c.log.Info("queue: rescued events whose lease expired", "events", n)
+			c.committed()
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				c.log.Warn("queue: rescue failed", "error", err)
 			}
 			return
-		}
-		if n > 0 {
-			c.log.Info("queue: rescued events whose lease expired", "events", n)
-			c.committed()
 		}
 		if n < limit {
 			return

@@ -462,8 +462,8 @@ func TestVerifierTolerance(t *testing.T) {
 // be split into one string per separator before the candidates were
 // counted, so a megabyte of commas, or of one-letter candidates, allocated
 // 8 to 26 MiB per request. A genuine signature after empty entries is
-// still found; a flood of candidates is refused. Not parallel: the allocations are counted
-// across every goroutine.
+// still found; a flood of candidates is refused. Not parallel: the
+// allocations are counted across every goroutine.
 func TestVerifierHugeSignatureHeaderAllocatesLittle(t *testing.T) {
 	ctx := context.Background()
 	body := []byte(`{"id":"evt_1","type":"x"}`)

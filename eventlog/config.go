@@ -55,8 +55,9 @@ type Config struct {
 	// PgBouncer in transaction mode, where a LISTEN connection cannot be
 	// kept: projections then find new events within their PollInterval.
 	// Projections of this Log are still woken at once by its own Appends
-	// (not by another Log's, even in the same process). Projection.Rebuild still needs a direct connection (see its
-	// documentation). Defaults to false.
+	// (not by another Log's, even in the same process). Projection.Rebuild
+	// still needs a direct connection (see its documentation). Defaults to
+	// false.
 	PollOnly bool
 
 	// Logger receives warnings (a failed notify, a failing projection

@@ -123,10 +123,9 @@ const prunableSQL = `processed_at < now() - $1 * interval '1 millisecond'
 // pruneSQL deletes one batch of at most $2 prunable rows, found through
 // the processed_at B-tree (a BRIN index cannot find them once new claims
 // reuse the pages old ones left; see migration 14), and returns how many
-// it deleted. The batch is
-// picked and locked first (SKIP LOCKED: a row a live transaction holds,
-// such as a takeover, waits for the next run), then deleted by ctid, which
-// the row lock keeps stable. The condition is checked again in the DELETE
+// it deleted. The batch is picked and locked first (SKIP LOCKED: a row a
+// live transaction holds, such as a takeover, waits for the next run),
+// then deleted by ctid, which the row lock keeps stable. The condition is checked again in the DELETE
 // so that a row which changed meanwhile is kept. Each batch is its own
 // short transaction: pruning never holds many locks for long.
 const pruneSQL = `

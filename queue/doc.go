@@ -121,8 +121,8 @@
 // migration).
 //
 // A consumer needs ConnsNeeded(Workers) pool connections at once: one per
-// worker, and two that the fetcher, the heartbeats and the rescuer share. Its LISTEN connection
-// is opened outside the pool. A process that also enqueues needs
-// Config.Committers more, plus one for the notifier. NewConsumer returns
-// ErrPoolTooSmall rather than starving at run time.
+// worker, and two that the fetcher, the heartbeats and the rescuer share.
+// Its LISTEN connection is opened outside the pool. A process that also
+// enqueues needs Config.Committers more, plus one for the notifier.
+// NewConsumer returns ErrPoolTooSmall rather than starving at run time.
 package queue

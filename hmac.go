@@ -128,7 +128,7 @@ func (v *HMACVerifier) Verify(ctx context.Context, header http.Header, body []by
 	if err != nil {
 		return err
 	}
-	content := v.signedContent(ts, header, body)
+	content := v.Content(ts, header, body)
 	if anySecretMatches(newHash, secrets, sigs, content) {
 		return nil
 	}
@@ -163,8 +163,11 @@ func (v *HMACVerifier) decoder() signatureEncoding {
 	return hexSignature
 }
 
-// signedContent is SignedContent or its default.
-func (v *HMACVerifier) signedContent(ts string, header http.Header, body []byte) []byte {
+// Content returns the bytes a signature covers for v, as Verify computes
+// them: SignedContent's, or by default "<ts>.<body>" with a
+// TimestampHeader and the body alone without. Signers that build whole
+// requests (wharftest) call it with the headers they send.
+func (v *HMACVerifier) Content(ts string, header http.Header, body []byte) []byte {
 	switch {
 	case v.SignedContent != nil:
 		return v.SignedContent(ts, header, body)

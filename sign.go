@@ -94,7 +94,7 @@ func SignHMAC(v *HMACVerifier, secret string, ts time.Time, body []byte) http.He
 		unix = strconv.FormatInt(ts.Unix(), 10)
 		h.Set(v.TimestampHeader, unix)
 	}
-	mac := macOf(v.hash(), []byte(secret), v.signedContent(unix, h, body))
+	mac := macOf(v.hash(), []byte(secret), v.Content(unix, h, body))
 	enc := hex.EncodeToString(mac)
 	if v.Encoding == Base64Encoding {
 		enc = base64.StdEncoding.EncodeToString(mac)

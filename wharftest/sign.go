@@ -180,13 +180,7 @@ func signingAs(v *wharf.HMACVerifier, sent http.Header) *wharf.HMACVerifier {
 		if v.TimestampHeader != "" {
 			ts = all.Get(v.TimestampHeader)
 		}
-		switch {
-		case v.SignedContent != nil:
-			return v.SignedContent(ts, all, body)
-		case v.TimestampHeader == "":
-			return body
-		}
-		return append([]byte(ts+"."), body...)
+		return v.Content(ts, all, body)
 	}
 	return &signer
 }

@@ -1775,6 +1775,68 @@ func TestConsumerHandlerCannotEndTx(t *testing.T) {
 	noOrphans(t, pool)
 }
 
+// A handler's first statement may take any form pgx's Exec takes: several
+// statements in one string without arguments (sent by the simple
+// protocol), a QueryExecMode argument, named arguments. Each runs, under
+// its event's savepoint: the writes of a run that fails are rolled back
+// while its neighbour's commit.
+func TestConsumerHandlerExecForms(t *testing.T) {
+	t.Parallel()
+	const upsert = `INSERT INTO effects (event_id, n) VALUES (%s, 1)
+		ON CONFLICT (event_id) DO UPDATE SET n = effects.n + 1`
+	forms := map[string]func(ctx context.Context, tx pgx.Tx, id string) error{
+		"several statements": func(ctx context.Context, tx pgx.Tx, id string) error {
+			_, err := tx.Exec(ctx, fmt.Sprintf(upsert, "'"+id+"'")+`; SELECT 1`)
+			return err
+		},
+		"QueryExecMode": func(ctx context.Context, tx pgx.Tx, id string) error {
+			_, err := tx.Exec(ctx, fmt.Sprintf(upsert, "$1"), pgx.QueryExecModeSimpleProtocol, id)
+			return err
+		},
+		"named arguments": func(ctx context.Context, tx pgx.Tx, id string) error {
+			_, err := tx.Exec(ctx, fmt.Sprintf(upsert, "@id"), pgx.NamedArgs{"id": id})
+			return err
+		},
+	}
+	for name, write := range forms {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			q, pool := newQueue(t, queue.Config{MaxAttempts: 2, Backoff: ctSmallBackoff})
+			ctCreateEffects(t, pool)
+			ctEnqueueAll(t, q, []string{"f1", "f2"})
+			var failures sync.Map // event id -> the error of a write that failed
+			c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+				Workers:       1, // one worker, so both events share a transaction
+				TxBatch:       2,
+				MaxTxDuration: time.Minute,
+				PollInterval:  20 * time.Millisecond,
+				Handler: func(ctx context.Context, tx pgx.Tx, ev *queue.Event) error {
+					if err := write(ctx, tx, ev.ID); err != nil {
+						failures.Store(ev.ID, err)
+						return err
+					}
+					if ev.ID == "f1" && ev.Attempt == 1 {
+						return errors.New("f1 fails once, after its write")
+					}
+					return nil
+				},
+			})
+			require.NoError(t, err)
+			runConsumer(t, c)
+			dbtest.Eventually(t, 20*time.Second, "no event left to run", func() bool {
+				return dbtest.Count(t, pool, `SELECT count(*) FROM wharf.queue WHERE state <> 'exhausted'`) == 0
+			})
+			failures.Range(func(id, err any) bool {
+				t.Errorf("the write of %v failed: %v", id, err)
+				return true
+			})
+			require.Zero(t, ctQueueLen(t, pool), "exhausted events")
+			require.Equal(t, map[string]int{"f1": 1, "f2": 1}, ctEffects(t, pool),
+				"f1's failed first run must have been rolled back")
+		})
+	}
+}
+
 // 12. A worker that lost its lease mid-handler (its heartbeats stalled, the
 // rescuer gave the event to another run) changes nothing when it finishes:
 // the current lease holder's run is the one effect that commits.

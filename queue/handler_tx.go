@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -41,16 +42,28 @@ func (t *handlerTx) ensureSavepoint(ctx context.Context) error {
 }
 
 // Exec sends the savepoint and the statement in one round trip the first
-// time, as a pipelined batch inside the transaction.
+// time, as a pipelined batch inside the transaction, when a batch sends
+// the statement as Exec would (see execForm); otherwise the savepoint
+// goes first, on its own.
 func (t *handlerTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	if t.savepoint {
+		return t.Tx.Exec(ctx, sql, args...)
+	}
+	sql, args, batchable, err := t.execForm(ctx, sql, args)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	if !batchable {
+		if err := t.ensureSavepoint(ctx); err != nil {
+			return pgconn.CommandTag{}, err
+		}
 		return t.Tx.Exec(ctx, sql, args...)
 	}
 	b := &pgx.Batch{}
 	b.Queue(savepointSQL)
 	b.Queue(sql, args...)
 	br := t.Tx.SendBatch(ctx, b)
-	_, err := br.Exec()
+	_, err = br.Exec()
 	if err == nil {
 		t.savepoint = true
 	}
@@ -62,6 +75,36 @@ func (t *handlerTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.C
 		err = closeErr
 	}
 	return tag, err
+}
+
+// execForm applies an Exec's pgx option arguments as Conn.Exec does
+// (a QueryRewriter rewrites sql and args) and reports whether a batch
+// would send the result the same way. It would not when no arguments are
+// left, which Exec sends by the simple protocol, where one string may
+// hold several statements and a batch's prepared statement may not, nor
+// when a QueryExecMode argument picks a mode, which a batch ignores.
+func (t *handlerTx) execForm(ctx context.Context, sql string, args []any) (string, []any, bool, error) {
+	var rewriter pgx.QueryRewriter
+	rest := args
+options:
+	for len(rest) > 0 {
+		switch arg := rest[0].(type) {
+		case pgx.QueryExecMode:
+			return sql, args, false, nil
+		case pgx.QueryRewriter:
+			rewriter = arg
+			rest = rest[1:]
+		default:
+			break options
+		}
+	}
+	if rewriter != nil {
+		var err error
+		if sql, rest, err = rewriter.RewriteQuery(ctx, t.Tx.Conn(), sql, rest); err != nil {
+			return "", nil, false, fmt.Errorf("rewrite query failed: %w", err)
+		}
+	}
+	return sql, rest, len(rest) > 0, nil
 }
 
 func (t *handlerTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {

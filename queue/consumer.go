@@ -687,7 +687,7 @@ func (c *Consumer) heartbeat(ctx context.Context) {
 		evs = append(evs, ev)
 	}
 	c.mu.Unlock()
-	if _, err := c.q.Heartbeat(ctx, evs...); err != nil && ctx.Err() == nil {
+	if _, err := c.q.extend(ctx, evs); err != nil && ctx.Err() == nil {
 		c.log.Warn("queue: heartbeat failed", "events", len(evs), "error", err)
 	}
 }

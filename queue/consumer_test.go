@@ -1837,6 +1837,51 @@ func TestConsumerHandlerExecForms(t *testing.T) {
 	}
 }
 
+// A Consumer's heartbeats extend a running event's lease in the database
+// and leave the Event its handler holds alone: the handler may read it,
+// Lease included, while they run (go test -race would report the write).
+func TestConsumerHeartbeatLeavesTheHandlersEvent(t *testing.T) {
+	t.Parallel()
+	q, pool := newQueue(t, queue.Config{LeaseDuration: time.Second})
+	ctEnqueueAll(t, q, []string{"h1"})
+	handled := make(chan error, 1)
+	c, err := queue.NewConsumer(q, queue.ConsumerConfig{
+		Workers:           1,
+		HeartbeatInterval: 10 * time.Millisecond,
+		Handler: func(ctx context.Context, _ pgx.Tx, ev *queue.Event) error {
+			granted := ev.Lease.ExpiresAt
+			// Two extensions in the database: the first heartbeat has
+			// returned, and done whatever it does to ev.
+			extended := granted
+			for range 2 {
+				last := extended
+				deadline := time.Now().Add(20 * time.Second)
+				for !extended.After(last) {
+					if time.Now().After(deadline) {
+						handled <- errors.New("the lease was not extended")
+						return nil
+					}
+					if err := pool.QueryRow(ctx, `SELECT lease_expires_at FROM wharf.queue WHERE id = $1`, ev.QueueID).Scan(&extended); err != nil {
+						handled <- err
+						return nil
+					}
+					_ = ev.Lease.ExpiresAt // read meanwhile, as a handler may
+				}
+			}
+			if !ev.Lease.ExpiresAt.Equal(granted) {
+				handled <- fmt.Errorf("the handler's event changed under it: Lease.ExpiresAt %s, granted %s", ev.Lease.ExpiresAt, granted)
+				return nil
+			}
+			handled <- nil
+			return nil
+		},
+	})
+	require.NoError(t, err)
+	runConsumer(t, c)
+	require.NoError(t, ctRecv(t, handled, "the handler"))
+	dbtest.Eventually(t, 20*time.Second, "queue drained", func() bool { return ctQueueLen(t, pool) == 0 })
+}
+
 // 12. A worker that lost its lease mid-handler (its heartbeats stalled, the
 // rescuer gave the event to another run) changes nothing when it finishes:
 // the current lease holder's run is the one effect that commits.

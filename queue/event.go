@@ -85,7 +85,9 @@ type Lease struct {
 	QueueID int64
 	Token   int64
 	// ExpiresAt is when the lease lapses unless extended, as set by the
-	// database when it was granted or last extended.
+	// database when it was granted or last extended by Queue.Heartbeat. A
+	// Consumer's own heartbeats leave it as granted, since its handlers may
+	// read the event while they run.
 	ExpiresAt time.Time
 }
 

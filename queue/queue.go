@@ -857,13 +857,26 @@ func (q *Queue) deferEvents(ctx context.Context, db querier, evs []*Event, how [
 // transaction are skipped, not waited for (the lock itself keeps them from
 // being rescued). It returns the number extended.
 func (q *Queue) Heartbeat(ctx context.Context, evs ...*Event) (int, error) {
+	expires, err := q.extend(ctx, evs)
+	for _, ev := range evs {
+		if at, ok := expires[ev.QueueID]; ok {
+			ev.Lease.ExpiresAt = at
+		}
+	}
+	return len(expires), err
+}
+
+// extend is Heartbeat without touching evs, for a Consumer, whose handlers
+// may be reading them meanwhile: it returns when each extended lease now
+// expires, by queue id.
+func (q *Queue) extend(ctx context.Context, evs []*Event) (map[int64]time.Time, error) {
 	if len(evs) == 0 {
-		return 0, nil
+		return nil, nil
 	}
 	ids, tokens := leaseArrays(evs)
 	rows, err := q.pool.Query(ctx, q.sql.heartbeat, ids, tokens, q.cfg.LeaseDuration.Milliseconds())
 	if err != nil {
-		return 0, fmt.Errorf("queue: heartbeat: %w", err)
+		return nil, fmt.Errorf("queue: heartbeat: %w", err)
 	}
 	expires := map[int64]time.Time{}
 	var id int64
@@ -872,14 +885,9 @@ func (q *Queue) Heartbeat(ctx context.Context, evs ...*Event) (int, error) {
 		expires[id] = at
 		return nil
 	}); err != nil {
-		return 0, fmt.Errorf("queue: heartbeat: %w", err)
+		return nil, fmt.Errorf("queue: heartbeat: %w", err)
 	}
-	for _, ev := range evs {
-		if at, ok := expires[ev.QueueID]; ok {
-			ev.Lease.ExpiresAt = at
-		}
-	}
-	return len(expires), nil
+	return expires, nil
 }
 
 // Rescue returns events whose lease expired (their worker died or stalled)

@@ -666,7 +666,8 @@ func (c *Consumer) untrack(evs []*Event) {
 	}
 }
 
-// every runs fn now and then every interval until ctx ends.
+// every runs fn every interval, the first time one interval after it is
+// called, until ctx ends.
 func (c *Consumer) every(ctx context.Context, interval time.Duration, fn func(context.Context)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()

@@ -194,7 +194,8 @@ type Config struct {
 
 	// RateLimits caps the calls to downstreams, by the name handlers give
 	// Downstream, per process; Run logs a warning for a name no handler
-	// gives. Defaults to none.
+	// gives. An event that the downstream's open breaker turns away takes
+	// no turn. Defaults to none.
 	RateLimits map[string]RateLimit
 
 	// IdempotencyRetention is how long processed event ids are kept; a

@@ -254,6 +254,46 @@ func TestPipelineRateLimitSpendsNoAttempts(t *testing.T) {
 	}
 }
 
+// An event that the open breaker of its downstream turns away takes no
+// turn of that downstream's rate limit: the calls after the outage need
+// them. A catch-all handler's events are fetched while its breaker is
+// open (its source has another handler); with a limit of one call a
+// minute and a burst of two, the failing call that opens the breaker takes
+// one turn, and the probe after OpenTimeout must find the other. Before,
+// the refused event took it, and the probe waited a minute.
+func TestPipelineEventTurnedAwayByAnOpenBreakerTakesNoRateLimitTurn(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, wharf.Config{
+		Breakers: breaker.Config{Default: breaker.Settings{
+			Trip: breaker.TripOnConsecutiveFailures, ConsecutiveFailures: 1, OpenTimeout: 5 * time.Second,
+		}},
+		RateLimits: map[string]wharf.RateLimit{"ledger": {PerSecond: 1.0 / 60, Burst: 2}},
+	})
+	var down atomic.Bool
+	down.Store(true)
+	require.NoError(t, h.p.Handle("acme", queue.AnyType, func(ctx context.Context, tx pgx.Tx, ev wharf.Event) error {
+		if down.Load() {
+			return &breaker.StatusError{Code: http.StatusServiceUnavailable}
+		}
+		return writeEffect(ctx, tx, ev)
+	}, wharf.Downstream("ledger")))
+	require.NoError(t, h.p.Handle("acme", "order.shipped", writeEffect))
+	require.Equal(t, http.StatusAccepted, h.send("opener", "order.paid"))
+	h.run()
+	h.eventually("the ledger's breaker to open", func() bool {
+		st, err := h.p.Breakers().State("ledger")
+		return err == nil && st.State == breaker.StateOpen
+	})
+	require.Equal(t, http.StatusAccepted, h.send("refused", "order.paid"))
+	h.eventually("the event fetched and put back by the open breaker", func() bool {
+		return h.count(`SELECT count(*) FROM wharf.queue WHERE event_id = 'refused' AND run_at > now() AND state = 'available'`) == 1
+	})
+
+	down.Store(false)
+	h.eventually("the probe after the outage to run an event", func() bool { return h.count(`SELECT count(*) FROM effects`) >= 1 })
+	require.Zero(t, h.count(`SELECT count(*) FROM wharf.dead_letters`))
+}
+
 // Config.RescueInterval reaches the workers: an event whose worker died
 // holding its lease is put back and processed once the lease expires plus
 // at most one rescue interval, well before the 5s default interval would

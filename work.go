@@ -354,6 +354,11 @@ func (p *Pipeline) unclaim(ctx context.Context, tx pgx.Tx, evs []*queue.Event) e
 // queue.ErrTxAborted, as the consumer will record it.
 func (p *Pipeline) run(ctx context.Context, tx pgx.Tx, h *handler, steps backoffSteps, fn func(context.Context, pgx.Tx) error) error {
 	if l := p.limits[h.downstream]; l != nil {
+		if st, err := p.breakers.State(h.downstream); err == nil && st.State == breaker.StateOpen && time.Now().Before(st.Until) {
+			// Turned away as the breaker would turn it away, without a
+			// turn of the rate limit: the calls after the outage need them.
+			return queue.Defer(st.Until, &breaker.OpenError{Breaker: h.downstream, State: breaker.StateOpen, Until: st.Until})
+		}
 		// Before the Timeout starts: the wait is not the handler's.
 		if err := l.wait(ctx, maxWaitInTx); err != nil {
 			return err

@@ -160,9 +160,10 @@ func (p *Pipeline) blockedKinds(downstreams, typed map[string][]queue.Kind) []qu
 	}
 	exclude := make([]queue.Kind, 0, len(blocked))
 	for _, k := range blocked {
-		if k.Type != queue.AnyType || !slices.ContainsFunc(typed[k.Source], func(own queue.Kind) bool { return !slices.Contains(blocked, own) }) {
-			exclude = append(exclude, k)
+		if k.Type == queue.AnyType && slices.ContainsFunc(typed[k.Source], func(own queue.Kind) bool { return !slices.Contains(blocked, own) }) {
+			continue // a handler of its source still runs
 		}
+		exclude = append(exclude, k)
 	}
 	return exclude
 }

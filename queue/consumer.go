@@ -486,19 +486,23 @@ func (c *Consumer) awaitIdle(ctx context.Context, free *int) bool {
 // claimed rows' lease tokens with the connection, leaving them leased to
 // nobody until the rescuer counts an attempt they never had.
 func (c *Consumer) fetch(ctx context.Context, limit int) ([]*Event, error) {
-	var exclude []Kind
-	if c.cfg.Exclude != nil {
-		exclude = c.cfg.Exclude()
-	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	started := time.Now()
-	evs, err := c.q.fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: exclude, Worker: c.cfg.Name, ByKind: c.byKind.Load()}, false)
+	evs, err := c.q.fetch(fctx, FetchParams{Limit: limit, Only: c.cfg.Only, Exclude: c.excluded(), Worker: c.cfg.Name, ByKind: c.byKind.Load()}, false)
 	for _, ev := range evs {
 		ev.fetchStarted = started
 	}
 	c.track(evs)
 	return evs, err
+}
+
+// excluded returns the kinds ConsumerConfig.Exclude leaves out now.
+func (c *Consumer) excluded() []Kind {
+	if c.cfg.Exclude == nil {
+		return nil
+	}
+	return c.cfg.Exclude()
 }
 
 // How a Consumer chooses between walking every due event and walking each
@@ -522,13 +526,9 @@ func (c *Consumer) chooseFetch(ctx context.Context) {
 		return
 	}
 	c.probedAt = time.Now()
-	var exclude []Kind
-	if c.cfg.Exclude != nil {
-		exclude = c.cfg.Exclude()
-	}
 	pctx, cancel := context.WithTimeout(ctx, skipProbeInterval)
 	defer cancel()
-	skipped, err := c.q.skipped(pctx, skipProbeDepth, c.cfg.Only, exclude)
+	skipped, err := c.q.skipped(pctx, skipProbeDepth, c.cfg.Only, c.excluded())
 	if err != nil {
 		c.log.Debug("queue: counting skipped events failed; fetching as before", "error", err)
 		return

@@ -1721,19 +1721,11 @@ func TestConsumerRunEndsWhenItsPoolIsClosed(t *testing.T) {
 		},
 	})
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	ran := make(chan error, 1)
-	go func() { ran <- c.Run(ctx) }()
+	run := ctStart(t, c)
 	dbtest.Eventually(t, 20*time.Second, "the event to be processed", func() bool { return ctQueueLen(t, pool) == 0 })
 
 	pool.Close()
-	select {
-	case err := <-ran:
-		require.ErrorIs(t, err, queue.ErrPoolClosed)
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run still running 30 s after its pool was closed")
-	}
+	require.ErrorIs(t, run.wait(t), queue.ErrPoolClosed)
 }
 
 // 11. A handler cannot end the transaction it was given: Commit and

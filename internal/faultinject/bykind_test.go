@@ -2,14 +2,11 @@ package faultinject
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -63,53 +60,17 @@ func TestFetchByKindUnderCrashes(t *testing.T) {
 	// switch. Each worker is killed after a random 300-1500 ms of fetching
 	// by kind, and restarted at once, until the last flowing event is sent.
 	const workerCount = 2
-	var (
-		mu       sync.Mutex
-		workers  [workerCount]*node
-		stop     = make(chan struct{})
-		killed   kills
-		wg       sync.WaitGroup
-		startErr error
-	)
+	workers := make([]*node, workerCount)
 	for i := range workers {
 		workers[i] = w.mustStart("worker", workerFlags...)
 	}
-	for i := range workers {
-		wg.Go(func() {
-			for {
-				mu.Lock()
-				victim := workers[i]
-				mu.Unlock()
-				if err := w.awaitByKind(victim, true, 30*time.Second); err != nil {
-					mu.Lock()
-					startErr = errors.Join(startErr, err)
-					mu.Unlock()
-					return
-				}
-				select {
-				case <-stop:
-					return
-				case <-time.After(time.Duration(300+rand.IntN(1200)) * time.Millisecond): // pacing the fault
-				}
-				n, err := w.replace(victim, &killed, workerFlags...)
-				mu.Lock()
-				if err != nil {
-					startErr = errors.Join(startErr, err)
-					mu.Unlock()
-					return
-				}
-				workers[i] = n
-				mu.Unlock()
-			}
-		})
-	}
+	killer := w.startKilling(workers, workerFlags, func(n *node) error { return w.awaitByKind(n, true, 30*time.Second) })
 	flow := pick(6*time.Second, 30*time.Second)
 	s = &sender{url: ingest.url, concurrency: 8, every: flow / time.Duration(len(flowing)),
 		retryAfter: 100 * time.Millisecond, deadline: time.Minute}
 	sending := time.Now()
 	flowLog, sendErr := s.send(flowing)
-	close(stop)
-	wg.Wait()
+	workers, startErr := killer.finish()
 	flowed := time.Since(sending)
 	// Checked first: paused events that ran would shrink the backlog, and
 	// the workers started after that would never switch.
@@ -167,7 +128,7 @@ func TestFetchByKindUnderCrashes(t *testing.T) {
 		scenario: "9. fetch by kind behind a paused backlog, worker crashes",
 		events:   len(held) + len(flowing), acked: len(acked),
 		faults: fmt.Sprintf("handler fi.batch paused with %d events queued ahead; %d worker processes switched to fetching by kind; %d SIGKILLs, each of a worker fetching by kind (%d with a writing transaction open), while %d events of another kind flowed in (%s); %d events re-run after losing their worker",
-			heldQueued, byKindProcesses, killed.all.Load(), killed.midTx.Load(), len(flowing), ms(flowed), rerun),
+			heldQueued, byKindProcesses, killer.all.Load(), killer.midTx.Load(), len(flowing), ms(flowed), rerun),
 		lost: lost, doubled: doubled, dlq: len(c.dead),
 		recovery: "resume to drained: " + ms(drain) + "; every worker walking again " + ms(walking) + " after the resume",
 	})
@@ -175,8 +136,8 @@ func TestFetchByKindUnderCrashes(t *testing.T) {
 	require.Zero(t, lost, "lost events")
 	require.Zero(t, doubled, "events with more than one effect")
 	require.Empty(t, c.dead, "no event spent its 100 attempts")
-	require.GreaterOrEqual(t, killed.all.Load(), int64(3), "workers killed while fetching by kind")
-	require.Equal(t, int(killed.all.Load())+workerCount, byKindProcesses, "every worker process switched to fetching by kind at its first count")
+	require.GreaterOrEqual(t, killer.all.Load(), int64(3), "workers killed while fetching by kind")
+	require.Equal(t, int(killer.all.Load())+workerCount, byKindProcesses, "every worker process switched to fetching by kind at its first count")
 	require.Equal(t, len(held), heldQueued, "the paused events waited in the queue")
 	require.Zero(t, heldRan, "paused events ran while their handler was paused")
 	require.Zero(t, heldTouched, "paused events fetched, or charged an attempt, while their handler was paused")

@@ -1,10 +1,7 @@
 package faultinject
 
 import (
-	"errors"
 	"fmt"
-	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,11 +26,7 @@ func TestWorkerCrash(t *testing.T) {
 	// about effects, not the dead letter queue.
 	flags := []string{"-max-attempts", "100", "-lease", "2s"}
 	ingest := w.mustStart("ingest", flags...)
-	const workerCount = 3
-	var (
-		mu      sync.Mutex
-		workers [workerCount]*node
-	)
+	workers := make([]*node, 3)
 	for i := range workers {
 		workers[i] = w.mustStart("worker", flags...)
 	}
@@ -50,39 +43,10 @@ func TestWorkerCrash(t *testing.T) {
 
 	// Each worker dies after a random 300-1500 ms of life, and is
 	// restarted at once, until the last event is sent.
-	stop := make(chan struct{})
-	var (
-		killed   kills
-		wg       sync.WaitGroup
-		startErr error
-	)
-	for i := range workers {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(time.Duration(300+rand.IntN(1200)) * time.Millisecond): // pacing the fault
-				}
-				mu.Lock()
-				victim := workers[i]
-				mu.Unlock()
-				n, err := w.replace(victim, &killed, flags...)
-				mu.Lock()
-				if err != nil {
-					startErr = errors.Join(startErr, err)
-					mu.Unlock()
-					return
-				}
-				workers[i] = n
-				mu.Unlock()
-			}
-		})
-	}
+	killer := w.startKilling(workers, flags, nil)
 	sending := time.Now()
 	log, sendErr := s.send(evs)
-	close(stop)
-	wg.Wait()
+	_, startErr := killer.finish()
 	flowed := time.Since(sending)
 	require.NoError(t, startErr)
 	require.NoError(t, sendErr)
@@ -100,7 +64,7 @@ func TestWorkerCrash(t *testing.T) {
 		scenario: "1. worker crash (3 workers, SIGKILL)",
 		events:   len(evs), acked: len(acked),
 		faults: fmt.Sprintf("%d SIGKILLs while the events flowed in (%s), %d of them with a writing transaction open; %d events re-run after losing their worker",
-			killed.all.Load(), ms(flowed), killed.midTx.Load(), rerun),
+			killer.all.Load(), ms(flowed), killer.midTx.Load(), rerun),
 		lost: lost, doubled: doubled, dlq: len(c.dead),
 		recovery: "last kill to drained: " + ms(drain),
 	})
@@ -108,6 +72,6 @@ func TestWorkerCrash(t *testing.T) {
 	require.Zero(t, lost, "lost events")
 	require.Zero(t, doubled, "events with more than one effect")
 	require.Empty(t, c.dead, "no event spent its 100 attempts")
-	require.Positive(t, killed.all.Load())
+	require.Positive(t, killer.all.Load())
 	w.requireOnePlace(ackedList)
 }
